@@ -1,0 +1,294 @@
+"""The lab engine: a topology in, running guests out, and everything torn down again.
+
+The CLI and the pytest plugin are thin front ends over `Lab`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import secrets
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lab import image as images
+from lab import kernel as kernels
+from lab import virt
+from lab.errors import LabError
+from lab.events import EventBus
+from lab.guest import Guest
+from lab.paths import cache_dir, runs_dir
+from lab.shell import run
+from lab.timeouts import Timeouts
+from lab.topology import Node, Topology
+
+CREATE_ATTEMPTS = 3
+STATE_FILE = "state.json"
+OWNER_LOCK = "owner.lock"
+WORK_FILES = ("id_ed25519", "id_ed25519.pub")
+
+
+def kernel_cmdline(node: Node) -> str:
+    args = ["console=ttyS0", "panic=-1", "quiet", "rdinit=/init"]
+    if node.hugepages is not None:
+        size = node.hugepages.size
+        args += [f"default_hugepagesz={size}", f"hugepagesz={size}",
+                 f"hugepages={node.hugepages.count}"]
+    if node.cmdline:
+        args.append(node.cmdline)
+    return " ".join(args)
+
+
+def new_run_id() -> str:
+    return secrets.token_hex(4)
+
+
+@dataclass
+class NodeRuntime:
+    """A node of a running lab."""
+
+    node: Node
+    kernel: kernels.Kernel
+    image: images.Image
+    accel: str
+    domain: str
+    console: Path
+    initrd: Path
+    port: int = 0
+    guest: Guest | None = None
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    boot_seconds: float = 0.0
+
+    def state(self) -> dict[str, Any]:
+        return {"domain": self.domain, "port": self.port, "uri": self.node.uri,
+                "accel": self.accel, "kernel": self.kernel.release,
+                "image": self.image.kind, "host_key": self.image.host_key,
+                "console": str(self.console), "boot_seconds": round(self.boot_seconds, 2)}
+
+
+class Lab:
+    """Boots the nodes of a topology as transient libvirt domains and tears them down."""
+
+    def __init__(self, topology: Topology, base_dir: Path, bus: EventBus | None = None,
+                 *, keep: bool = False, timeouts: Timeouts | None = None) -> None:
+        self.topology = topology
+        self.base_dir = base_dir
+        self.cache = cache_dir(base_dir)
+        self.bus = bus or EventBus()
+        self.keep = keep
+        self.base_timeouts = timeouts or Timeouts()
+        self.run_id = new_run_id()
+        self.run_dir = runs_dir(base_dir) / self.run_id
+        self.nodes: dict[str, NodeRuntime] = {}
+        self._conns: dict[str, Any] = {}
+        self._lock_handle: Any = None
+        self.started_at = 0.0
+
+    # -- preparation ----------------------------------------------------------------
+    def _conn(self, uri: str) -> Any:
+        if uri not in self._conns:
+            self._conns[uri] = virt.connect(uri)
+        return self._conns[uri]
+
+    def _claim_run_dir(self) -> None:
+        self.run_dir.mkdir(parents=True)
+        self.run_dir.chmod(0o755)
+        self._lock_handle = (self.run_dir / OWNER_LOCK).open("w")
+        fcntl.flock(self._lock_handle, fcntl.LOCK_EX)
+        key = self.run_dir / "id_ed25519"
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"hplab-{self.run_id}",
+             "-f", key])
+
+    def _prepare_node(self, node: Node) -> NodeRuntime:
+        with self.bus.phase("kernel", node.name, node.kernel):
+            kernel = kernels.fetch(node.kernel, self.cache)
+        with self.bus.phase("image", node.name, f"{node.image} for {kernel.release}"):
+            image = images.build(node.image, kernel, self.cache)
+        accel = self._accel(node, kernel, image)
+        node_dir = self.run_dir / node.name
+        node_dir.mkdir()
+        node_dir.chmod(0o755)
+        initrd = images.node_initrd(image, node_dir / "initrd.cpio.gz", hostname=node.name,
+                                    authorized_key=(self.run_dir / "id_ed25519.pub").read_text())
+        return NodeRuntime(node=node, kernel=kernel, image=image, accel=accel,
+                           domain=virt.domain_name(self.run_id, node.name),
+                           console=node_dir / "console.log", initrd=initrd,
+                           timeouts=self.base_timeouts.scaled(accel))
+
+    def _accel(self, node: Node, kernel: kernels.Kernel, image: images.Image) -> str:
+        def probe() -> bool:
+            with self.bus.phase("accel-probe", node.name, "does KVM boot a guest here?"):
+                return virt.kvm_works(kernel.vmlinuz, image.path, images.READY_MARK,
+                                      self.cache, self.base_timeouts.accel_probe)
+        return virt.resolve_accel(node.accel, probe)
+
+    # -- lifecycle --------------------------------------------------------------------
+    def start(self) -> Lab:
+        self.started_at = time.monotonic()
+        self._claim_run_dir()
+        try:
+            for node in self.topology.nodes:
+                self.nodes[node.name] = self._prepare_node(node)
+            self._write_state("starting")
+            booted = {}
+            for rt in self.nodes.values():
+                booted[rt.node.name] = self._create(rt)
+            for rt in self.nodes.values():
+                self._wait_ready(rt, booted[rt.node.name])
+            self._write_state("running")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _create(self, rt: NodeRuntime) -> float:
+        conn = self._conn(rt.node.uri)
+        for attempt in range(1, CREATE_ATTEMPTS + 1):
+            rt.port = virt.free_port()
+            spec = virt.DomainSpec(
+                name=rt.domain, run_id=self.run_id, node=rt.node.name,
+                memory_mib=rt.node.memory_mib, vcpus=rt.node.vcpus, accel=rt.accel,
+                kernel=rt.kernel.vmlinuz, initrd=rt.initrd, cmdline=kernel_cmdline(rt.node),
+                console=rt.console, ssh_port=rt.port,
+                hugepage_backing=rt.node.backing == "hugepages-1G")
+            (rt.console.parent / "domain.xml").write_text(virt.domain_xml(spec))
+            try:
+                with self.bus.phase("create", rt.node.name, f"{rt.accel}, port {rt.port}"):
+                    virt.create(conn, spec)
+                self._write_state("starting")
+                return time.monotonic()
+            except LabError as exc:
+                if attempt == CREATE_ATTEMPTS or not virt.is_transient_error(exc):
+                    raise
+                self.bus.phase("create", rt.node.name).info(
+                    f"transient libvirt error, retry {attempt}/{CREATE_ATTEMPTS - 1}: {exc}")
+        raise AssertionError("unreachable")
+
+    def _wait_ready(self, rt: NodeRuntime, created: float) -> None:
+        conn = self._conn(rt.node.uri)
+        with self.bus.phase("boot", rt.node.name, "waiting for the SSH banner"):
+            virt.wait_ssh_banner(rt.port, created + rt.timeouts.ssh_banner,
+                                 lambda: virt.is_active(conn, rt.domain), rt.node.name,
+                                 rt.console, created)
+        with self.bus.phase("ssh", rt.node.name):
+            guest = Guest(rt.node.name, rt.port, self.run_dir / "id_ed25519",
+                          rt.image.host_key, connect_timeout=rt.timeouts.ssh_connect,
+                          command_timeout=rt.timeouts.command)
+            guest.check("true")
+        rt.guest = guest
+        rt.boot_seconds = time.monotonic() - created
+
+    def guest(self, name: str) -> Guest:
+        rt = self.nodes.get(name)
+        if rt is None or rt.guest is None:
+            raise LabError(f"node {name!r} is not running in lab {self.run_id} "
+                           f"(nodes: {', '.join(self.nodes)})")
+        return rt.guest
+
+    def stop(self) -> None:
+        """Close connections and destroy every domain of this run; safe to call twice."""
+        for rt in self.nodes.values():
+            if rt.guest is not None:
+                rt.guest.close()
+        if not self.keep:
+            for rt in self.nodes.values():
+                with self.bus.phase("destroy", rt.node.name):
+                    virt.destroy(self._conn(rt.node.uri), rt.domain)
+            for name in WORK_FILES:
+                (self.run_dir / name).unlink(missing_ok=True)
+            for rt in self.nodes.values():
+                rt.initrd.unlink(missing_ok=True)
+        if self.run_dir.exists():
+            self._write_state("kept" if self.keep else "stopped")
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()
+        if self._lock_handle is not None:
+            self._lock_handle.close()
+            self._lock_handle = None
+
+    def _write_state(self, status: str) -> None:
+        state = {"run_id": self.run_id, "status": status, "pid": os.getpid(),
+                 "keep": self.keep, "topology": str(self.topology.path),
+                 "nodes": {name: rt.state() for name, rt in self.nodes.items()}}
+        tmp = self.run_dir / f".{STATE_FILE}.tmp"
+        tmp.write_text(json.dumps(state, indent=1))
+        tmp.replace(self.run_dir / STATE_FILE)
+
+    def __enter__(self) -> Lab:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# -- runs left behind -------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunRecord:
+    run_id: str
+    path: Path
+    state: dict[str, Any]
+
+    @property
+    def owner_alive(self) -> bool:
+        lock = self.path / OWNER_LOCK
+        if not lock.exists():
+            return False
+        with lock.open("a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return False
+
+
+def runs(base_dir: Path) -> list[RunRecord]:
+    records = []
+    for path in sorted(runs_dir(base_dir).iterdir(), key=lambda p: p.stat().st_mtime):
+        state_file = path / STATE_FILE
+        if state_file.exists():
+            records.append(RunRecord(path.name, path, json.loads(state_file.read_text())))
+    return records
+
+
+def reap(base_dir: Path, *, include_kept: bool = False, uri: str = "qemu:///system") -> list[str]:
+    """Destroy domains and work files of runs whose owner is gone. Returns what it removed."""
+    removed: list[str] = []
+    conn = virt.connect(uri)
+    try:
+        live_domains = set(virt.lab_domains(conn))
+        owned: set[str] = set()
+        for record in runs(base_dir):
+            domains = {n["domain"] for n in record.state.get("nodes", {}).values()}
+            kept = record.state.get("status") == "kept"
+            if record.owner_alive or (kept and not include_kept):
+                owned |= domains
+                continue
+            for name in sorted(domains & live_domains):
+                virt.destroy(conn, name)
+                removed.append(name)
+            for name in WORK_FILES:
+                (record.path / name).unlink(missing_ok=True)
+            for initrd in record.path.glob("*/initrd.cpio.gz"):
+                initrd.unlink()
+            if record.state.get("status") not in ("stopped", "reaped"):
+                record.state["status"] = "reaped"
+                (record.path / STATE_FILE).write_text(json.dumps(record.state, indent=1))
+        known_runs = {r.run_id for r in runs(base_dir)}
+        for name in sorted(live_domains - owned - set(removed)):
+            run_id = name.removeprefix(virt.DOMAIN_PREFIX).split("-", 1)[0]
+            if run_id not in known_runs or include_kept:
+                virt.destroy(conn, name)
+                removed.append(name)
+    finally:
+        conn.close()
+    return removed
+
+
+def remove_run(record: RunRecord) -> None:
+    shutil.rmtree(record.path, ignore_errors=True)

@@ -1,0 +1,167 @@
+"""One running guest: SSH and SFTP with a pinned host key, commands, testinfra."""
+
+from __future__ import annotations
+
+import base64
+import shlex
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paramiko
+
+from lab.errors import GuestError, HostKeyMismatch
+
+
+@dataclass(frozen=True)
+class Result:
+    exit_status: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == 0
+
+
+class _PinnedKeyPolicy(paramiko.MissingHostKeyPolicy):
+    def __init__(self, node: str, expected: str) -> None:
+        self.node, self.expected = node, expected
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
+                         key: paramiko.PKey) -> None:
+        got = f"{key.get_name()} {key.get_base64()}"
+        raise HostKeyMismatch(f"{self.node}: host key {got[:60]}... does not match the key "
+                              f"pinned at image build ({self.expected[:60]}...): refusing")
+
+
+class Guest:
+    """SSH access to one node, reached through its forwarded port on 127.0.0.1."""
+
+    def __init__(self, node: str, port: int, key_file: Path, host_key: str,
+                 *, connect_timeout: float = 20.0, command_timeout: float = 120.0) -> None:
+        self.node, self.port, self.key_file, self.host_key = node, port, key_file, host_key
+        self.connect_timeout, self.command_timeout = connect_timeout, command_timeout
+        self._client: paramiko.SSHClient | None = None
+
+    @property
+    def client(self) -> paramiko.SSHClient:
+        if self._client is None or not self._transport_alive():
+            self._client = self._connect()
+        return self._client
+
+    def _transport_alive(self) -> bool:
+        transport = self._client.get_transport() if self._client else None
+        return bool(transport and transport.is_active())
+
+    def _connect(self) -> paramiko.SSHClient:
+        kind, blob = self.host_key.split()[:2]
+        client = paramiko.SSHClient()
+        pinned = paramiko.PKey.from_type_string(kind, base64.b64decode(blob))
+        client.get_host_keys().add(f"[127.0.0.1]:{self.port}", kind, pinned)
+        client.set_missing_host_key_policy(_PinnedKeyPolicy(self.node, self.host_key))
+        try:
+            client.connect("127.0.0.1", port=self.port, username="root",
+                           key_filename=str(self.key_file), allow_agent=False,
+                           look_for_keys=False, timeout=self.connect_timeout,
+                           banner_timeout=self.connect_timeout,
+                           auth_timeout=self.connect_timeout)
+        except paramiko.BadHostKeyException as exc:
+            client.close()
+            raise HostKeyMismatch(f"{self.node}: host key changed: {exc}; refusing") from None
+        except (paramiko.SSHException, OSError) as exc:
+            client.close()
+            raise GuestError(f"{self.node}: SSH to 127.0.0.1:{self.port} failed: {exc}") from None
+        return client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def run(self, command: str, *, timeout: float | None = None, check: bool = False) -> Result:
+        """Run a shell command; raise GuestError if it outlives `timeout` (or fails, with check)."""
+        limit = timeout if timeout is not None else self.command_timeout
+        transport = self.client.get_transport()
+        if transport is None:
+            raise GuestError(f"{self.node}: no SSH transport")
+        channel = transport.open_session()
+        channel.settimeout(1.0)
+        channel.exec_command(command)
+        out, err = bytearray(), bytearray()
+        deadline = time.monotonic() + limit
+        while True:
+            while channel.recv_ready():
+                out += channel.recv(65536)
+            while channel.recv_stderr_ready():
+                err += channel.recv_stderr(65536)
+            if channel.exit_status_ready() and not channel.recv_ready() \
+                    and not channel.recv_stderr_ready():
+                break
+            if time.monotonic() > deadline:
+                channel.close()
+                raise GuestError(f"{self.node}: command did not finish within {limit:.0f}s: "
+                                 f"{command[:200]}")
+            if transport.is_active() is False:
+                raise GuestError(f"{self.node}: SSH connection lost while running: "
+                                 f"{command[:200]}")
+            time.sleep(0.01)
+        status = channel.recv_exit_status()
+        channel.close()
+        result = Result(status, out.decode(errors="replace"), err.decode(errors="replace"))
+        if check and not result.ok:
+            raise GuestError(f"{self.node}: `{command[:200]}` exited {status}: "
+                             f"{result.stderr.strip()[-800:] or result.stdout.strip()[-800:]}")
+        return result
+
+    def check(self, command: str, *, timeout: float | None = None) -> str:
+        return self.run(command, timeout=timeout, check=True).stdout
+
+    def put(self, local: Path, remote: str, mode: int | None = None) -> None:
+        with self.client.open_sftp() as sftp:
+            sftp.put(str(local), remote)
+            if mode is not None:
+                sftp.chmod(remote, mode)
+
+    def get(self, remote: str, local: Path) -> Path:
+        with self.client.open_sftp() as sftp:
+            sftp.get(remote, str(local))
+        return local
+
+    def read(self, remote: str) -> str:
+        with self.client.open_sftp() as sftp, sftp.open(remote) as handle:
+            return bytes(handle.read()).decode(errors="replace")
+
+    def canary(self, label: str) -> str:
+        """Write a unique line to the kernel log; dmesg_since() returns what follows it."""
+        mark = f"hplab-canary {label} {uuid.uuid4().hex[:12]}"
+        self.check(f"echo {shlex.quote(mark)} > /dev/kmsg")
+        return mark
+
+    def dmesg_since(self, mark: str) -> str:
+        text = self.check("dmesg")
+        _, found, after = text.partition(mark)
+        if not found:
+            raise GuestError(f"{self.node}: dmesg canary {mark!r} not found (log wrapped?)")
+        return after.split("\n", 1)[1] if "\n" in after else ""
+
+    def testinfra_host(self) -> Any:
+        """A testinfra Host that uses this guest's pinned connection."""
+        import testinfra.host
+        from testinfra.backend.paramiko import ParamikoBackend
+
+        guest = self
+
+        class PinnedBackend(ParamikoBackend):  # type: ignore[misc]
+            @property  # type: ignore[override]
+            def client(self) -> paramiko.SSHClient:
+                return guest.client
+
+            @client.deleter
+            def client(self) -> None:
+                guest.close()
+
+        backend = PinnedBackend(f"root@127.0.0.1:{self.port}")
+        return testinfra.host.Host(backend)

@@ -1,0 +1,30 @@
+"""Where the lab keeps its cache and run directories."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Under /var/tmp, not a home directory: QEMU runs as an unprivileged user and must be
+# able to traverse to kernels, initramfs files and console logs.
+DEFAULT_LAB_DIR = Path("/var/tmp/hplab")
+
+
+def lab_dir(explicit: Path | str | None = None) -> Path:
+    if explicit:
+        return Path(explicit).resolve()
+    env = os.environ.get("HPLAB_DIR")
+    return Path(env).resolve() if env else DEFAULT_LAB_DIR
+
+
+def cache_dir(base: Path) -> Path:
+    path = base / "cache"
+    path.mkdir(parents=True, exist_ok=True)
+    base.chmod(0o755)
+    return path
+
+
+def runs_dir(base: Path) -> Path:
+    path = base / "runs"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
