@@ -1,0 +1,58 @@
+"""Every node boots the requested kernel with the requested huge-page pool."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from lab import guesttools
+from lab.engine import Lab, NodeRuntime
+from lab.guest import Guest
+
+pytestmark = pytest.mark.lab
+
+
+def test_every_node_answers(lab: Lab) -> None:
+    for name in lab.nodes:
+        assert lab.guest(name).check("cat /etc/hostname").strip() == name
+
+
+def test_running_kernel_is_the_requested_one(guest: Guest, node: NodeRuntime) -> None:
+    assert guest.check("uname -r").strip() == node.kernel.release
+
+
+def test_pool_actually_reserved_matches_topology(host: Any, node: NodeRuntime) -> None:
+    pages = node.node.hugepages
+    if pages is None:
+        pytest.skip(f"node {node.node.name!r} asks for no huge pages")
+    sysfs = f"/sys/kernel/mm/hugepages/hugepages-{pages.size_kib}kB/nr_hugepages"
+    assert int(host.file(sysfs).content_string) == pages.count
+    meminfo = dict(line.split(":", 1) for line in
+                   host.file("/proc/meminfo").content_string.splitlines())
+    assert int(meminfo["HugePages_Total"]) == pages.count
+    assert meminfo["Hugepagesize"].split() == [str(pages.size_kib), "kB"]
+
+
+@pytest.mark.hugepages(size="1G", count=1)
+def test_cpu_offers_gigantic_pages(host: Any) -> None:
+    flags = host.file("/proc/cpuinfo").content_string
+    assert " pdpe1gb" in flags
+
+
+@pytest.mark.hugepages(size="1G", count=1)
+def test_one_gib_file_maps_gib_aligned(guest: Guest, lab: Lab) -> None:
+    tool = guesttools.install(guest, "hugemap", lab.cache)
+    guest.check("mkdir -p /mnt/huge1g && mount -t hugetlbfs -o pagesize=1G none /mnt/huge1g")
+    try:
+        before = int(guest.read("/sys/kernel/mm/hugepages/hugepages-1048576kB/free_hugepages"))
+        mapped = json.loads(guest.check(f"{tool} /mnt/huge1g/probe {1 << 30}"))
+        assert mapped["length"] == 1 << 30
+        assert mapped["address"] % (1 << 30) == 0
+        assert mapped["mismatches"] == 0
+        guest.check("rm -f /mnt/huge1g/probe")
+        after = int(guest.read("/sys/kernel/mm/hugepages/hugepages-1048576kB/free_hugepages"))
+        assert after == before
+    finally:
+        guest.run("rm -f /mnt/huge1g/probe; umount /mnt/huge1g")
