@@ -155,7 +155,7 @@ class Guest:
         guest = self
 
         class PinnedBackend(ParamikoBackend):  # type: ignore[misc]
-            @property  # type: ignore[override]
+            @property
             def client(self) -> paramiko.SSHClient:
                 return guest.client
 

@@ -121,7 +121,7 @@ def fix_kvm_node() -> None:
     if kvm_node_ok() or _kvm_gid() < 0:
         return
     os.chown("/dev/kvm", 0, _kvm_gid())
-    os.chmod("/dev/kvm", 0o660)
+    Path("/dev/kvm").chmod(0o660)
     say("set /dev/kvm to root:kvm 0660 (Debian's udev default)")
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import gzip
 import json
 import lzma
-import os
 import re
 import shutil
 import subprocess
@@ -40,7 +39,9 @@ mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /run
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 hostname "$(cat /etc/hostname)"
-for m in $(cat /lib/modules/hplab.order); do insmod "/lib/modules/$m" || echo "hplab-init: insmod $m failed"; done
+for m in $(cat /lib/modules/hplab.order); do
+    insmod "/lib/modules/$m" || echo "hplab-init: insmod $m failed"
+done
 ip link set lo up
 ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0
 /usr/sbin/dropbear -r /etc/dropbear/dropbear_ed25519_host_key -s -p 22 -P /run/dropbear.pid
@@ -126,7 +127,7 @@ def _install_binary(binary: Path, root: Path, dest: str) -> None:
 def _pack_cpio(tree: Path, out: Path) -> None:
     """A gzipped newc archive of `tree`, every file owned by root."""
     files = sorted(str(p.relative_to(tree)) for p in tree.rglob("*"))
-    listing = "\n".join(["."] + files) + "\n"
+    listing = "\n".join([".", *files]) + "\n"
     proc = subprocess.run(["cpio", "--quiet", "-o", "-H", "newc", "-R", "0:0"], cwd=tree,
                           input=listing.encode(), capture_output=True, check=False)
     if proc.returncode != 0:
@@ -219,5 +220,5 @@ def node_initrd(image: Image, out: Path, *, hostname: str, authorized_key: str) 
         with out.open("wb") as dest:
             dest.write(image.path.read_bytes())
             dest.write(overlay.read_bytes())
-    os.chmod(out, 0o644)
+    out.chmod(0o644)
     return out

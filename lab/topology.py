@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
@@ -121,12 +121,12 @@ class _Checker:
         self.path, self.where, self.prefix = path, where, prefix
         if not isinstance(data, dict):
             self.fail("", f"must be a mapping, got {type(data).__name__}")
-        self.data: dict[str, Any] = data  # type: ignore[assignment]
+        self.data: dict[str, Any] = data
         unknown = sorted(str(k) for k in self.data if k not in allowed)
         if unknown:
             self.fail(unknown[0], f"is not a known field (known: {', '.join(sorted(allowed))})")
 
-    def fail(self, key: str, message: str) -> None:
+    def fail(self, key: str, message: str) -> NoReturn:
         location = f"{self.path}: {self.where}" if self.where else f"{self.path}:"
         subject = f" {self.prefix}{key}" if key else ""
         raise TopologyError(f"{location}{subject} {message}")

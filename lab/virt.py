@@ -7,7 +7,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,7 +160,7 @@ def console_tail(path: Path, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def wait_ssh_banner(port: int, deadline: float, alive: callable, node: str,  # type: ignore[valid-type]
+def wait_ssh_banner(port: int, deadline: float, alive: Callable[[], bool], node: str,
                     console: Path, started: float) -> None:
     """Wait for the SSH banner on 127.0.0.1:port (user networking accepts TCP early)."""
     while True:
@@ -236,7 +236,7 @@ def _read_until(proc: subprocess.Popen[bytes], mark: str, deadline: float) -> bo
     return False
 
 
-def resolve_accel(wanted: str, probe: callable) -> str:  # type: ignore[valid-type]
+def resolve_accel(wanted: str, probe: Callable[[], bool]) -> str:
     if wanted in ("tcg", "kvm"):
         return wanted
     return "kvm" if probe() else "tcg"

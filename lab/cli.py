@@ -1,0 +1,279 @@
+"""The `hplab` command: a thin front end over the engine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from lab import host as hostprep
+from lab import image as images
+from lab import kernel as kernels
+from lab import topology as topologies
+from lab import virt
+from lab.engine import Lab, RunRecord, kernel_cmdline, reap, runs
+from lab.errors import LabError
+from lab.events import EventBus, ProgressPrinter
+from lab.paths import cache_dir, lab_dir
+
+
+def _bus(quiet: bool = False) -> EventBus:
+    bus = EventBus()
+    if not quiet:
+        bus.subscribe(ProgressPrinter())
+    return bus
+
+
+def _load(args: argparse.Namespace) -> topologies.Topology:
+    overrides = {"kernel": args.kernel} if getattr(args, "kernel", None) else None
+    return topologies.load(args.topology, overrides)
+
+
+def _kept_runs(base: Path, run_id: str | None) -> list[RunRecord]:
+    records = [r for r in runs(base) if r.state.get("status") in ("kept", "running")]
+    if run_id:
+        records = [r for r in records if r.run_id == run_id]
+        if not records:
+            raise LabError(f"no running lab with run id {run_id!r} in {base / 'runs'}")
+    return records
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    topology = _load(args)
+    base = lab_dir(args.lab_dir)
+    if args.dry_run:
+        return _dry_run(topology, base)
+    lab = Lab(topology, base, _bus(), keep=True)
+    lab.start()
+    lab.stop()  # closes connections; keep=True leaves the domains running
+    print(f"lab {lab.run_id} is up ({len(lab.nodes)} nodes): hplab ssh NODE, hplab down")
+    for name, rt in lab.nodes.items():
+        print(f"  {name}: {rt.kernel.release}, {rt.accel}, ssh on 127.0.0.1:{rt.port}, "
+              f"booted in {rt.boot_seconds:.1f}s, console {rt.console}")
+    return 0
+
+
+def _dry_run(topology: topologies.Topology, base: Path) -> int:
+    cache = cache_dir(base)
+    for node in topology.nodes:
+        kernel = kernels.fetch(node.kernel, cache)
+        image = images.build(node.image, kernel, cache)
+        spec = virt.DomainSpec(name=virt.domain_name("DRYRUN", node.name), run_id="DRYRUN",
+                               node=node.name, memory_mib=node.memory_mib, vcpus=node.vcpus,
+                               accel=node.accel if node.accel != "auto" else "tcg",
+                               kernel=kernel.vmlinuz, initrd=image.path,
+                               cmdline=kernel_cmdline(node),
+                               console=base / "runs" / "DRYRUN" / node.name / "console.log",
+                               ssh_port=0, hugepage_backing=node.backing == "hugepages-1G")
+        print(virt.domain_xml(spec))
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    base = lab_dir(args.lab_dir)
+    records = _kept_runs(base, args.run)
+    if not records:
+        print("no lab is up")
+        return 0
+    for record in records if args.all or args.run else records[-1:]:
+        conns: dict[str, object] = {}
+        for name, node in record.state.get("nodes", {}).items():
+            uri = node["uri"]
+            conns.setdefault(uri, virt.connect(uri))
+            virt.destroy(conns[uri], node["domain"])
+            print(f"destroyed {node['domain']} ({name})")
+        record.state["status"] = "stopped"
+        (record.path / "state.json").write_text(json.dumps(record.state, indent=1))
+        for key in ("id_ed25519", "id_ed25519.pub"):
+            (record.path / key).unlink(missing_ok=True)
+    return 0
+
+
+def _node_state(args: argparse.Namespace) -> tuple[RunRecord, dict[str, object]]:
+    records = _kept_runs(lab_dir(args.lab_dir), args.run)
+    if not records:
+        raise LabError("no lab is up: start one with 'hplab up TOPOLOGY'")
+    record = records[-1]
+    nodes = record.state.get("nodes", {})
+    if args.node not in nodes:
+        raise LabError(f"lab {record.run_id} has no node {args.node!r} "
+                       f"(nodes: {', '.join(nodes)})")
+    return record, nodes[args.node]
+
+
+def cmd_ssh(args: argparse.Namespace) -> int:
+    record, node = _node_state(args)
+    known = record.path / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{node['port']} {node['host_key']}\n")
+    argv = ["ssh", "-i", str(record.path / "id_ed25519"), "-p", str(node["port"]),
+            "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes",
+            "-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR", "root@127.0.0.1",
+            *args.command]
+    os.execvp("ssh", argv)
+    return 127
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    _, node = _node_state(args)
+    sys.stdout.write(Path(str(node["console"])).read_text(errors="replace"))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    base = lab_dir(args.lab_dir)
+    conn = virt.connect("qemu:///system")
+    live = set(virt.lab_domains(conn))
+    conn.close()
+    for record in runs(base)[-args.last:]:
+        nodes = record.state.get("nodes", {})
+        up = sum(1 for n in nodes.values() if n["domain"] in live)
+        owner = "owner alive" if record.owner_alive else "no owner"
+        print(f"{record.run_id}  {record.state.get('status'):8}  {up}/{len(nodes)} domains up  "
+              f"{owner}  {record.state.get('topology')}")
+    stray = live - {n["domain"] for r in runs(base) for n in r.state.get("nodes", {}).values()}
+    for name in sorted(stray):
+        print(f"stray domain {name} (no run directory; 'hplab reap' removes it)")
+    return 0
+
+
+def cmd_reap(args: argparse.Namespace) -> int:
+    removed = reap(lab_dir(args.lab_dir), include_kept=args.all)
+    for name in removed:
+        print(f"reaped {name}")
+    leftovers = virt.qemu_processes()
+    for line in leftovers:
+        print(f"warning: QEMU process still running: {line}", file=sys.stderr)
+    if not removed:
+        print("nothing to reap")
+    if args.check and removed:
+        print(f"hplab: {len(removed)} domains were left behind by runs that ended: a teardown "
+              "leaks", file=sys.stderr)
+        return 1
+    return 1 if leftovers else 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    return hostprep.main(["doctor"])
+
+
+def cmd_host(args: argparse.Namespace) -> int:
+    return hostprep.main([args.action])
+
+
+def cmd_bench_boot(args: argparse.Namespace) -> int:
+    """Median seconds from domain create to SSH ready, and image build cold/warm."""
+    base = lab_dir(args.lab_dir)
+    cache = cache_dir(base)
+    rows = []
+    for spec in args.kernels:
+        kernel = kernels.fetch(spec, cache)
+        cold = _time_build(kernel, cache, fresh=True)
+        warm = _time_build(kernel, cache, fresh=False)
+        overrides = {"kernel": spec}
+        topology = topologies.load(args.topology, overrides)
+        boots: list[float] = []
+        for _ in range(args.repeat):
+            lab = Lab(topology, base, _bus(quiet=True))
+            try:
+                lab.start()
+                boots.extend(rt.boot_seconds for rt in lab.nodes.values())
+            finally:
+                lab.stop()
+        rows.append((spec, kernel.release, cold, warm, boots))
+    print(f"{'image':8} {'kernel':24} {'build cold s':>12} {'build warm s':>12} "
+          f"{'boot median s':>13} {'min':>6} {'max':>6} {'n':>3}")
+    for _spec, release, cold, warm, boots in rows:
+        print(f"{'minimal':8} {release:24} {cold:12.2f} {warm:12.3f} "
+              f"{statistics.median(boots):13.2f} {min(boots):6.2f} {max(boots):6.2f} "
+              f"{len(boots):3d}")
+    return 0
+
+
+def _time_build(kernel: kernels.Kernel, cache: Path, fresh: bool) -> float:
+    if fresh:
+        scratch = cache / "bench-images"
+        import shutil
+
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True)
+        start = time.monotonic()
+        images.build("minimal", kernel, scratch)
+        elapsed = time.monotonic() - start
+        shutil.rmtree(scratch, ignore_errors=True)
+        return elapsed
+    start = time.monotonic()
+    images.build("minimal", kernel, cache)
+    return time.monotonic() - start
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="hplab", description=__doc__)
+    top.add_argument("--lab-dir", default=None,
+                     help="cache and run directory (default: $HPLAB_DIR or /var/tmp/hplab)")
+    sub = top.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("up", help="boot a topology and leave it running")
+    p.add_argument("topology")
+    p.add_argument("--kernel", help="kernel for every node (e.g. debian:6.12)")
+    p.add_argument("--dry-run", action="store_true", help="print the domain XML, boot nothing")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("down", help="destroy the lab started by 'hplab up'")
+    p.add_argument("--run", help="run id (default: the newest lab that is up)")
+    p.add_argument("--all", action="store_true", help="every lab that is up")
+    p.set_defaults(func=cmd_down)
+
+    for name, func, text in (("ssh", cmd_ssh, "open a shell (or run a command) on a node"),
+                             ("console", cmd_console, "print a node's serial console")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("node")
+        p.add_argument("--run", help="run id (default: the newest lab that is up)")
+        if name == "ssh":
+            p.add_argument("command", nargs=argparse.REMAINDER)
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("status", help="runs and their domains")
+    p.add_argument("--last", type=int, default=10)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("reap", help="destroy domains and files left by killed runs")
+    p.add_argument("--all", action="store_true", help="also labs left up by 'hplab up'")
+    p.add_argument("--check", action="store_true",
+                   help="exit 1 if anything had to be reaped (a leak check for CI)")
+    p.set_defaults(func=cmd_reap)
+
+    p = sub.add_parser("doctor", help="check the host")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("host", help="prepare the host (packages, daemons)")
+    p.add_argument("action", choices=["prepare", "doctor"])
+    p.set_defaults(func=cmd_host)
+
+    bench = sub.add_parser("bench", help="benchmarks that print numbers")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    p = bench_sub.add_parser("boot", help="image build cold/warm and boot-to-SSH medians")
+    p.add_argument("--topology", default="topologies/single.yaml")
+    p.add_argument("--kernels", nargs="+", default=["debian:6.1", "debian:6.12"])
+    p.add_argument("--repeat", type=int, default=5)
+    p.set_defaults(func=cmd_bench_boot)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except LabError as exc:
+        print(f"hplab: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hplab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,479 @@
+"""Fragmentation profiles, the guest fragmenter's command line and the typed view of its results.
+
+Two guest-side programs live in ``lab/guestsrc/``:
+
+``fragment`` (``fragment.c``, built static on the host)
+    Fills the guest's memory until no free block of the target order is left outside
+    ZONE_DMA, then frees every other page / file / entry so what is free stays in
+    small pieces, and holds that state until released. See :class:`FragmentSpec` for
+    the options and :class:`FragmentSummary` for the JSON it prints.
+
+``hplab_allocprobe.ko`` (``allocprobe/``)
+    A module whose init attempts ``count`` allocations of ``order`` pages with the
+    chosen GFP flags, logs ONE line ``hplab_allocprobe: {json}``, frees everything
+    and returns -ECANCELED so it never stays loaded (insmod "fails" with "Operation
+    canceled"; that is the normal outcome). See :class:`ProbeSpec`, :class:`ProbeResult`.
+
+Profiles (measured on Debian 6.1, 3 GiB TCG guest with one 1 GiB page reserved):
+
+``anon-pinned``
+    Anonymous memory with MADV_NOHUGEPAGE touched until order-10 blocks are gone,
+    every other page MADV_DONTNEED, survivors mlock2(MLOCK_ONFAULT), with
+    vm.compact_unevictable_allowed=0: defeats GFP_ATOMIC, __GFP_NORETRY and plain
+    GFP_KERNEL (compaction cannot move the locked pages).
+``pagecache``
+    One-page files written in ``dir`` until order-10 blocks are gone, every other one
+    unlinked (tmpfs/ramfs) or dropped with POSIX_FADV_DONTNEED (disk file systems).
+``slab``
+    Directories with long names (dentry + inode + external name) created until
+    order-10 blocks are gone, then most of them removed, keeping one in
+    :data:`SLAB_KEEP_EVERY` so partly used slab pages stay pinned everywhere.
+``mixed``
+    Seeded random mix of the three, chunk by chunk.
+
+The fill stops when free memory outside ZONE_DMA would drop below ``floor_mib``
+(ZONE_DMA's pages count in MemFree but serve no ordinary allocation, so a floor on
+MemFree alone let the OOM killer in). If a few blocks of the target order are left
+under that floor, a finisher faults in mlocked transparent huge pages (order 9),
+which only big blocks can serve, until none is left (target orders 9 and 10 only);
+``held.thp_bytes`` says how much that took.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from lab.memory import ZoneFree
+
+PROFILES = ("anon-pinned", "pagecache", "slab", "mixed")
+GFP_MODES = ("atomic", "kernel", "noretry", "retry_mayfail")
+
+#: x86-64 Debian 6.1 and 6.12 kernels: buddy orders 0..10.
+MAX_BUDDY_ORDER = 10
+#: Below this the fragmenter's MemFree floor invites the OOM killer (the fragmenter
+#: sets vm.min_free_kbytes=8192; the recipe was measured with 12 MiB).
+SAFE_FLOOR_MIB = 8
+DEFAULT_FLOOR_MIB = 12
+SLAB_KEEP_EVERY = 128
+PROBE_MAX_COUNT = 1024
+PROBE_PREFIX = "hplab_allocprobe: "
+SUMMARY_SCHEMA = 1
+
+#: fragment's exit status
+EXIT_REACHED = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_MISSED = 3
+
+_TAG = re.compile(r"[A-Za-z0-9_.-]{0,32}")
+
+
+# --------------------------------------------------------------------------- specs
+
+
+@dataclass(frozen=True)
+class Target:
+    """When the fragmenter stops: at most ``max_free_blocks`` free blocks of ``order``
+    outside ZONE_DMA, or an unusable index of at least ``unusable_index`` at ``order``
+    (computed from buddyinfo over all zones but ZONE_DMA). Exactly one of the two."""
+
+    order: int = 10
+    max_free_blocks: int | None = 0
+    unusable_index: float | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.order, bool) or not isinstance(self.order, int):
+            raise ValueError(f"target order must be an integer, got {self.order!r}")
+        if not 1 <= self.order <= MAX_BUDDY_ORDER:
+            raise ValueError(
+                f"target order {self.order} is impossible: buddy orders are 1..{MAX_BUDDY_ORDER}"
+            )
+        if (self.max_free_blocks is None) == (self.unusable_index is None):
+            raise ValueError("target needs exactly one of max_free_blocks and unusable_index")
+        if self.max_free_blocks is not None and self.max_free_blocks < 0:
+            raise ValueError(f"max_free_blocks must be >= 0, got {self.max_free_blocks}")
+        if self.unusable_index is not None and not (
+            math.isfinite(self.unusable_index) and 0.0 < self.unusable_index <= 1.0
+        ):
+            raise ValueError(f"unusable_index must be in (0, 1], got {self.unusable_index}")
+
+    @classmethod
+    def blocks(cls, order: int = 10, max_free_blocks: int = 0) -> Target:
+        return cls(order=order, max_free_blocks=max_free_blocks)
+
+    @classmethod
+    def unusable(cls, order: int, index: float) -> Target:
+        return cls(order=order, max_free_blocks=None, unusable_index=index)
+
+    def args(self) -> list[str]:
+        out = ["--target-order", str(self.order)]
+        if self.unusable_index is not None:
+            out += ["--unusable-index", f"{self.unusable_index:.3f}"]
+        else:
+            out += ["--max-free-blocks", str(self.max_free_blocks)]
+        return out
+
+
+@dataclass(frozen=True)
+class FragmentSpec:
+    """One fragmenter run. Validation happens at construction; :meth:`check_machine`
+    adds the checks that need the guest's MemTotal."""
+
+    profile: str
+    target: Target = field(default_factory=Target)
+    seed: int = 1
+    floor_mib: int = DEFAULT_FLOOR_MIB
+    timeout_s: float = 600.0
+    dir: str = "/tmp"
+    sysctl: bool = True
+
+    def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise ValueError(f"profile {self.profile!r} is unknown (one of {', '.join(PROFILES)})")
+        if not isinstance(self.target, Target):
+            raise ValueError(f"target must be a Target, got {self.target!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if isinstance(self.floor_mib, bool) or not isinstance(self.floor_mib, int):
+            raise ValueError(f"floor_mib must be an integer, got {self.floor_mib!r}")
+        if self.floor_mib < SAFE_FLOOR_MIB:
+            raise ValueError(
+                f"floor_mib {self.floor_mib} is below the safe minimum of {SAFE_FLOOR_MIB} MiB"
+            )
+        if not (math.isfinite(self.timeout_s) and 0 < self.timeout_s <= 86400):
+            raise ValueError(f"timeout_s must be in (0, 86400], got {self.timeout_s}")
+        if not self.dir.startswith("/") or len(self.dir) > 1024 or "\n" in self.dir:
+            raise ValueError(f"dir must be an absolute path, got {self.dir!r}")
+
+    def check_machine(self, mem_total_kib: int, max_order: int = MAX_BUDDY_ORDER) -> None:
+        """Reject what is impossible on a machine with this MemTotal and buddy order."""
+        if self.floor_mib * 1024 >= mem_total_kib:
+            raise ValueError(
+                f"floor_mib {self.floor_mib} is not below MemTotal ({mem_total_kib // 1024} MiB)"
+            )
+        if self.target.order > max_order:
+            raise ValueError(
+                f"target order {self.target.order} is impossible: this kernel has 0..{max_order}"
+            )
+
+    def argv(
+        self,
+        binary: str,
+        *,
+        hold: bool = True,
+        pidfile: str | None = None,
+        summary: str | None = None,
+        verbose: bool = False,
+    ) -> list[str]:
+        if hold and not pidfile:
+            raise ValueError("pidfile is required with hold=True")
+        out = [binary, "--profile", self.profile, "--seed", str(self.seed), *self.target.args()]
+        out += ["--floor-mib", str(self.floor_mib), "--timeout", f"{self.timeout_s:g}"]
+        if self.profile != "anon-pinned":
+            out += ["--dir", self.dir]
+        if not self.sysctl:
+            out.append("--no-sysctl")
+        if verbose:
+            out.append("--verbose")
+        if hold:
+            out.append("--hold")
+        if pidfile:
+            out += ["--pidfile", pidfile]
+        if summary:
+            out += ["--summary", summary]
+        return out
+
+    def command(self, binary: str, **kwargs: Any) -> str:
+        """The same as :meth:`argv`, quoted for a shell (one SSH command)."""
+        return shlex.join(self.argv(binary, **kwargs))
+
+
+def release_argv(binary: str, pidfile: str, timeout_s: float = 60.0) -> list[str]:
+    """Ask a held fragmenter to release and wait until it has (bounded)."""
+    return [binary, "--release", "--pidfile", pidfile, "--timeout", f"{timeout_s:g}"]
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """Parameters of one hplab_allocprobe load."""
+
+    order: int = 10
+    count: int = 64
+    gfp: str = "kernel"
+    tag: str = ""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.order <= MAX_BUDDY_ORDER:
+            raise ValueError(f"probe order {self.order} is outside 0..{MAX_BUDDY_ORDER}")
+        if not 1 <= self.count <= PROBE_MAX_COUNT:
+            raise ValueError(f"probe count {self.count} is outside 1..{PROBE_MAX_COUNT}")
+        if self.gfp not in GFP_MODES:
+            raise ValueError(f"probe gfp {self.gfp!r} is unknown (one of {', '.join(GFP_MODES)})")
+        if not _TAG.fullmatch(self.tag):
+            raise ValueError(f"probe tag {self.tag!r} must match [A-Za-z0-9_.-]{{0,32}}")
+
+    def params(self) -> list[str]:
+        out = [f"order={self.order}", f"count={self.count}", f"gfp={self.gfp}"]
+        if self.tag:
+            out.append(f"tag={self.tag}")
+        return out
+
+    def command(self, ko_path: str) -> str:
+        """insmod (expected to exit 1, "Operation canceled") then the result line."""
+        pattern = f'{PROBE_PREFIX}{{"tag":"{self.tag}",'
+        return (
+            f"{shlex.join(['insmod', ko_path, *self.params()])} 2>/dev/null; "
+            f"dmesg | grep -F {shlex.quote(pattern)} | tail -n 1"
+        )
+
+
+# --------------------------------------------------------------------------- results
+
+
+def _field(data: Mapping[str, Any], name: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if name not in data:
+        raise ValueError(f"{where}: field {name!r} is missing")
+    value = data[name]
+    if (
+        isinstance(value, bool)
+        and kind is not bool
+        and (not isinstance(kind, tuple) or bool not in kind)
+    ):
+        raise ValueError(f"{where}: field {name!r} must not be a boolean")
+    if not isinstance(value, kind):
+        raise ValueError(f"{where}: field {name!r} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def _buddy(data: Any, where: str) -> tuple[ZoneFree, ...]:
+    if not isinstance(data, list) or not data:
+        raise ValueError(f"{where}: expected a non-empty list of zones")
+    zones = []
+    for i, item in enumerate(data):
+        if not isinstance(item, dict):
+            raise ValueError(f"{where}[{i}]: expected an object")
+        free = _field(item, "free", list, f"{where}[{i}]")
+        if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in free):
+            raise ValueError(f"{where}[{i}].free: expected non-negative integers")
+        zones.append(
+            ZoneFree(
+                node=_field(item, "node", int, f"{where}[{i}]"),
+                zone=_field(item, "zone", str, f"{where}[{i}]"),
+                free=tuple(free),
+            )
+        )
+    return tuple(zones)
+
+
+@dataclass(frozen=True)
+class HeldMemory:
+    anon_bytes: int
+    thp_bytes: int
+    pagecache_files: int
+    pagecache_bytes: int
+    slab_entries: int
+
+
+@dataclass(frozen=True)
+class Release:
+    elapsed_s: float
+    free_blocks: int
+    buddyinfo: tuple[ZoneFree, ...]
+
+
+@dataclass(frozen=True)
+class FragmentSummary:
+    """The fragmenter's JSON summary (stdout, and --summary FILE)."""
+
+    profile: str
+    seed: int
+    target: Target
+    floor_mib: int
+    timeout_s: float
+    reached: bool
+    reason: str | None
+    elapsed_s: float
+    rounds: int
+    free_blocks_before: int
+    free_blocks_after: int
+    unusable_index_before: float
+    unusable_index_after: float
+    memfree_kib_before: int
+    memfree_kib_after: int
+    buddyinfo_before: tuple[ZoneFree, ...]
+    buddyinfo_after: tuple[ZoneFree, ...]
+    bytes_held: int
+    held: HeldMemory
+    dir: str | None
+    drop_method: str
+    sysctl_saved: Mapping[str, str]
+    hold: bool
+    pid: int
+    released: Release | None
+
+
+def parse_fragment_summary(text: str, source: str = "fragment summary") -> FragmentSummary:
+    """Parse the fragmenter's JSON; ValueError naming the field on anything unexpected."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{source}: not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: expected a JSON object")
+    if data.get("tool") != "hplab-fragment" or data.get("schema") != SUMMARY_SCHEMA:
+        raise ValueError(f"{source}: not an hplab-fragment schema {SUMMARY_SCHEMA} summary")
+    num = (int, float)
+    t = _field(data, "target", dict, source)
+    try:
+        if t.get("unusable_index") is not None:
+            target = Target.unusable(
+                _field(t, "order", int, source + ".target"),
+                float(_field(t, "unusable_index", num, source + ".target")),
+            )
+        else:
+            target = Target.blocks(
+                _field(t, "order", int, source + ".target"),
+                _field(t, "max_free_blocks", int, source + ".target"),
+            )
+    except ValueError as exc:
+        raise ValueError(f"{source}.target: {exc}") from exc
+    profile = _field(data, "profile", str, source)
+    if profile not in PROFILES:
+        raise ValueError(f"{source}: field 'profile' is unknown: {profile!r}")
+    reached = _field(data, "reached", bool, source)
+    reason = data.get("reason")
+    if reached and reason is not None:
+        raise ValueError(f"{source}: 'reason' must be null when reached")
+    if not reached and not isinstance(reason, str):
+        raise ValueError(f"{source}: field 'reason' must say why the target was missed")
+    held = _field(data, "held", dict, source)
+    sysctl = _field(data, "sysctl_saved", dict, source)
+    if not all(isinstance(v, str) for v in sysctl.values()):
+        raise ValueError(f"{source}: field 'sysctl_saved' must map names to strings")
+    released_data = data.get("released")
+    released = None
+    if released_data is not None:
+        if not isinstance(released_data, dict):
+            raise ValueError(f"{source}: field 'released' must be an object or null")
+        released = Release(
+            elapsed_s=float(_field(released_data, "elapsed_s", num, source + ".released")),
+            free_blocks=_field(released_data, "free_blocks", int, source + ".released"),
+            buddyinfo=_buddy(released_data.get("buddyinfo"), source + ".released.buddyinfo"),
+        )
+    dir_value = data.get("dir")
+    if dir_value is not None and not isinstance(dir_value, str):
+        raise ValueError(f"{source}: field 'dir' must be a string or null")
+    return FragmentSummary(
+        profile=profile,
+        seed=_field(data, "seed", int, source),
+        target=target,
+        floor_mib=_field(data, "floor_mib", int, source),
+        timeout_s=float(_field(data, "timeout_s", num, source)),
+        reached=reached,
+        reason=reason,
+        elapsed_s=float(_field(data, "elapsed_s", num, source)),
+        rounds=_field(data, "rounds", int, source),
+        free_blocks_before=_field(data, "free_blocks_before", int, source),
+        free_blocks_after=_field(data, "free_blocks_after", int, source),
+        unusable_index_before=float(_field(data, "unusable_index_before", num, source)),
+        unusable_index_after=float(_field(data, "unusable_index_after", num, source)),
+        memfree_kib_before=_field(data, "memfree_kib_before", int, source),
+        memfree_kib_after=_field(data, "memfree_kib_after", int, source),
+        buddyinfo_before=_buddy(data.get("buddyinfo_before"), source + ".buddyinfo_before"),
+        buddyinfo_after=_buddy(data.get("buddyinfo_after"), source + ".buddyinfo_after"),
+        bytes_held=_field(data, "bytes_held", int, source),
+        held=HeldMemory(
+            anon_bytes=_field(held, "anon_bytes", int, source + ".held"),
+            thp_bytes=_field(held, "thp_bytes", int, source + ".held"),
+            pagecache_files=_field(held, "pagecache_files", int, source + ".held"),
+            pagecache_bytes=_field(held, "pagecache_bytes", int, source + ".held"),
+            slab_entries=_field(held, "slab_entries", int, source + ".held"),
+        ),
+        dir=dir_value,
+        drop_method=_field(data, "drop_method", str, source),
+        sysctl_saved=MappingProxyType(dict(sysctl)),
+        hold=_field(data, "hold", bool, source),
+        pid=_field(data, "pid", int, source),
+        released=released,
+    )
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """One hplab_allocprobe result line."""
+
+    tag: str
+    order: int
+    count: int
+    gfp: str
+    succeeded: int
+    failed: int
+    zones: Mapping[str, int]
+    elapsed_us: int
+
+    @property
+    def outside_dma(self) -> int:
+        """Successes not served from ZONE_DMA (the recipe tolerates a stray DMA block)."""
+        return self.succeeded - self.zones.get("DMA", 0)
+
+
+def parse_probe_line(line: str, source: str = "kernel log") -> ProbeResult:
+    """Parse one line containing ``hplab_allocprobe: {json}`` (dmesg prefixes allowed)."""
+    at = line.find(PROBE_PREFIX + "{")
+    if at < 0:
+        raise ValueError(f"{source}: no {PROBE_PREFIX.strip()} result in {line.strip()!r}")
+    try:
+        data = json.loads(line[at + len(PROBE_PREFIX) :].strip())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{source}: probe result is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: probe result is not an object")
+    zones = _field(data, "zones", dict, source)
+    if not all(isinstance(v, int) and v >= 0 for v in zones.values()):
+        raise ValueError(f"{source}: field 'zones' must map zone names to counts")
+    result = ProbeResult(
+        tag=_field(data, "tag", str, source),
+        order=_field(data, "order", int, source),
+        count=_field(data, "count", int, source),
+        gfp=_field(data, "gfp", str, source),
+        succeeded=_field(data, "succeeded", int, source),
+        failed=_field(data, "failed", int, source),
+        zones=MappingProxyType(dict(zones)),
+        elapsed_us=_field(data, "elapsed_us", int, source),
+    )
+    if result.succeeded + result.failed != result.count or sum(zones.values()) != result.succeeded:
+        raise ValueError(f"{source}: probe counts do not add up: {line.strip()!r}")
+    return result
+
+
+def find_probe_results(log: str, tag: str | None = None) -> list[ProbeResult]:
+    """All probe results in a kernel log, oldest first, optionally only one tag."""
+    results = [
+        parse_probe_line(line, f"kernel log line {n}")
+        for n, line in enumerate(log.splitlines(), start=1)
+        if PROBE_PREFIX + "{" in line
+    ]
+    return [r for r in results if tag is None or r.tag == tag]
+
+
+def summary_from_output(stdout: str, exit_status: int) -> FragmentSummary:
+    """The summary the fragmenter printed; ValueError for exit statuses without one."""
+    if exit_status == EXIT_USAGE:
+        raise ValueError("fragment rejected its arguments (exit 2); nothing was done")
+    if exit_status not in (EXIT_REACHED, EXIT_MISSED):
+        raise ValueError(f"fragment failed with exit status {exit_status}")
+    summary = parse_fragment_summary(stdout.strip())
+    if summary.reached != (exit_status == EXIT_REACHED):
+        raise ValueError(f"exit status {exit_status} contradicts reached={summary.reached}")
+    return summary
+
+
+def profile_names() -> Sequence[str]:
+    return PROFILES

@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import gzip
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from lab import guesttools, host, image, plugin, shell
+from lab.errors import BuildError
+from lab.events import EventBus
+from lab.timeouts import Timeouts
+from lab.topology import parse
+
+
+def test_timeouts_scale_down_for_kvm_only() -> None:
+    base = Timeouts()
+    assert base.scaled("tcg") == base
+    assert base.scaled("kvm").ssh_banner == base.ssh_banner * 0.25
+
+
+def test_phase_timer_records_end_and_fail() -> None:
+    bus = EventBus()
+    with bus.phase("boot", "cn1"):
+        pass
+    with pytest.raises(ValueError), bus.phase("ssh", "cn1"):
+        raise ValueError("refused")
+    states = [(e.phase, e.state) for e in bus.history]
+    assert states == [("boot", "start"), ("boot", "end"), ("ssh", "start"), ("ssh", "fail")]
+    assert bus.history[-1].detail == "ValueError: refused"
+    assert [t[:2] for t in bus.timings()] == [("boot", "cn1")]
+
+
+def test_digest_separates_parts() -> None:
+    assert shell.digest("ab", "c") != shell.digest("a", "bc")
+
+
+def test_run_names_failed_command() -> None:
+    with pytest.raises(BuildError, match=r"false failed with exit status 1"):
+        shell.run(["false"])
+    with pytest.raises(BuildError, match="command not found: no-such-tool"):
+        shell.run(["no-such-tool"])
+
+
+def test_install_command_lists_packages() -> None:
+    assert host.install_command(["cpio", "kmod"]).endswith(
+        "apt-get install -y --no-install-recommends cpio kmod")
+
+
+def test_module_order_puts_dependencies_first(tmp_path: Path) -> None:
+    from lab.kernel import Kernel
+
+    mods = tmp_path / "lib" / "modules" / "6.1.0-1-amd64"
+    mods.mkdir(parents=True)
+    (mods / "modules.dep").write_text(
+        "kernel/net/virtio_net.ko: kernel/net/net_failover.ko kernel/core/failover.ko "
+        "kernel/virtio/virtio.ko\n"
+        "kernel/net/net_failover.ko: kernel/core/failover.ko\n"
+        "kernel/core/failover.ko:\nkernel/virtio/virtio.ko:\n")
+    (mods / "modules.builtin").write_text("kernel/drivers/virtio/virtio_pci.ko\n")
+    kernel = Kernel("debian:6.1", "6.1.0-1-amd64", "1", tmp_path)
+    order = image._module_order(kernel, ("virtio_pci", "virtio_net"))
+    assert order.index("kernel/core/failover.ko") < order.index("kernel/net/net_failover.ko")
+    assert order[-1] == "kernel/net/virtio_net.ko"
+    with pytest.raises(BuildError, match="module nosuch is neither built in"):
+        image._module_order(kernel, ("nosuch",))
+
+
+def test_cpio_archive_is_owned_by_root(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc" / "hostname").write_text("cn1\n")
+    out = tmp_path / "a.cpio.gz"
+    image._pack_cpio(tree, out)
+    listing = subprocess.run(["cpio", "-itv", "--quiet"], input=gzip.decompress(out.read_bytes()),
+                             capture_output=True, check=True).stdout.decode()
+    assert "etc/hostname" in listing
+    assert all(" root " in line for line in listing.splitlines() if line)
+
+
+def test_guest_tool_builds_static(tmp_path: Path) -> None:
+    binary = guesttools.build("hugemap", tmp_path)
+    assert guesttools.build("hugemap", tmp_path) == binary
+    out = subprocess.run(["file", str(binary)], capture_output=True, text=True, check=False)
+    if out.returncode == 0:
+        assert "statically linked" in out.stdout
+    with pytest.raises(FileNotFoundError, match="no guest tool 'nope'"):
+        guesttools.source("nope")
+
+
+def test_hugepage_marker_shortfall() -> None:
+    node = parse("nodes: [{name: cn1, hugepages: {size: 1G, count: 1}}]", Path("t")).nodes[0]
+    mark = pytest.mark.hugepages(size="1G", count=2).mark
+    assert plugin.hugepage_shortfall(node, mark) == (
+        "node 'cn1' has 1 x 1G huge pages; the test needs 2 x 1G")
+    assert plugin.hugepage_shortfall(node, pytest.mark.hugepages(size="1G", count=1).mark) is None
+    assert plugin.hugepage_shortfall(node, None) is None
+    bare = parse("nodes: [{name: cn2}]", Path("t")).nodes[0]
+    assert "has no huge pages" in (plugin.hugepage_shortfall(bare, mark) or "")

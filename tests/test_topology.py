@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lab import topology
+from lab.errors import TopologyError
+
+ROOT = Path(__file__).resolve().parent.parent
+GOOD = """
+name: t
+nodes:
+  - name: cn1
+    memory: 3G
+    hugepages: {size: 1G, count: 1}
+"""
+
+
+def parse(text: str) -> topology.Topology:
+    return topology.parse(text, Path("t.yaml"))
+
+
+@pytest.mark.parametrize("name", ["single", "pair", "big", "single-612"])
+def test_shipped_topologies_load(name: str) -> None:
+    topo = topology.load(ROOT / "topologies" / f"{name}.yaml")
+    assert topo.nodes
+
+
+def test_defaults_and_sizes() -> None:
+    node = parse(GOOD).nodes[0]
+    assert node.memory == 3 * topology.GIB
+    assert node.kernel == "debian:6.1"
+    assert node.uri == "qemu:///system"
+    assert node.accel == "auto"
+    assert node.hugepages == topology.HugePages("1G", 1)
+    assert node.hugepages.size_kib == 1048576
+
+
+def test_defaults_section_and_override() -> None:
+    text = "nodes: [{name: a}, {name: b, kernel: 'debian:6.12'}]\ndefaults: {memory: 4G}\n"
+    topo = topology.parse(text, Path("p.yaml"), {"kernel": "debian:6.12"})
+    assert [n.memory for n in topo.nodes] == [4 * topology.GIB] * 2
+    assert {n.kernel for n in topo.nodes} == {"debian:6.12"}
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("nodes: [{name: cn1, hugepages: {size: 1G, count: 0}}]",
+     "t.yaml: node 'cn1': hugepages.count must be >= 1, got 0"),
+    ("nodes: [{name: cn1, hugepages: {size: 4K}}]",
+     "t.yaml: node 'cn1': hugepages.size must be one of 1G, 2M, got '4K'"),
+    ("nodes: [{name: cn1, memory: 3G, hugepages: {size: 1G, count: 2}}]",
+     "hugepages.count asks for 2 x 1G but a 3072M guest can reserve at most 1"),
+    ("nodes: [{name: cn1, memory: 1G, hugepages: {size: 2M, count: 400}}]",
+     "pool of 800M leaves less than 512M"),
+    ("nodes: [{name: cn1, colour: red}]", "t.yaml: node 'cn1': colour is not a known field"),
+    ("nodes: [{name: cn1, hugepages: {size: 1G, cnt: 1}}]", "hugepages.cnt is not a known"),
+    ("nodes: [{name: ../etc}]", "node '../etc': name must match"),
+    ("nodes: [{name: 'a b; rm -rf /'}]", "name must match"),
+    ("nodes: [{name: cn1, vcpus: many}]", "vcpus must be an integer, got 'many'"),
+    ("nodes: [{name: cn1, vcpus: 1000}]", "vcpus must be between 1 and 16, got 1000"),
+    ("nodes: [{name: cn1, memory: 99999999G}]", "memory must be between 256M and 64G"),
+    ("nodes: [{name: cn1, memory: lots}]", "memory must be a size like '3G'"),
+    ("nodes: [{name: cn1, uri: 'qemu+ssh://evil/system'}]", "uri must be one of"),
+    ("nodes: [{name: cn1, accel: hvf}]", "accel must be one of auto, tcg, kvm"),
+    ("nodes: [{name: cn1, kernel: 'debian:5.10'}]", "kernel must be 'debian:6.1'"),
+    ("nodes: [{name: cn1, cmdline: \"a'b\"}]", "cmdline must be one line"),
+    ("nodes: [{name: cn1, module: {'bad key': 1}}]", "parameter names must be identifiers"),
+    ("nodes: [{name: cn1}, {name: cn1}]", "node 'cn1': name is used twice"),
+    ("nodes: []", "nodes must be a non-empty list"),
+    ("- just a list", "t.yaml: must be a mapping, got list"),
+    ("nodes: [{name: cn1}]\nextra: 1", "t.yaml: extra is not a known field"),
+    ("nodes: [{name: cn1\n", "t.yaml: line"),
+    ("nodes: [5]", "nodes[0]: must be a mapping, got int"),
+])
+def test_invalid_topology_gets_one_clear_line(text: str, message: str) -> None:
+    with pytest.raises(TopologyError) as info:
+        parse(text)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_file_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(TopologyError, match=r"nope\.yaml: cannot read topology file"):
+        topology.load(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(("gib", "pages"), [(2, 0), (3, 1), (4, 1), (5, 2), (8, 5)])
+def test_gigantic_page_capacity(gib: int, pages: int) -> None:
+    assert topology.max_gigantic_pages(gib * topology.GIB) == pages
+
+
+def test_unknown_node_lookup_lists_nodes() -> None:
+    with pytest.raises(TopologyError, match=r"no node named 'x' \(nodes: cn1\)"):
+        parse(GOOD).node("x")
