@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from lab import topology as topologies
+from lab import triage
 from lab.engine import Lab, NodeRuntime
 from lab.errors import LabError
 from lab.events import EventBus, ProgressPrinter
@@ -32,6 +33,7 @@ class LabSession:
         self._topology: Topology | None = None
         self._lab: Lab | None = None
         self._failure: BaseException | None = None
+        self.watches: dict[str, triage.ConsoleWatch] = {}
 
     @property
     def topology(self) -> Topology:
@@ -54,7 +56,31 @@ class LabSession:
                 self._failure = exc
                 raise
             self._lab = lab
+            self.watches = {name: triage.ConsoleWatch(rt.console)
+                            for name, rt in lab.nodes.items()}
         return self._lab
+
+    @property
+    def running(self) -> Lab | None:
+        return self._lab
+
+    def console_findings(self) -> list[tuple[str, triage.Finding]]:
+        return [(name, finding) for name, watch in self.watches.items()
+                for finding in watch.new_findings()]
+
+    def taints(self) -> dict[str, int]:
+        """Kernel taint of every reachable node (unreachable nodes are left out)."""
+        result: dict[str, int] = {}
+        if self._lab is None:
+            return result
+        for name, rt in self._lab.nodes.items():
+            if rt.guest is None:
+                continue
+            try:
+                result[name] = int(rt.guest.check("cat /proc/sys/kernel/tainted", timeout=20))
+            except (LabError, ValueError):
+                continue
+        return result
 
     def close(self) -> None:
         if self._lab is not None:
@@ -90,6 +116,72 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     session = config.stash.get(SESSION, None)
     if session is not None:
         session.close()
+
+
+TAINT_BEFORE = pytest.StashKey[dict[str, int]]()
+CANARIES = pytest.StashKey[dict[str, str]]()
+
+
+def _canaries(session: LabSession, item: pytest.Item) -> dict[str, str]:
+    marks = {}
+    lab = session.running
+    if lab is not None:
+        for name, rt in lab.nodes.items():
+            if rt.guest is not None:
+                try:
+                    marks[name] = rt.guest.canary(item.name[:80])
+                except LabError:
+                    continue
+    return marks
+
+
+def _dmesg_sections(session: LabSession, marks: dict[str, str]) -> list[tuple[str, str]]:
+    sections = []
+    lab = session.running
+    for name, mark in marks.items():
+        rt = lab.nodes.get(name) if lab else None
+        if rt is None or rt.guest is None:
+            continue
+        try:
+            text = rt.guest.dmesg_since(mark)
+        except LabError as exc:
+            text = f"(dmesg unavailable: {exc})"
+        if text.strip():
+            sections.append((f"dmesg {name}", text))
+    return sections
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Fail a test whose nodes logged a kernel failure or gained taint; record the class."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    session = item.config.stash[SESSION]
+    findings: list[tuple[str, triage.Finding]] = []
+    if session.running is not None:
+        findings = session.console_findings()
+        if report.when == "setup" and report.passed:
+            item.stash[TAINT_BEFORE] = session.taints()
+            item.stash[CANARIES] = _canaries(session, item)
+        elif report.when == "call":
+            for title, text in _dmesg_sections(session, item.stash.get(CANARIES, {})):
+                report.sections.append((title, text))
+            before = item.stash.get(TAINT_BEFORE, {})
+            for name, after in session.taints().items():
+                new = triage.unexpected_taint(before.get(name, after), after)
+                if new:
+                    report.outcome = "failed"
+                    report.longrepr = (f"node {name}: kernel taint gained {triage.taint_names(new)}"
+                                       f" ({before.get(name)} -> {after})\n{report.longrepr or ''}")
+    if findings:
+        text = "\n\n".join(f"kernel {f.kind} on node {node}:\n{f.excerpt}" for node, f in findings)
+        report.outcome = "failed"
+        report.longrepr = f"{text}\n\n{report.longrepr or ''}".rstrip()
+    if report.when == "call" or (report.when == "setup" and not report.passed):
+        exc = call.excinfo.value if call.excinfo is not None else None
+        kind = triage.classify(exc if report.failed else None, [f for _, f in findings],
+                               report.skipped)
+        item.user_properties.append(("outcome", kind))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -146,3 +238,37 @@ def guest(node: NodeRuntime) -> Guest:
 def host(guest: Guest) -> Any:
     """A testinfra host for the node, over the lab's pinned SSH connection."""
     return guest.testinfra_host()
+
+
+@pytest.fixture(scope="session")
+def vrhp_builds() -> dict[tuple[str, int, int], Any]:
+    """Module builds of this session, by (kernel release, version, layout)."""
+    return {}
+
+
+@pytest.fixture
+def vrhp_variant(guest: Guest, node: NodeRuntime, lab: Lab,
+                 vrhp_builds: dict[tuple[str, int, int], Any]) -> Iterator[Any]:
+    """Builds vrhp of a version and layout for the node's kernel and installs it.
+
+    At teardown the module is unloaded and the agent's huge-page files are removed, so
+    every test starts with the whole pool free.
+    """
+    from lab import kmod
+
+    def make(version: int = 1, layout: int = 1) -> kmod.GuestModule:
+        key = (node.kernel.release, version, layout)
+        if key not in vrhp_builds:
+            with lab.bus.phase("kmod-build", node.node.name, f"v{version} layout {layout}"):
+                vrhp_builds[key] = kmod.build(node.kernel, lab.cache, version=version,
+                                              layout=layout)
+        return kmod.GuestModule(guest, vrhp_builds[key]).install()
+
+    yield make
+    kmod.reset_guest(guest)
+
+
+@pytest.fixture
+def vrhp(vrhp_variant: Any) -> Any:
+    """vrhp version 1 installed in the node (not loaded)."""
+    return vrhp_variant()

@@ -1,0 +1,148 @@
+"""The module under test in the lab: built for a node's exact kernel, loaded in its guest."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lab.errors import BuildError, GuestError
+from lab.guest import Guest, Result
+from lab.kernel import Kernel
+from lab.shell import digest, locked, run
+
+KMOD_SOURCE = Path(__file__).resolve().parent.parent / "kmod"
+SOURCE_SUFFIXES = (".c", ".h", "Kbuild", "Makefile")
+REMOTE_DIR = "/opt/vrhp"
+MODULE_NAME = "vrhp"
+HUGETLB_DIRS = ("/dev/hugepages1G", "/dev/hugepages2M")  # the agent's default mounts
+
+
+@dataclass(frozen=True)
+class ModuleBuild:
+    """vrhp.ko and its agent, built for one kernel release and one version/layout."""
+
+    kernel_release: str
+    version: int
+    layout: int
+    key: str
+    ko: Path
+    agent: Path
+
+    @property
+    def label(self) -> str:
+        return f"v{self.version}-layout{self.layout}"
+
+
+def _source_files(source: Path) -> list[Path]:
+    return sorted(p for p in source.rglob("*") if p.is_file() and p.name.endswith(SOURCE_SUFFIXES)
+                  and not p.name.endswith(".mod.c"))
+
+
+def build(kernel: Kernel, cache: Path, *, version: int = 1, layout: int = 1,
+          source: Path = KMOD_SOURCE) -> ModuleBuild:
+    """Build module and agent in a private copy of the source; cached by source + kernel."""
+    files = _source_files(source)
+    if not files:
+        raise BuildError(f"no module source under {source}")
+    gcc = run(["gcc", "--version"]).splitlines()[0]
+    key = digest(kernel.release, kernel.package_version, str(version), str(layout), gcc,
+                 *(f"{p.relative_to(source)}\0{p.read_text()}" for p in files))
+    out = cache / "kmod" / f"{kernel.release}-{key}"
+    with locked(cache / "kmod" / f".{key}.lock"):
+        if not (out / "done").exists():
+            out.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory() as tmp:
+                tree = Path(tmp) / "kmod"
+                for path in files:
+                    target = tree / path.relative_to(source)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(path, target)
+                run(["make", "-C", tree, f"KDIR={kernel.headers_dir}",
+                     f"VRHP_VERSION={version}", f"VRHP_LAYOUT={layout}"], timeout=600)
+                shutil.copy2(tree / "vrhp" / "vrhp.ko", out / "vrhp.ko")
+                shutil.copy2(tree / "agent" / "vrhp-agent", out / "vrhp-agent")
+            vermagic = run(["modinfo", "-F", "vermagic", out / "vrhp.ko"]).strip()
+            if vermagic != kernel.vermagic:
+                raise BuildError(f"vrhp.ko built with vermagic {vermagic!r}, but kernel "
+                                 f"{kernel.release} expects {kernel.vermagic!r}")
+            (out / "done").write_text(json.dumps({"vermagic": vermagic}))
+    return ModuleBuild(kernel.release, version, layout, key, out / "vrhp.ko", out / "vrhp-agent")
+
+
+class GuestModule:
+    """One build of vrhp installed in a guest: insmod, rmmod, the agent."""
+
+    def __init__(self, guest: Guest, module: ModuleBuild) -> None:
+        self.guest, self.build = guest, module
+        self.remote_dir = f"{REMOTE_DIR}/{module.label}"
+        self.ko = f"{self.remote_dir}/vrhp.ko"
+        self.agent_path = f"{self.remote_dir}/vrhp-agent"
+
+    def install(self) -> GuestModule:
+        self.guest.check(f"mkdir -p {self.remote_dir}")
+        self.guest.put(self.build.ko, self.ko)
+        self.guest.put(self.build.agent, self.agent_path, mode=0o755)
+        return self
+
+    def loaded(self) -> bool:
+        return self.guest.run(f"test -d /sys/module/{MODULE_NAME}").ok
+
+    def insmod(self, **params: object) -> Result:
+        """Load the module; returns the result so tests can assert refusals."""
+        args = " ".join(f"{k}={shlex.quote(str(v))}" for k, v in params.items())
+        return self.guest.run(f"insmod {self.ko} {args}".strip())
+
+    def load(self, **params: object) -> None:
+        result = self.insmod(**params)
+        if not result.ok:
+            raise GuestError(f"{self.guest.node}: insmod vrhp.ko {params} failed: "
+                             f"{result.stderr.strip()}")
+
+    def rmmod(self, timeout: float = 30.0) -> None:
+        self.unload(self.guest, timeout)
+
+    @staticmethod
+    def unload(guest: Guest, timeout: float = 30.0) -> None:
+        """Unload after the module's users are gone (refcount 0), bounded by `timeout`."""
+        refcnt = f"/sys/module/{MODULE_NAME}/refcnt"
+        deadline = time.monotonic() + timeout
+        while True:
+            count = guest.run(f"cat {refcnt} 2>/dev/null").stdout.strip()
+            if count in ("", "0"):
+                break
+            if time.monotonic() > deadline:
+                raise GuestError(f"{guest.node}: vrhp refcount still {count} after "
+                                 f"{timeout:.0f}s; cannot unload")
+            time.sleep(0.2)
+        if count == "0":
+            guest.check(f"rmmod {MODULE_NAME}")
+
+    def agent(self, *args: str | int, timeout: float | None = None) -> Result:
+        command = " ".join(shlex.quote(str(a)) for a in (self.agent_path, *args))
+        return self.guest.run(command, timeout=timeout)
+
+    def agent_json(self, *args: str | int, timeout: float | None = None) -> Any:
+        """Run the agent and parse its JSON; a failure names the command and its stderr."""
+        result = self.agent(*args, timeout=timeout)
+        if not result.ok:
+            raise GuestError(f"{self.guest.node}: vrhp-agent {' '.join(map(str, args))} exited "
+                             f"{result.exit_status}: {result.stderr.strip()[-600:]}")
+        try:
+            return json.loads(result.stdout)
+        except json.JSONDecodeError as exc:
+            raise GuestError(f"{self.guest.node}: vrhp-agent {' '.join(map(str, args))} printed "
+                             f"no JSON ({exc}): {result.stdout[:300]!r}") from None
+
+
+def reset_guest(guest: Guest, timeout: float = 30.0) -> None:
+    """Unload vrhp and remove the agent's huge-page files: the pool is whole again."""
+    guest.run("pkill -x vrhp-agent; true")
+    GuestModule.unload(guest, timeout)
+    files = " ".join(f"{d}/*" for d in HUGETLB_DIRS)
+    guest.run(f"rm -f {files} 2>/dev/null; true")

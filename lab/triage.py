@@ -1,0 +1,113 @@
+"""Failure triage: kernel console patterns, taint, and the class of an outcome."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from lab.errors import BootError, GuestError, HostKeyMismatch, LabError
+
+# (kind, pattern of the first line). Order matters: the first match names the finding.
+CONSOLE_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    (kind, re.compile(pattern)) for kind, pattern in (
+        ("panic", r"Kernel panic - not syncing"),
+        ("bad-page-map", r"BUG: Bad page map"),
+        ("lockup", r"soft lockup - CPU|hard LOCKUP|self-detected stall|detected stalls on CPUs"),
+        ("hung-task", r"INFO: task .* blocked for more than"),
+        ("bug", r"BUG: |kernel BUG at"),
+        ("oops", r"Oops: |general protection fault"),
+        ("warning", r"WARNING: CPU: \d+ PID: \d+ at |WARNING: .* at .*\+0x"),
+    ))
+TRACE_LINE = re.compile(r"(Call Trace:|^\s*\[?<|^\s+\S+\+0x[0-9a-f]+/0x[0-9a-f]+|RIP:|Code:|"
+                        r"---\[ end trace|Modules linked in:|CPU: \d+ PID:|Hardware name:)")
+EXCERPT_LINES = 40
+
+# Taint bits set by loading an out-of-tree (O, 4096) unsigned (E, 8192) module.
+EXPECTED_TAINT = (1 << 12) | (1 << 13)
+TAINT_FLAGS = "PFSRMBUDAWCIOELKXTN"
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str
+    first_line: str
+    excerpt: str
+
+
+def _strip_timestamp(line: str) -> str:
+    return re.sub(r"^\[\s*\d+\.\d+\]\s?", "", line.rstrip("\r"))
+
+
+def scan_console(text: str) -> list[Finding]:
+    """Every kernel failure in `text`, each with its first line and following trace."""
+    lines = [_strip_timestamp(line) for line in text.splitlines()]
+    findings = []
+    i = 0
+    while i < len(lines):
+        kind = next((k for k, pattern in CONSOLE_PATTERNS if pattern.search(lines[i])), None)
+        if kind is None:
+            i += 1
+            continue
+        excerpt = [lines[i]]
+        j = i + 1
+        while j < len(lines) and len(excerpt) < EXCERPT_LINES and (
+                TRACE_LINE.search(lines[j]) or lines[j].startswith((" ", "\t"))):
+            excerpt.append(lines[j])
+            j += 1
+        findings.append(Finding(kind, lines[i], "\n".join(excerpt)))
+        i = max(j, i + 1)
+    return findings
+
+
+class ConsoleWatch:
+    """Reads a node's console file from where it last stopped."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+
+    def skip_to_end(self) -> None:
+        self.offset = self.path.stat().st_size if self.path.exists() else 0
+
+    def read_new(self) -> str:
+        if not self.path.exists():
+            return ""
+        with self.path.open("rb") as handle:
+            handle.seek(self.offset)
+            data = handle.read()
+        # Only complete lines: a trace still being written is read next time.
+        complete = data[: data.rfind(b"\n") + 1]
+        self.offset += len(complete)
+        return complete.decode(errors="replace")
+
+    def new_findings(self) -> list[Finding]:
+        return scan_console(self.read_new())
+
+
+def taint_names(bits: int) -> str:
+    return "".join(flag for i, flag in enumerate(TAINT_FLAGS) if bits & (1 << i)) or "none"
+
+
+def unexpected_taint(before: int, after: int) -> int:
+    """Taint bits that appeared and are not the ones loading our module sets."""
+    return (after & ~before) & ~EXPECTED_TAINT
+
+
+def classify(excinfo: BaseException | None, findings: list[Finding], skipped: bool) -> str:
+    """The outcome class recorded in JUnit: what kind of failure this was."""
+    if findings:
+        return "hang" if findings[0].kind in ("lockup", "hung-task") else "kernel-crash"
+    if skipped:
+        return "precondition-unreachable"
+    if excinfo is None:
+        return "passed"
+    if isinstance(excinfo, BootError):
+        return "infrastructure-boot"
+    if isinstance(excinfo, HostKeyMismatch):
+        return "infrastructure-ssh"
+    if isinstance(excinfo, GuestError):
+        return "hang" if "did not finish within" in str(excinfo) else "infrastructure-ssh"
+    if isinstance(excinfo, LabError):
+        return "infrastructure"
+    return "test-failure"

@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lab import triage
+from lab.errors import BootError, GuestError, HostKeyMismatch, LabError
+
+OOPS = """\
+[   12.000000] hplab-canary test_x abc
+[   12.100000] BUG: kernel NULL pointer dereference, address: 0000000000000008
+[   12.100001] #PF: supervisor read access in kernel mode
+[   12.100002] Oops: 0000 [#1] PREEMPT SMP NOPTI
+[   12.100003] CPU: 0 PID: 321 Comm: insmod Tainted: G           OE      6.1.0-56-amd64 #1
+[   12.100004] RIP: 0010:vrhp_init+0x12/0x80 [vrhp]
+[   12.100005] Call Trace:
+[   12.100006]  <TASK>
+[   12.100007]  do_one_initcall+0x41/0x200
+[   12.100008]  </TASK>
+[   12.200000] random later line
+"""
+WARN = """\
+[    5.0] WARNING: CPU: 0 PID: 77 at mm/gup.c:1234 pin_user_pages+0x1/0x2
+[    5.1] Modules linked in: vrhp(OE)
+[    5.2] ---[ end trace 0000000000000000 ]---
+"""
+
+
+def test_oops_is_found_with_its_trace() -> None:
+    findings = triage.scan_console(OOPS)
+    assert [f.kind for f in findings] == ["bug", "oops"]
+    assert findings[0].first_line.startswith("BUG: kernel NULL pointer dereference")
+    assert "Call Trace:" in findings[1].excerpt
+    assert "do_one_initcall" in findings[1].excerpt
+    assert "random later line" not in findings[1].excerpt
+
+
+@pytest.mark.parametrize(("line", "kind"), [
+    ("[ 1.0] Kernel panic - not syncing: sysrq triggered crash", "panic"),
+    ("[ 1.0] BUG: Bad page map in process vrhp-agent  pte:8000000", "bad-page-map"),
+    ("[ 1.0] general protection fault, probably for non-canonical address", "oops"),
+    ("[ 1.0] watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [fill:99]", "lockup"),
+    ("[ 1.0] rcu: INFO: rcu_preempt self-detected stall on CPU", "lockup"),
+    ("[ 1.0] INFO: task insmod:123 blocked for more than 120 seconds.", "hung-task"),
+])
+def test_patterns(line: str, kind: str) -> None:
+    assert [f.kind for f in triage.scan_console(line)] == [kind]
+
+
+def test_warning_with_modules_line() -> None:
+    (finding,) = triage.scan_console(WARN)
+    assert finding.kind == "warning"
+    assert "Modules linked in" in finding.excerpt
+
+
+def test_clean_console_has_no_findings() -> None:
+    text = "hplab-init: ready\n[ 3.0] vrhp: loaded, backend hugepage\n"
+    assert triage.scan_console(text) == []
+
+
+def test_console_watch_reads_only_complete_new_lines(tmp_path: Path) -> None:
+    log = tmp_path / "console.log"
+    log.write_text("boot line\n")
+    watch = triage.ConsoleWatch(log)
+    watch.skip_to_end()
+    with log.open("a") as handle:
+        handle.write("Kernel panic - not syncing: x\npartial")
+    assert [f.kind for f in watch.new_findings()] == ["panic"]
+    assert watch.read_new() == ""
+    with log.open("a") as handle:
+        handle.write(" line\n")
+    assert watch.read_new() == "partial line\n"
+
+
+def test_expected_taint_is_masked() -> None:
+    assert triage.unexpected_taint(0, 12288) == 0
+    assert triage.unexpected_taint(0, 12288 | 512) == 512  # W: a warning happened
+    assert triage.taint_names(512) == "W"
+    assert triage.taint_names(0) == "none"
+
+
+@pytest.mark.parametrize(("exc", "kind"), [
+    (None, "passed"),
+    (BootError("x", node="cn1", phase="boot"), "infrastructure-boot"),
+    (HostKeyMismatch("x"), "infrastructure-ssh"),
+    (GuestError("cn1: command did not finish within 10s: x"), "hang"),
+    (GuestError("cn1: SSH connection lost"), "infrastructure-ssh"),
+    (LabError("libvirt refused"), "infrastructure"),
+    (AssertionError("x"), "test-failure"),
+])
+def test_classify(exc: BaseException | None, kind: str) -> None:
+    assert triage.classify(exc, [], skipped=False) == kind
+
+
+def test_classify_console_findings_win() -> None:
+    crash = triage.scan_console("Kernel panic - not syncing: x")
+    hang = triage.scan_console("INFO: task a:1 blocked for more than 120 seconds.")
+    assert triage.classify(None, crash, skipped=False) == "kernel-crash"
+    assert triage.classify(AssertionError(), hang, skipped=False) == "hang"
+    assert triage.classify(None, [], skipped=True) == "precondition-unreachable"
