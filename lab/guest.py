@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import base64
+import logging
 import shlex
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import paramiko
 
 from lab.errors import GuestError, HostKeyMismatch
 
+log = logging.getLogger(__name__)
+TRANSIENT_ATTEMPTS = 3
+T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Result:
@@ -45,6 +50,8 @@ class Guest:
         self.node, self.port, self.key_file, self.host_key = node, port, key_file, host_key
         self.connect_timeout, self.command_timeout = connect_timeout, command_timeout
         self._client: paramiko.SSHClient | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+        self.transient_retries = 0
 
     @property
     def client(self) -> paramiko.SSHClient:
@@ -77,6 +84,9 @@ class Guest:
         return client
 
     def close(self) -> None:
+        if self._sftp is not None:
+            self._sftp.close()
+            self._sftp = None
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -84,10 +94,8 @@ class Guest:
     def run(self, command: str, *, timeout: float | None = None, check: bool = False) -> Result:
         """Run a shell command; raise GuestError if it outlives `timeout` (or fails, with check)."""
         limit = timeout if timeout is not None else self.command_timeout
-        transport = self.client.get_transport()
-        if transport is None:
-            raise GuestError(f"{self.node}: no SSH transport")
-        channel = transport.open_session()
+        channel = self._retry("open a session", lambda: self._transport().open_session())
+        transport = self._transport()
         channel.settimeout(1.0)
         channel.exec_command(command)
         out, err = bytearray(), bytearray()
@@ -119,20 +127,51 @@ class Guest:
     def check(self, command: str, *, timeout: float | None = None) -> str:
         return self.run(command, timeout=timeout, check=True).stdout
 
+    def _transport(self) -> paramiko.Transport:
+        transport = self.client.get_transport()
+        if transport is None:
+            raise GuestError(f"{self.node}: no SSH transport")
+        return transport
+
+    def _retry(self, what: str, action: Callable[[], T]) -> T:
+        """Retry an idempotent SSH step that the server refused in passing (dropbear
+        sometimes closes a fresh channel while the previous one is torn down)."""
+        for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
+            try:
+                return action()
+            except (paramiko.SSHException, EOFError) as exc:
+                if attempt == TRANSIENT_ATTEMPTS or not self._transport_alive():
+                    raise GuestError(f"{self.node}: could not {what} after {attempt} "
+                                     f"attempts: {exc or type(exc).__name__}") from None
+                self.transient_retries += 1
+                log.warning("%s: transient SSH error (%s), retry %d/%d to %s", self.node,
+                            exc or type(exc).__name__, attempt, TRANSIENT_ATTEMPTS - 1, what)
+                self._sftp = None
+                time.sleep(0.2 * attempt)
+        raise AssertionError("unreachable")
+
+    def sftp(self) -> paramiko.SFTPClient:
+        if self._sftp is None or self._sftp.get_channel() is None \
+                or self._sftp.get_channel().closed:  # type: ignore[union-attr]
+            self._sftp = self.client.open_sftp()
+        return self._sftp
+
     def put(self, local: Path, remote: str, mode: int | None = None) -> None:
-        with self.client.open_sftp() as sftp:
-            sftp.put(str(local), remote)
+        def transfer() -> None:
+            self.sftp().put(str(local), remote)
             if mode is not None:
-                sftp.chmod(remote, mode)
+                self.sftp().chmod(remote, mode)
+        self._retry(f"copy {local} to {remote}", transfer)
 
     def get(self, remote: str, local: Path) -> Path:
-        with self.client.open_sftp() as sftp:
-            sftp.get(remote, str(local))
+        self._retry(f"copy {remote} from the guest", lambda: self.sftp().get(remote, str(local)))
         return local
 
     def read(self, remote: str) -> str:
-        with self.client.open_sftp() as sftp, sftp.open(remote) as handle:
-            return bytes(handle.read()).decode(errors="replace")
+        def fetch() -> bytes:
+            with self.sftp().open(remote) as handle:
+                return bytes(handle.read())
+        return self._retry(f"read {remote}", fetch).decode(errors="replace")
 
     def canary(self, label: str) -> str:
         """Write a unique line to the kernel log; dmesg_since() returns what follows it."""
