@@ -84,6 +84,7 @@ def domain_xml(spec: DomainSpec) -> str:
       <target port='0'/></serial>
     <console type='file'><source path={quoteattr(str(spec.console))} append='off'/>
       <target type='serial' port='0'/></console>
+    <controller type='usb' model='none'/>
     <memballoon model='none'/>
   </devices>
   <qemu:commandline>

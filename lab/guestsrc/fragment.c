@@ -1,0 +1,1370 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * fragment: bring a guest's physical memory into a state where high-order
+ * (default order-10) allocations fail, hold it there, and release it on demand.
+ *
+ * Build on the host:  gcc -static -O2 -Wall -Wextra -Werror -o fragment fragment.c
+ *
+ * Usage:
+ *   fragment --profile P [--seed N] [--target-order O]
+ *            [--max-free-blocks K | --unusable-index X]
+ *            [--floor-mib M] [--timeout S] [--dir D] [--no-sysctl]
+ *            [--hold --pidfile F] [--summary FILE]
+ *   fragment --release --pidfile F [--timeout S]
+ *
+ * Profiles: anon-pinned, pagecache, slab, mixed (see lab/stress.py for details).
+ *
+ * "free blocks" of order O means the number of order-O allocations the buddy free
+ * lists could serve outside ZONE_DMA: sum over orders o >= O of count[o] << (o-O).
+ * The unusable index is the kernel's formula over all zones but ZONE_DMA together:
+ * (free pages - pages in blocks of order >= O) / free pages (1.0 if nothing free).
+ *
+ * Without --hold the summary JSON goes to stdout once the target is reached (or
+ * missed); the memory is then held until SIGTERM/SIGINT/SIGUSR1/SIGHUP or a line
+ * (or EOF) on stdin. With --hold the process forks: the child fragments and keeps
+ * holding in the background (new session, stdio on /dev/null, pid in --pidfile);
+ * the parent prints the child's summary and exits. SIGTERM to the child (or
+ * `fragment --release --pidfile F`) releases everything, restores the sysctls,
+ * rewrites --summary with a "released" section and removes the pid file.
+ *
+ * Each round fills (anonymous pages / one-page files / long-named directories)
+ * until no free block of the target order is left outside ZONE_DMA, or free memory
+ * outside ZONE_DMA would drop below --floor-mib (ZONE_DMA's pages count in MemFree
+ * but serve no ordinary allocation; a floor on MemFree alone let the OOM killer
+ * in), then drops every other page / file, or all but one in SLAB_KEEP_EVERY
+ * directories (dropping half frees no slab page). Blocks left under the floor are
+ * taken by mlocked transparent huge pages (order 9; target orders 9 and 10 only).
+ * The target must then hold three times, 0.5 s apart (per-cpu lists drain late).
+ * vm.compaction_proactiveness=0, vm.compact_unevictable_allowed=0 and
+ * vm.min_free_kbytes=8192 are set for every profile unless --no-sysctl, and
+ * restored on release.
+ *
+ * Exit status: 0 target reached, 3 target not reached (summary says why; memory
+ * is still held), 2 bad input (nothing done), 1 runtime error.
+ */
+#define _GNU_SOURCE
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef MLOCK_ONFAULT
+#define MLOCK_ONFAULT 0x01
+#endif
+#define TMPFS_MAGIC_ 0x01021994
+#define RAMFS_MAGIC_ 0x858458f6
+
+#define EXIT_REACHED 0
+#define EXIT_ERROR 1
+#define EXIT_USAGE 2
+#define EXIT_MISSED 3
+
+#define MAX_ZONES 16
+#define MAX_ORDERS 16
+#define PAGE 4096UL
+#define SLAB_PER_DIR 4096
+#define FILES_PER_DIR 4096
+#define SLAB_KEEP_EVERY 128
+#define THP_SIZE (2UL << 20)
+
+/* ------------------------------------------------------------------ buddyinfo */
+
+struct zone_free {
+	int node;
+	char name[16];
+	unsigned long count[MAX_ORDERS];
+};
+
+struct buddy {
+	int nzones;
+	int norders;
+	struct zone_free z[MAX_ZONES];
+};
+
+static int read_file(const char *path, char *buf, size_t size)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	size_t len = 0;
+	ssize_t n;
+
+	if (fd < 0)
+		return -1;
+	while (len + 1 < size && (n = read(fd, buf + len, size - 1 - len)) > 0)
+		len += (size_t)n;
+	close(fd);
+	buf[len] = '\0';
+	return (int)len;
+}
+
+static int read_buddy(struct buddy *b)
+{
+	char buf[8192], *line, *save = NULL;
+
+	memset(b, 0, sizeof(*b));
+	if (read_file("/proc/buddyinfo", buf, sizeof(buf)) <= 0)
+		return -1;
+	for (line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+		struct zone_free *z;
+		char *p, *end;
+		int n = 0;
+
+		if (b->nzones >= MAX_ZONES)
+			return -1;
+		z = &b->z[b->nzones];
+		if (sscanf(line, "Node %d, zone %15s", &z->node, z->name) != 2)
+			return -1;
+		p = strstr(line, z->name) + strlen(z->name);
+		for (;;) {
+			unsigned long v;
+
+			while (*p == ' ')
+				p++;
+			if (!*p)
+				break;
+			errno = 0;
+			v = strtoul(p, &end, 10);
+			if (end == p || errno || n >= MAX_ORDERS)
+				return -1;
+			z->count[n++] = v;
+			p = end;
+		}
+		if (b->norders && n != b->norders)
+			return -1;
+		b->norders = n;
+		b->nzones++;
+	}
+	return b->nzones ? 0 : -1;
+}
+
+static bool is_dma(const struct zone_free *z)
+{
+	return strcmp(z->name, "DMA") == 0;
+}
+
+/* Order-`order` allocations the free lists could serve outside ZONE_DMA. */
+static unsigned long free_blocks(const struct buddy *b, int order)
+{
+	unsigned long total = 0;
+
+	for (int i = 0; i < b->nzones; i++) {
+		if (is_dma(&b->z[i]))
+			continue;
+		for (int o = order; o < b->norders; o++)
+			total += b->z[i].count[o] << (o - order);
+	}
+	return total;
+}
+
+static double unusable_index(const struct buddy *b, int order)
+{
+	unsigned long free_pages = 0, usable = 0;
+
+	for (int i = 0; i < b->nzones; i++) {
+		if (is_dma(&b->z[i]))
+			continue;
+		for (int o = 0; o < b->norders; o++) {
+			free_pages += b->z[i].count[o] << o;
+			if (o >= order)
+				usable += b->z[i].count[o] << o;
+		}
+	}
+	if (!free_pages)
+		return 1.0;
+	return (double)(free_pages - usable) / (double)free_pages;
+}
+
+static unsigned long free_pages_outside_dma(const struct buddy *b)
+{
+	return free_blocks(b, 0);
+}
+
+/* ------------------------------------------------------------------ meminfo */
+
+static long meminfo_kib(const char *key)
+{
+	char buf[8192], *p;
+	size_t klen = strlen(key);
+
+	if (read_file("/proc/meminfo", buf, sizeof(buf)) <= 0)
+		return -1;
+	for (p = buf; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL) {
+		if (!strncmp(p, key, klen) && p[klen] == ':')
+			return strtol(p + klen + 1, NULL, 10);
+	}
+	return -1;
+}
+
+/* ------------------------------------------------------------------ sysctls */
+
+struct sysctl_setting {
+	const char *name;
+	const char *path;
+	const char *value;
+	char saved[64];
+	bool present;
+	bool changed;
+};
+
+static struct sysctl_setting sysctls[] = {
+	{ "vm.compaction_proactiveness", "/proc/sys/vm/compaction_proactiveness", "0", "", false, false },
+	{ "vm.compact_unevictable_allowed", "/proc/sys/vm/compact_unevictable_allowed", "0", "", false, false },
+	{ "vm.min_free_kbytes", "/proc/sys/vm/min_free_kbytes", "8192", "", false, false },
+};
+#define NSYSCTL (sizeof(sysctls) / sizeof(sysctls[0]))
+
+static int write_str(const char *path, const char *value)
+{
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	ssize_t n;
+
+	if (fd < 0)
+		return -1;
+	n = write(fd, value, strlen(value));
+	if (close(fd) != 0 || n != (ssize_t)strlen(value))
+		return -1;
+	return 0;
+}
+
+static int apply_sysctls(char *err, size_t errlen)
+{
+	for (size_t i = 0; i < NSYSCTL; i++) {
+		struct sysctl_setting *s = &sysctls[i];
+		int n = read_file(s->path, s->saved, sizeof(s->saved));
+
+		if (n < 0)
+			continue; /* not on this kernel */
+		s->present = true;
+		while (n > 0 && isspace((unsigned char)s->saved[n - 1]))
+			s->saved[--n] = '\0';
+		if (write_str(s->path, s->value)) {
+			snprintf(err, errlen, "cannot write %s: %s", s->path, strerror(errno));
+			return -1;
+		}
+		s->changed = true;
+	}
+	return 0;
+}
+
+static void restore_sysctls(void)
+{
+	for (size_t i = 0; i < NSYSCTL; i++)
+		if (sysctls[i].changed && write_str(sysctls[i].path, sysctls[i].saved) == 0)
+			sysctls[i].changed = false;
+}
+
+/* ------------------------------------------------------------------ options */
+
+enum profile { P_ANON, P_PAGECACHE, P_SLAB, P_MIXED };
+static const char *const profile_names[] = { "anon-pinned", "pagecache", "slab", "mixed" };
+
+struct options {
+	int profile;
+	unsigned long long seed;
+	int target_order;
+	long max_free_blocks;    /* -1: not given */
+	double unusable;         /* < 0: not given */
+	long floor_mib;
+	double timeout_s;
+	const char *dir;
+	const char *pidfile;
+	const char *summary;
+	bool hold;
+	bool release;
+	bool sysctl;
+	bool verbose;
+};
+
+static void usage_error(const char *fmt, ...)
+{
+	va_list ap;
+
+	fputs("fragment: error: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputs("\n(run with --help for usage)\n", stderr);
+	exit(EXIT_USAGE);
+}
+
+static const char usage_text[] =
+	"usage: fragment --profile anon-pinned|pagecache|slab|mixed [--seed N]\n"
+	"                [--target-order O] [--max-free-blocks K | --unusable-index X]\n"
+	"                [--floor-mib M] [--timeout S] [--dir D] [--no-sysctl] [--verbose]\n"
+	"                [--hold --pidfile F] [--summary FILE]\n"
+	"       fragment --release --pidfile F [--timeout S]\n";
+
+static long parse_long(const char *opt, const char *s)
+{
+	char *end;
+	long v;
+
+	errno = 0;
+	v = strtol(s, &end, 10);
+	if (errno || end == s || *end)
+		usage_error("%s: '%s' is not an integer", opt, s);
+	return v;
+}
+
+static double parse_double(const char *opt, const char *s)
+{
+	char *end;
+	double v;
+
+	errno = 0;
+	v = strtod(s, &end);
+	if (errno || end == s || *end || v != v)
+		usage_error("%s: '%s' is not a number", opt, s);
+	return v;
+}
+
+static void parse_options(int argc, char **argv, struct options *o)
+{
+	static const struct option longopts[] = {
+		{ "profile", required_argument, NULL, 'p' },
+		{ "seed", required_argument, NULL, 's' },
+		{ "target-order", required_argument, NULL, 'o' },
+		{ "max-free-blocks", required_argument, NULL, 'k' },
+		{ "unusable-index", required_argument, NULL, 'u' },
+		{ "floor-mib", required_argument, NULL, 'f' },
+		{ "timeout", required_argument, NULL, 't' },
+		{ "dir", required_argument, NULL, 'd' },
+		{ "pidfile", required_argument, NULL, 'P' },
+		{ "summary", required_argument, NULL, 'S' },
+		{ "hold", no_argument, NULL, 'H' },
+		{ "release", no_argument, NULL, 'R' },
+		{ "no-sysctl", no_argument, NULL, 'N' },
+		{ "verbose", no_argument, NULL, 'v' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *profile = NULL;
+	int c;
+
+	memset(o, 0, sizeof(*o));
+	o->profile = -1;
+	o->seed = 1;
+	o->target_order = 10;
+	o->max_free_blocks = -1;
+	o->unusable = -1.0;
+	o->floor_mib = 12;
+	o->timeout_s = 600;
+	o->dir = "/tmp";
+	o->sysctl = true;
+
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+		switch (c) {
+		case 'p': profile = optarg; break;
+		case 's': {
+			char *end;
+
+			errno = 0;
+			o->seed = strtoull(optarg, &end, 0);
+			if (errno || end == optarg || *end || optarg[0] == '-')
+				usage_error("--seed: '%s' is not a non-negative integer", optarg);
+			break;
+		}
+		case 'o': o->target_order = (int)parse_long("--target-order", optarg); break;
+		case 'k': o->max_free_blocks = parse_long("--max-free-blocks", optarg);
+			if (o->max_free_blocks < 0)
+				usage_error("--max-free-blocks must be >= 0, got %s", optarg);
+			break;
+		case 'u': o->unusable = parse_double("--unusable-index", optarg);
+			if (!(o->unusable > 0.0 && o->unusable <= 1.0))
+				usage_error("--unusable-index must be in (0, 1], got %s", optarg);
+			break;
+		case 'f': o->floor_mib = parse_long("--floor-mib", optarg); break;
+		case 't': o->timeout_s = parse_double("--timeout", optarg); break;
+		case 'd': o->dir = optarg; break;
+		case 'P': o->pidfile = optarg; break;
+		case 'S': o->summary = optarg; break;
+		case 'H': o->hold = true; break;
+		case 'R': o->release = true; break;
+		case 'N': o->sysctl = false; break;
+		case 'v': o->verbose = true; break;
+		case 'h': fputs(usage_text, stdout); exit(0);
+		default:
+			usage_error("unknown or incomplete option '%s'", argv[optind - 1]);
+		}
+	}
+	if (optind < argc)
+		usage_error("unexpected argument '%s'", argv[optind]);
+	if (!(o->timeout_s > 0 && o->timeout_s <= 86400))
+		usage_error("--timeout must be in (0, 86400] seconds");
+	if (o->release) {
+		if (!o->pidfile)
+			usage_error("--release needs --pidfile");
+		return;
+	}
+	if (!profile)
+		usage_error("--profile is required (anon-pinned|pagecache|slab|mixed)");
+	for (int i = 0; i < 4; i++)
+		if (!strcmp(profile, profile_names[i]))
+			o->profile = i;
+	if (o->profile < 0)
+		usage_error("unknown --profile '%s' (anon-pinned|pagecache|slab|mixed)", profile);
+	if (o->max_free_blocks >= 0 && o->unusable >= 0)
+		usage_error("--max-free-blocks and --unusable-index are exclusive");
+	if (o->max_free_blocks < 0 && o->unusable < 0)
+		o->max_free_blocks = 0;
+	if (o->floor_mib <= 0)
+		usage_error("--floor-mib must be > 0, got %ld", o->floor_mib);
+	if (o->hold && !o->pidfile)
+		usage_error("--hold needs --pidfile");
+	if (o->profile != P_ANON) {
+		struct stat st;
+
+		if (strlen(o->dir) > 1024)
+			usage_error("--dir is longer than 1024 characters");
+		if (stat(o->dir, &st) || !S_ISDIR(st.st_mode))
+			usage_error("--dir '%s' is not a directory", o->dir);
+	}
+}
+
+/* Checks that need the running system; still before anything is changed. */
+static void validate_against_system(const struct options *o, struct buddy *b)
+{
+	long total;
+
+	if (read_buddy(b))
+		usage_error("cannot parse /proc/buddyinfo");
+	if (o->target_order < 1 || o->target_order >= b->norders)
+		usage_error("--target-order %d is impossible: this kernel has orders 0..%d",
+			    o->target_order, b->norders - 1);
+	total = meminfo_kib("MemTotal");
+	if (total <= 0)
+		usage_error("cannot read MemTotal from /proc/meminfo");
+	if (o->floor_mib * 1024 >= total)
+		usage_error("--floor-mib %ld is not below MemTotal (%ld MiB)", o->floor_mib,
+			    total / 1024);
+}
+
+/* ------------------------------------------------------------------ state */
+
+static volatile sig_atomic_t stop_requested;
+
+static void on_signal(int sig)
+{
+	(void)sig;
+	stop_requested = 1;
+}
+
+struct region {
+	char *base;
+	size_t size;        /* bytes reserved */
+	size_t touched;     /* pages touched so far */
+	size_t dropped_upto;/* pages [0, dropped_upto) already punched + locked */
+	size_t held_pages;
+};
+
+struct names {
+	size_t count;       /* entries created */
+	size_t dropped_upto;
+	size_t kept;
+	size_t removed;
+	unsigned long long kept_bytes;
+};
+
+struct state {
+	struct options *o;
+	unsigned long long rng;
+	struct region anon;
+	struct region thp;
+	char workdir[1200];
+	bool have_workdir;
+	bool tmpfs;
+	struct names files;
+	struct names slab;
+	size_t file_pages;
+	int rounds;
+	char reason[256];
+	bool enospc;
+};
+
+static unsigned long long rng_next(struct state *s)
+{
+	unsigned long long x = s->rng;
+
+	x ^= x << 13;
+	x ^= x >> 7;
+	x ^= x << 17;
+	s->rng = x;
+	return x;
+}
+
+static double now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void file_path(const struct state *s, const char *kind, size_t i, char *out, size_t len)
+{
+	size_t per = kind[0] == 'f' ? FILES_PER_DIR : SLAB_PER_DIR;
+
+	/* long names (> 32 chars) make the dentry allocate an external name too */
+	snprintf(out, len, "%s/%s%05zu/entry-with-a-deliberately-long-name-%09zu", s->workdir,
+		 kind, i / per, i);
+}
+
+static int ensure_parent(const struct state *s, const char *kind, size_t i)
+{
+	size_t per = kind[0] == 'f' ? FILES_PER_DIR : SLAB_PER_DIR;
+	char path[PATH_MAX];
+
+	if (i % per)
+		return 0;
+	snprintf(path, sizeof(path), "%s/%s%05zu", s->workdir, kind, i / per);
+	if (mkdir(path, 0700) && errno != EEXIST)
+		return -1;
+	return 0;
+}
+
+static bool target_met(const struct options *o, const struct buddy *b)
+{
+	if (o->unusable >= 0)
+		return unusable_index(b, o->target_order) >= o->unusable - 1e-9;
+	return free_blocks(b, o->target_order) <= (unsigned long)o->max_free_blocks;
+}
+
+/* ---- anon-pinned */
+
+static int anon_fill(struct state *s, size_t pages)
+{
+	struct region *r = &s->anon;
+	size_t limit = r->size / PAGE;
+
+	if (r->touched + pages > limit)
+		pages = limit - r->touched;
+	if (!pages)
+		return 0;
+	for (size_t i = 0; i < pages; i++)
+		r->base[(r->touched + i) * PAGE] = (char)(i | 1);
+	r->touched += pages;
+	return (int)pages;
+}
+
+static int anon_drop(struct state *s, char *err, size_t errlen)
+{
+	struct region *r = &s->anon;
+	size_t from = r->dropped_upto, n = r->touched - from;
+	size_t parity = rng_next(s) & 1, dropped = 0;
+
+	if (!n)
+		return 0;
+	for (size_t i = from; i < r->touched; i++) {
+		if ((i & 1) != parity)
+			continue;
+		if (madvise(r->base + i * PAGE, PAGE, MADV_DONTNEED)) {
+			snprintf(err, errlen, "madvise(MADV_DONTNEED): %s", strerror(errno));
+			return -1;
+		}
+		dropped++;
+	}
+	r->held_pages += n - dropped;
+	if (mlock2(r->base + from * PAGE, n * PAGE, MLOCK_ONFAULT)) {
+		snprintf(err, errlen, "mlock2(MLOCK_ONFAULT): %s", strerror(errno));
+		return -1;
+	}
+	r->dropped_upto = r->touched;
+	return 0;
+}
+
+/* ---- pagecache */
+
+static int pagecache_fill(struct state *s, size_t pages)
+{
+	static char buf[16 * 4096];
+	size_t made = 0;
+
+	memset(buf, 0x5a, sizeof(buf));
+	while (made < pages) {
+		char path[PATH_MAX];
+		size_t i = s->files.count;
+		size_t len = s->file_pages * PAGE;
+		int fd;
+
+		if (ensure_parent(s, "f", i))
+			goto fail;
+		file_path(s, "f", i, path, sizeof(path));
+		fd = open(path, O_CREAT | O_WRONLY | O_TRUNC | O_CLOEXEC, 0600);
+		if (fd < 0)
+			goto fail;
+		if (write(fd, buf, len) != (ssize_t)len) {
+			int e = errno;
+
+			close(fd);
+			unlink(path);
+			errno = e ? e : ENOSPC;
+			goto fail;
+		}
+		close(fd);
+		s->files.count++;
+		made += s->file_pages;
+	}
+	return (int)made;
+fail:
+	if (errno == ENOSPC || errno == ENOMEM) {
+		s->enospc = true;
+		return (int)made;
+	}
+	return -1;
+}
+
+static int pagecache_drop(struct state *s, char *err, size_t errlen)
+{
+	size_t parity = rng_next(s) & 1;
+
+	if (s->files.dropped_upto == s->files.count)
+		return 0;
+	if (!s->tmpfs)
+		sync();
+	for (size_t i = s->files.dropped_upto; i < s->files.count; i++) {
+		char path[PATH_MAX];
+
+		file_path(s, "f", i, path, sizeof(path));
+		if ((i & 1) != parity) {
+			s->files.kept++;
+			s->files.kept_bytes += s->file_pages * PAGE;
+			continue;
+		}
+		if (s->tmpfs) {
+			if (unlink(path)) {
+				snprintf(err, errlen, "unlink %.300s: %s", path, strerror(errno));
+				return -1;
+			}
+		} else {
+			int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+			if (fd < 0 || posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED)) {
+				snprintf(err, errlen, "fadvise %.300s: %s", path, strerror(errno));
+				if (fd >= 0)
+					close(fd);
+				return -1;
+			}
+			close(fd);
+		}
+		s->files.removed++;
+	}
+	s->files.dropped_upto = s->files.count;
+	return 0;
+}
+
+/* ---- slab */
+
+static int slab_fill(struct state *s, size_t pages)
+{
+	/* about 1 KiB of dentry + inode + name per entry: 4 entries per page */
+	size_t want = pages * 4, made = 0;
+
+	while (made < want) {
+		char path[PATH_MAX];
+		size_t i = s->slab.count;
+
+		if (ensure_parent(s, "s", i))
+			goto fail;
+		file_path(s, "s", i, path, sizeof(path));
+		if (mkdir(path, 0700))
+			goto fail;
+		s->slab.count++;
+		made++;
+	}
+	return (int)(made / 4);
+fail:
+	if (errno == ENOSPC || errno == ENOMEM) {
+		s->enospc = true;
+		return (int)(made / 4);
+	}
+	return -1;
+}
+
+static int slab_drop(struct state *s, char *err, size_t errlen)
+{
+	size_t parity = rng_next(s) & 1;
+
+	if (s->slab.dropped_upto == s->slab.count)
+		return 0;
+	for (size_t i = s->slab.dropped_upto; i < s->slab.count; i++) {
+		char path[PATH_MAX];
+
+		/* half would free nothing: slab pages stay while one object lives */
+		if (i % SLAB_KEEP_EVERY == parity) {
+			s->slab.kept++;
+			continue;
+		}
+		file_path(s, "s", i, path, sizeof(path));
+		if (rmdir(path)) {
+			snprintf(err, errlen, "rmdir %.300s: %s", path, strerror(errno));
+			return -1;
+		}
+		s->slab.removed++;
+	}
+	s->slab.dropped_upto = s->slab.count;
+	return 0;
+}
+
+/* ---- finisher: order-9 THP faults take the last big blocks the fill left */
+
+static int thp_finish(struct state *s, double deadline, char *err, size_t errlen)
+{
+	struct options *o = s->o;
+	struct region *r = &s->thp;
+	struct buddy b;
+	size_t before, limit;
+
+	if (o->target_order < 9 || read_buddy(&b))
+		return 0;
+	if (target_met(o, &b))
+		return 0;
+	if (!r->base) {
+		char *raw;
+
+		r->size = 256UL << 20;
+		raw = mmap(NULL, r->size + THP_SIZE, PROT_READ | PROT_WRITE,
+			   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+		if (raw == MAP_FAILED) {
+			snprintf(err, errlen, "mmap for THP: %s", strerror(errno));
+			return -1;
+		}
+		r->base = (char *)(((uintptr_t)raw + THP_SIZE - 1) & ~(THP_SIZE - 1));
+		if (madvise(r->base, r->size, MADV_HUGEPAGE)) {
+			snprintf(err, errlen, "madvise(MADV_HUGEPAGE): %s", strerror(errno));
+			return -1;
+		}
+	}
+	before = r->touched;
+	limit = (free_blocks(&b, 9) + 8) * (THP_SIZE / PAGE);
+	while (r->touched - before < limit && (r->touched + THP_SIZE / PAGE) * PAGE <= r->size) {
+		if (stop_requested || now_s() > deadline || read_buddy(&b) || target_met(o, &b))
+			break;
+		if ((long)free_pages_outside_dma(&b) - o->floor_mib * 256 < (long)(THP_SIZE / PAGE))
+			break;
+		for (size_t i = 0; i < THP_SIZE / PAGE; i++)
+			r->base[(r->touched + i) * PAGE] = 1;
+		r->touched += THP_SIZE / PAGE;
+	}
+	if (r->touched > before &&
+	    mlock2(r->base + before * PAGE, (r->touched - before) * PAGE, MLOCK_ONFAULT)) {
+		snprintf(err, errlen, "mlock2 THP: %s", strerror(errno));
+		return -1;
+	}
+	r->held_pages = r->touched;
+	return 0;
+}
+
+/* ---- release */
+
+static void remove_tree(struct state *s, const char *kind, size_t count, size_t per, bool dirs)
+{
+	char path[PATH_MAX];
+
+	for (size_t i = 0; i < count; i++) {
+		file_path(s, kind, i, path, sizeof(path));
+		if (dirs)
+			rmdir(path);
+		else
+			unlink(path);
+	}
+	for (size_t d = 0; d * per < count; d++) {
+		snprintf(path, sizeof(path), "%s/%s%05zu", s->workdir, kind, d);
+		rmdir(path);
+	}
+}
+
+static void release_all(struct state *s)
+{
+	if (s->anon.base) {
+		munmap(s->anon.base, s->anon.size);
+		s->anon.base = NULL;
+	}
+	if (s->thp.base) {
+		munmap(s->thp.base, s->thp.size);
+		s->thp.base = NULL;
+	}
+	if (s->have_workdir) {
+		remove_tree(s, "f", s->files.count, FILES_PER_DIR, false);
+		remove_tree(s, "s", s->slab.count, SLAB_PER_DIR, true);
+		rmdir(s->workdir);
+		s->have_workdir = false;
+	}
+	restore_sysctls();
+}
+
+/* ------------------------------------------------------------------ JSON */
+
+static void json_buddy(FILE *f, const struct buddy *b)
+{
+	fputc('[', f);
+	for (int i = 0; i < b->nzones; i++) {
+		fprintf(f, "%s{\"node\":%d,\"zone\":\"%s\",\"free\":[", i ? "," : "",
+			b->z[i].node, b->z[i].name);
+		for (int o = 0; o < b->norders; o++)
+			fprintf(f, "%s%lu", o ? "," : "", b->z[i].count[o]);
+		fputs("]}", f);
+	}
+	fputc(']', f);
+}
+
+static void json_string(FILE *f, const char *s)
+{
+	fputc('"', f);
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+
+		if (c == '"' || c == '\\')
+			fprintf(f, "\\%c", c);
+		else if (c < 0x20)
+			fprintf(f, "\\u%04x", c);
+		else
+			fputc(c, f);
+	}
+	fputc('"', f);
+}
+
+struct result {
+	bool reached;
+	double elapsed;
+	struct buddy before, after;
+	long memfree_before, memfree_after;
+	pid_t pid;
+};
+
+static char *summary_json(struct state *s, struct result *res, const struct buddy *released,
+			  double release_elapsed)
+{
+	struct options *o = s->o;
+	char *text = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&text, &len);
+	unsigned long long anon_bytes = (unsigned long long)s->anon.held_pages * PAGE;
+	unsigned long long thp_bytes = (unsigned long long)s->thp.held_pages * PAGE;
+
+	if (!f)
+		return NULL;
+	fprintf(f, "{\"tool\":\"hplab-fragment\",\"schema\":1,\"profile\":\"%s\",\"seed\":%llu,",
+		profile_names[o->profile], o->seed);
+	fprintf(f, "\"target\":{\"order\":%d,", o->target_order);
+	if (o->unusable >= 0)
+		fprintf(f, "\"max_free_blocks\":null,\"unusable_index\":%.3f},", o->unusable);
+	else
+		fprintf(f, "\"max_free_blocks\":%ld,\"unusable_index\":null},", o->max_free_blocks);
+	fprintf(f, "\"floor_mib\":%ld,\"timeout_s\":%.1f,\"reached\":%s,\"reason\":",
+		o->floor_mib, o->timeout_s, res->reached ? "true" : "false");
+	if (res->reached)
+		fputs("null", f);
+	else
+		json_string(f, s->reason);
+	fprintf(f, ",\"elapsed_s\":%.3f,\"rounds\":%d,", res->elapsed, s->rounds);
+	fprintf(f, "\"free_blocks_before\":%lu,\"free_blocks_after\":%lu,",
+		free_blocks(&res->before, o->target_order), free_blocks(&res->after, o->target_order));
+	fprintf(f, "\"unusable_index_before\":%.3f,\"unusable_index_after\":%.3f,",
+		unusable_index(&res->before, o->target_order),
+		unusable_index(&res->after, o->target_order));
+	fprintf(f, "\"memfree_kib_before\":%ld,\"memfree_kib_after\":%ld,", res->memfree_before,
+		res->memfree_after);
+	fputs("\"buddyinfo_before\":", f);
+	json_buddy(f, &res->before);
+	fputs(",\"buddyinfo_after\":", f);
+	json_buddy(f, &res->after);
+	fprintf(f, ",\"bytes_held\":%llu,", anon_bytes + thp_bytes + s->files.kept_bytes);
+	fprintf(f, "\"held\":{\"anon_bytes\":%llu,\"thp_bytes\":%llu,\"pagecache_files\":%zu,"
+		"\"pagecache_bytes\":%llu,\"slab_entries\":%zu},", anon_bytes, thp_bytes, s->files.kept,
+		s->files.kept_bytes, s->slab.kept);
+	fputs("\"dir\":", f);
+	if (s->workdir[0])
+		json_string(f, s->workdir);
+	else
+		fputs("null", f);
+	fprintf(f, ",\"drop_method\":\"%s\",", o->profile == P_ANON ? "madv_dontneed+mlock2_onfault" :
+		(s->tmpfs ? "unlink" : "fadvise_dontneed"));
+	fputs("\"sysctl_saved\":{", f);
+	for (size_t i = 0, first = 1; i < NSYSCTL; i++) {
+		if (!sysctls[i].present || !o->sysctl)
+			continue;
+		fprintf(f, "%s\"%s\":", first ? "" : ",", sysctls[i].name);
+		json_string(f, sysctls[i].saved);
+		first = 0;
+	}
+	fprintf(f, "},\"hold\":%s,\"pid\":%ld,\"released\":", o->hold ? "true" : "false",
+		(long)res->pid);
+	if (released) {
+		fprintf(f, "{\"elapsed_s\":%.3f,\"free_blocks\":%lu,\"buddyinfo\":", release_elapsed,
+			free_blocks(released, o->target_order));
+		json_buddy(f, released);
+		fputc('}', f);
+	} else {
+		fputs("null", f);
+	}
+	fputs("}\n", f);
+	fclose(f);
+	return text;
+}
+
+static int write_atomic(const char *path, const char *text)
+{
+	char tmp[PATH_MAX];
+	int fd;
+	ssize_t n;
+
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	fd = open(tmp, O_CREAT | O_WRONLY | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return -1;
+	n = write(fd, text, strlen(text));
+	if (close(fd) || n != (ssize_t)strlen(text))
+		return -1;
+	return rename(tmp, path);
+}
+
+/* ------------------------------------------------------------------ engine */
+
+static int pick_kind(struct state *s)
+{
+	if (s->o->profile != P_MIXED)
+		return s->o->profile;
+	return (int)(rng_next(s) % 3); /* P_ANON, P_PAGECACHE, P_SLAB */
+}
+
+/*
+ * One round: fill until no free block of the target order is left outside
+ * ZONE_DMA (or the MemFree floor / timeout / ENOSPC stops it), then drop every
+ * other page / file / entry of what this round added.
+ */
+static int run_round(struct state *s, double deadline, char *err, size_t errlen, bool *progress)
+{
+	struct options *o = s->o;
+	long floor_kib = o->floor_mib * 1024;
+	struct buddy b;
+	size_t filled = 0;
+
+	*progress = false;
+	for (;;) {
+		long memfree, headroom_pages;
+		size_t chunk;
+		int kind, got;
+
+		if (stop_requested) {
+			snprintf(s->reason, sizeof(s->reason), "interrupted by a signal");
+			break;
+		}
+		if (now_s() > deadline) {
+			snprintf(s->reason, sizeof(s->reason), "timeout after %.0f s", o->timeout_s);
+			break;
+		}
+		if (read_buddy(&b)) {
+			snprintf(err, errlen, "cannot parse /proc/buddyinfo");
+			return -1;
+		}
+		if (free_blocks(&b, o->target_order) == 0)
+			break;
+		memfree = meminfo_kib("MemFree");
+		/* ZONE_DMA's free pages count in MemFree but serve no ordinary allocation */
+		headroom_pages = (long)free_pages_outside_dma(&b) - floor_kib / 4;
+		if ((memfree - floor_kib) / 4 < headroom_pages)
+			headroom_pages = (memfree - floor_kib) / 4;
+		if (headroom_pages < 64) {
+			snprintf(s->reason, sizeof(s->reason),
+				 "free-memory floor of %ld MiB reached with %lu free order-%d blocks left",
+				 o->floor_mib, free_blocks(&b, o->target_order), o->target_order);
+			break;
+		}
+		chunk = free_pages_outside_dma(&b) / 4;
+		if (chunk < 64)
+			chunk = 64;
+		if (chunk > 16384)
+			chunk = 16384;
+		if (chunk > (size_t)headroom_pages)
+			chunk = (size_t)headroom_pages;
+		kind = pick_kind(s);
+		if (o->verbose)
+			fprintf(stderr, "fragment: round %d free_blocks=%lu memfree=%ld kib "
+				"free_outside_dma=%lu pages chunk=%zu kind=%s\n", s->rounds,
+				free_blocks(&b, o->target_order), memfree,
+				free_pages_outside_dma(&b), chunk, profile_names[kind]);
+		if (kind == P_ANON)
+			got = anon_fill(s, chunk);
+		else if (kind == P_PAGECACHE)
+			got = pagecache_fill(s, chunk);
+		else
+			got = slab_fill(s, chunk);
+		if (got < 0) {
+			snprintf(err, errlen, "%s: %s", kind == P_PAGECACHE ? "writing files" :
+				 "creating directories", strerror(errno));
+			return -1;
+		}
+		filled += (size_t)got;
+		if (s->enospc) {
+			snprintf(s->reason, sizeof(s->reason), "no space left in %.200s", s->workdir);
+			break;
+		}
+		if (got == 0 && o->profile == P_ANON) {
+			snprintf(s->reason, sizeof(s->reason), "address space reserve exhausted");
+			break;
+		}
+	}
+	if (filled)
+		*progress = true;
+	if (anon_drop(s, err, errlen) || pagecache_drop(s, err, errlen) ||
+	    slab_drop(s, err, errlen) || thp_finish(s, deadline, err, errlen))
+		return -1;
+	s->rounds++;
+	return 0;
+}
+
+/*
+ * Pages freed a moment ago sit on per-cpu lists and can merge back into a big
+ * block when drained: the target counts only if it still holds 3 times in a row,
+ * half a second apart (re-running the finisher in between).
+ */
+/*
+ * Per-cpu page lists hold pages they took from big blocks; buddyinfo does not show
+ * them, and they merge back once the list overflows. Overflow it on purpose:
+ * fault in and free a scratch area larger than any per-cpu list, so the borrowed
+ * pages go home and the check below sees the real state.
+ */
+static void flush_pcp(struct state *s)
+{
+	const size_t pages = 8192;
+	struct buddy b;
+	char *scratch;
+
+	if (read_buddy(&b) ||
+	    (long)free_pages_outside_dma(&b) - s->o->floor_mib * 256 < (long)(2 * pages))
+		return;
+	scratch = mmap(NULL, pages * PAGE, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (scratch == MAP_FAILED)
+		return;
+	madvise(scratch, pages * PAGE, MADV_NOHUGEPAGE);
+	for (size_t i = 0; i < pages; i++)
+		scratch[i * PAGE] = 1;
+	munmap(scratch, pages * PAGE);
+}
+
+static bool settle(struct state *s, double deadline, char *err, size_t errlen)
+{
+	struct buddy b;
+	int stable = 0;
+
+	for (int i = 0; i < 20 && stable < 3; i++) {
+		usleep(500000);
+		flush_pcp(s);
+		if (read_buddy(&b))
+			return false;
+		if (target_met(s->o, &b)) {
+			stable++;
+			continue;
+		}
+		stable = 0;
+		if (now_s() > deadline || stop_requested || thp_finish(s, deadline, err, errlen))
+			return false;
+	}
+	return stable >= 3;
+}
+
+static int fragment(struct state *s, struct result *res, char *err, size_t errlen)
+{
+	struct options *o = s->o;
+	double start = now_s(), deadline = start + o->timeout_s;
+	long total_kib = meminfo_kib("MemTotal");
+	struct rlimit unlimited = { RLIM_INFINITY, RLIM_INFINITY };
+
+	setrlimit(RLIMIT_MEMLOCK, &unlimited);
+	res->memfree_before = meminfo_kib("MemFree");
+	if (read_buddy(&res->before)) {
+		snprintf(err, errlen, "cannot parse /proc/buddyinfo");
+		return -1;
+	}
+	if (o->sysctl && apply_sysctls(err, errlen))
+		return -1;
+	if (o->profile == P_ANON || o->profile == P_MIXED) {
+		s->anon.size = (size_t)total_kib * 1024;
+		s->anon.base = mmap(NULL, s->anon.size, PROT_READ | PROT_WRITE,
+				    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+		if (s->anon.base == MAP_FAILED) {
+			s->anon.base = NULL;
+			snprintf(err, errlen, "mmap %zu bytes: %s", s->anon.size, strerror(errno));
+			return -1;
+		}
+		if (madvise(s->anon.base, s->anon.size, MADV_NOHUGEPAGE)) {
+			snprintf(err, errlen, "madvise(MADV_NOHUGEPAGE): %s", strerror(errno));
+			return -1;
+		}
+	}
+	if (o->profile != P_ANON) {
+		struct statfs sf;
+
+		snprintf(s->workdir, sizeof(s->workdir), "%s/hplab-fragment.%ld", o->dir,
+			 (long)getpid());
+		if (mkdir(s->workdir, 0700)) {
+			snprintf(err, errlen, "mkdir %.300s: %s", s->workdir, strerror(errno));
+			return -1;
+		}
+		s->have_workdir = true;
+		if (statfs(s->workdir, &sf) == 0)
+			s->tmpfs = sf.f_type == TMPFS_MAGIC_ || sf.f_type == RAMFS_MAGIC_;
+	}
+
+	for (;;) {
+		bool progress;
+		struct buddy b;
+
+		if (run_round(s, deadline, err, errlen, &progress))
+			return -1;
+		if (read_buddy(&b)) {
+			snprintf(err, errlen, "cannot parse /proc/buddyinfo");
+			return -1;
+		}
+		if (target_met(o, &b) && settle(s, deadline, err, errlen)) {
+			res->reached = true;
+			break;
+		}
+		if (s->reason[0])
+			break;
+		if (!progress) {
+			snprintf(s->reason, sizeof(s->reason),
+				 "no progress: %lu free order-%d blocks left and nothing more to fill",
+				 free_blocks(&b, o->target_order), o->target_order);
+			break;
+		}
+	}
+	if (res->reached)
+		s->reason[0] = '\0';
+	else if (!s->reason[0])
+		snprintf(s->reason, sizeof(s->reason), "target not met");
+	res->elapsed = now_s() - start;
+	res->memfree_after = meminfo_kib("MemFree");
+	read_buddy(&res->after);
+	return 0;
+}
+
+/* ------------------------------------------------------------------ release */
+
+static bool process_alive(pid_t pid)
+{
+	char path[64], buf[512], *p;
+
+	if (kill(pid, 0) && errno == ESRCH)
+		return false;
+	snprintf(path, sizeof(path), "/proc/%ld/stat", (long)pid);
+	if (read_file(path, buf, sizeof(buf)) <= 0)
+		return false;
+	p = strrchr(buf, ')');
+	return !(p && p[1] == ' ' && p[2] == 'Z');
+}
+
+static int do_release(const struct options *o)
+{
+	char buf[64];
+	double deadline = now_s() + o->timeout_s;
+	long pid;
+	char *end;
+
+	if (read_file(o->pidfile, buf, sizeof(buf)) <= 0) {
+		fprintf(stderr, "fragment: error: cannot read pid file %s: %s\n", o->pidfile,
+			strerror(errno ? errno : ENOENT));
+		return EXIT_USAGE;
+	}
+	pid = strtol(buf, &end, 10);
+	if (pid <= 1 || (*end && *end != '\n')) {
+		fprintf(stderr, "fragment: error: pid file %s does not hold a pid\n", o->pidfile);
+		return EXIT_USAGE;
+	}
+	if (kill((pid_t)pid, SIGTERM) && errno == ESRCH) {
+		unlink(o->pidfile);
+		printf("{\"released\":true,\"pid\":%ld,\"was_running\":false}\n", pid);
+		return 0;
+	}
+	while (now_s() < deadline) {
+		if (access(o->pidfile, F_OK) != 0 || !process_alive((pid_t)pid)) {
+			printf("{\"released\":true,\"pid\":%ld,\"was_running\":true}\n", pid);
+			return 0;
+		}
+		usleep(50000);
+	}
+	fprintf(stderr, "fragment: error: pid %ld did not release within %.0f s\n", pid,
+		o->timeout_s);
+	return EXIT_ERROR;
+}
+
+/* ------------------------------------------------------------------ main */
+
+static void wait_for_release(bool watch_stdin)
+{
+	while (!stop_requested) {
+		struct pollfd p = { .fd = 0, .events = POLLIN };
+		char c;
+
+		if (!watch_stdin) {
+			pause();
+			continue;
+		}
+		if (poll(&p, 1, 1000) > 0 && (read(0, &c, 1) <= 0 || c == '\n'))
+			break;
+	}
+}
+
+int main(int argc, char **argv)
+{
+	static struct options o;
+	static struct state s;
+	static struct result res;
+	struct sigaction sa;
+	struct buddy b;
+	char err[512] = "";
+	char *text;
+	int pipefd[2] = { -1, -1 };
+	int rc;
+
+	parse_options(argc, argv, &o);
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_signal;
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGUSR1, &sa, NULL);
+	sigaction(SIGHUP, &sa, NULL);
+	if (o.release)
+		return do_release(&o);
+	validate_against_system(&o, &b);
+
+	s.o = &o;
+	s.rng = o.seed * 0x9E3779B97F4A7C15ULL + 0x2545F4914F6CDD1DULL;
+	if (!s.rng)
+		s.rng = 1;
+	s.file_pages = 1;
+
+	if (o.hold) {
+		pid_t child;
+
+		if (pipe(pipefd)) {
+			perror("fragment: pipe");
+			return EXIT_ERROR;
+		}
+		fflush(NULL);
+		child = fork();
+		if (child < 0) {
+			perror("fragment: fork");
+			return EXIT_ERROR;
+		}
+		if (child > 0) {
+			/* parent: relay the child's summary, then leave it holding */
+			char chunk[4096];
+			FILE *in;
+			int code = EXIT_ERROR;
+			bool first = true;
+
+			close(pipefd[1]);
+			in = fdopen(pipefd[0], "r");
+			while (in && fgets(chunk, sizeof(chunk), in)) {
+				if (first) {
+					code = atoi(chunk);
+					first = false;
+					continue;
+				}
+				fputs(chunk, stdout);
+			}
+			if (first) {
+				fprintf(stderr, "fragment: error: the holding process died before "
+					"reporting\n");
+				return EXIT_ERROR;
+			}
+			return code;
+		}
+		close(pipefd[0]);
+		setsid();
+		{
+			int fd = open("/dev/null", O_RDWR);
+
+			if (fd >= 0) {
+				dup2(fd, 0);
+				if (fd > 0)
+					close(fd);
+			}
+		}
+	}
+	res.pid = getpid();
+	if (o.pidfile) {
+		char pidtext[32];
+
+		snprintf(pidtext, sizeof(pidtext), "%ld\n", (long)res.pid);
+		if (write_atomic(o.pidfile, pidtext)) {
+			fprintf(stderr, "fragment: error: cannot write pid file %s: %s\n", o.pidfile,
+				strerror(errno));
+			return EXIT_ERROR;
+		}
+	}
+
+	if (fragment(&s, &res, err, sizeof(err))) {
+		release_all(&s);
+		if (o.pidfile)
+			unlink(o.pidfile);
+		fprintf(stderr, "fragment: error: %s\n", err);
+		if (pipefd[1] >= 0) {
+			dprintf(pipefd[1], "%d\n", EXIT_ERROR);
+			close(pipefd[1]);
+		}
+		return EXIT_ERROR;
+	}
+	rc = res.reached ? EXIT_REACHED : EXIT_MISSED;
+	text = summary_json(&s, &res, NULL, 0);
+	if (!text) {
+		fprintf(stderr, "fragment: error: out of memory for the summary\n");
+		release_all(&s);
+		return EXIT_ERROR;
+	}
+	if (o.summary && write_atomic(o.summary, text))
+		fprintf(stderr, "fragment: warning: cannot write %s: %s\n", o.summary,
+			strerror(errno));
+	if (pipefd[1] >= 0) {
+		int fd = open("/dev/null", O_RDWR);
+
+		dprintf(pipefd[1], "%d\n%s", rc, text);
+		close(pipefd[1]);
+		if (fd >= 0) {
+			dup2(fd, 1);
+			dup2(fd, 2);
+			if (fd > 2)
+				close(fd);
+		}
+	} else {
+		fputs(text, stdout);
+		fflush(stdout);
+	}
+	free(text);
+
+	wait_for_release(!o.hold);
+
+	{
+		double t0 = now_s();
+		struct buddy after;
+
+		release_all(&s);
+		read_buddy(&after);
+		text = summary_json(&s, &res, &after, now_s() - t0);
+		if (text && o.summary)
+			write_atomic(o.summary, text);
+		free(text);
+	}
+	if (o.pidfile)
+		unlink(o.pidfile);
+	return rc;
+}
