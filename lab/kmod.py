@@ -7,6 +7,7 @@ import shlex
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,35 +45,63 @@ def _source_files(source: Path) -> list[Path]:
                   and not p.name.endswith(".mod.c"))
 
 
-def build(kernel: Kernel, cache: Path, *, version: int = 1, layout: int = 1,
-          source: Path = KMOD_SOURCE) -> ModuleBuild:
-    """Build module and agent in a private copy of the source; cached by source + kernel."""
+def _build_copy(source: Path, kernel: Kernel, cache: Path, kind: str, extra: tuple[str, ...],
+                make: Callable[[Path], list[str | Path]], products: dict[str, str]) -> Path:
+    """Build `source` in a private copy for `kernel`; cached by sources, kernel and `extra`.
+
+    `products` maps a path inside the built tree to the name it is kept under. Returns
+    the cache directory holding the products.
+    """
     files = _source_files(source)
     if not files:
-        raise BuildError(f"no module source under {source}")
+        raise BuildError(f"no sources under {source}")
     gcc = run(["gcc", "--version"]).splitlines()[0]
-    key = digest(kernel.release, kernel.package_version, str(version), str(layout), gcc,
+    key = digest(kind, kernel.release, kernel.package_version, gcc, *extra,
                  *(f"{p.relative_to(source)}\0{p.read_text()}" for p in files))
-    out = cache / "kmod" / f"{kernel.release}-{key}"
-    with locked(cache / "kmod" / f".{key}.lock"):
+    out = cache / kind / f"{kernel.release}-{key}"
+    with locked(cache / kind / f".{key}.lock"):
         if not (out / "done").exists():
             out.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory() as tmp:
-                tree = Path(tmp) / "kmod"
+                tree = Path(tmp) / source.name
                 for path in files:
                     target = tree / path.relative_to(source)
                     target.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(path, target)
-                run(["make", "-C", tree, f"KDIR={kernel.headers_dir}",
-                     f"VRHP_VERSION={version}", f"VRHP_LAYOUT={layout}"], timeout=600)
-                shutil.copy2(tree / "vrhp" / "vrhp.ko", out / "vrhp.ko")
-                shutil.copy2(tree / "agent" / "vrhp-agent", out / "vrhp-agent")
-            vermagic = run(["modinfo", "-F", "vermagic", out / "vrhp.ko"]).strip()
-            if vermagic != kernel.vermagic:
-                raise BuildError(f"vrhp.ko built with vermagic {vermagic!r}, but kernel "
-                                 f"{kernel.release} expects {kernel.vermagic!r}")
-            (out / "done").write_text(json.dumps({"vermagic": vermagic}))
-    return ModuleBuild(kernel.release, version, layout, key, out / "vrhp.ko", out / "vrhp-agent")
+                run(make(tree), timeout=600)
+                for built, name in products.items():
+                    shutil.copy2(tree / built, out / name)
+            for name in products.values():
+                if name.endswith(".ko"):
+                    vermagic = run(["modinfo", "-F", "vermagic", out / name]).strip()
+                    if vermagic != kernel.vermagic:
+                        raise BuildError(f"{name} built with vermagic {vermagic!r}, but kernel "
+                                         f"{kernel.release} expects {kernel.vermagic!r}")
+            (out / "done").write_text(key)
+    return out
+
+
+def build(kernel: Kernel, cache: Path, *, version: int = 1, layout: int = 1,
+          source: Path = KMOD_SOURCE) -> ModuleBuild:
+    """vrhp.ko and its agent for `kernel`, in a version and layout."""
+    def make(tree: Path) -> list[str | Path]:
+        return ["make", "-C", tree, f"KDIR={kernel.headers_dir}", f"VRHP_VERSION={version}",
+                f"VRHP_LAYOUT={layout}"]
+
+    out = _build_copy(source, kernel, cache, "kmod", (str(version), str(layout)), make,
+                      {"vrhp/vrhp.ko": "vrhp.ko", "agent/vrhp-agent": "vrhp-agent"})
+    return ModuleBuild(kernel.release, version, layout, (out / "done").read_text(),
+                       out / "vrhp.ko", out / "vrhp-agent")
+
+
+def build_kbuild(source: Path, kernel: Kernel, cache: Path, module: str) -> Path:
+    """A plain out-of-tree module (a directory with a Kbuild file) for `kernel`."""
+    def make(tree: Path) -> list[str | Path]:
+        return ["make", "-C", kernel.headers_dir, f"M={tree}", "modules"]
+
+    out = _build_copy(source, kernel, cache, "modules", (), make,
+                      {f"{module}.ko": f"{module}.ko"})
+    return out / f"{module}.ko"
 
 
 class GuestModule:
