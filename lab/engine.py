@@ -195,22 +195,42 @@ class Lab:
         for rt in self.nodes.values():
             if rt.guest is not None:
                 rt.guest.close()
+        errors: list[str] = []
         if not self.keep:
             for rt in self.nodes.values():
-                with self.bus.phase("destroy", rt.node.name):
-                    virt.destroy(self._conn(rt.node.uri), rt.domain)
+                try:
+                    with self.bus.phase("destroy", rt.node.name):
+                        virt.destroy(self._conn(rt.node.uri), rt.domain)
+                except Exception as exc:  # every node is torn down even if one fails
+                    errors.append(f"{rt.domain}: {exc}")
             for name in WORK_FILES:
                 (self.run_dir / name).unlink(missing_ok=True)
             for rt in self.nodes.values():
                 rt.initrd.unlink(missing_ok=True)
         if self.run_dir.exists():
             self._write_state("kept" if self.keep else "stopped")
+            self._write_events()
         for conn in self._conns.values():
             conn.close()
         self._conns.clear()
         if self._lock_handle is not None:
             self._lock_handle.close()
             self._lock_handle = None
+        if errors:
+            raise LabError("teardown could not destroy: " + "; ".join(errors) +
+                           " ('hplab reap' retries)")
+
+    @property
+    def artifacts_dir(self) -> Path:
+        path = self.run_dir / "artifacts"
+        path.mkdir(exist_ok=True)
+        return path
+
+    def _write_events(self) -> None:
+        events = [{"phase": e.phase, "subject": e.subject, "state": e.state,
+                   "detail": e.detail, "elapsed": e.elapsed,
+                   "at": round(e.at - self.started_at, 3)} for e in self.bus.history]
+        (self.run_dir / "events.json").write_text(json.dumps(events, indent=1))
 
     def _write_state(self, status: str) -> None:
         state = {"run_id": self.run_id, "status": status, "pid": os.getpid(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,7 @@ class LabSession:
         self._lab: Lab | None = None
         self._failure: BaseException | None = None
         self.watches: dict[str, triage.ConsoleWatch] = {}
+        self.results: dict[str, dict[str, object]] = {}
 
     @property
     def topology(self) -> Topology:
@@ -82,10 +84,28 @@ class LabSession:
                 continue
         return result
 
+    def record(self, report: pytest.TestReport, properties: list[tuple[str, object]]) -> None:
+        entry = self.results.setdefault(report.nodeid, {"nodeid": report.nodeid,
+                                                        "outcome": "passed", "duration": 0.0})
+        entry["duration"] = round(float(entry["duration"]) + report.duration, 3)
+        if report.failed:
+            entry["outcome"] = "failed" if report.when == "call" else "error"
+        elif report.skipped and entry["outcome"] == "passed":
+            entry["outcome"] = "skipped"
+            entry["reason"] = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) \
+                else str(report.longrepr)
+        entry["properties"] = {str(k): str(v) for k, v in properties}
+
     def close(self) -> None:
-        if self._lab is not None:
+        if self._lab is None:
+            return
+        run_dir = self._lab.run_dir
+        try:
             self._lab.stop()
+        finally:
             self._lab = None
+            (run_dir / "results.json").write_text(json.dumps(list(self.results.values()),
+                                                             indent=1))
 
 
 SESSION = pytest.StashKey[LabSession]()
@@ -182,6 +202,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         kind = triage.classify(exc if report.failed else None, [f for _, f in findings],
                                report.skipped)
         item.user_properties.append(("outcome", kind))
+    session.record(report, list(item.user_properties))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
