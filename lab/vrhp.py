@@ -1,0 +1,615 @@
+"""The Python view of the vrhp module and its agent.
+
+`vrhp-agent` prints one JSON object per command (``dump`` prints JSON lines). The
+``parse_*`` functions turn that text into typed dataclasses and raise ``ValueError``
+naming the command and the field when the text is malformed. ``table_sizes`` repeats
+the module's size arithmetic so tests can assert exact byte counts before any memory
+exists. The ABI itself is described in ``kmod/README.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, TypeVar
+
+HDR_SIZE = 4096
+BUCKET_SIZE = 4
+CHUNK_SIZE = 4 << 20
+PAGE_2M = 2 << 20
+PAGE_1G = 1 << 30
+FLOW_ENTRY_SIZE = 256
+BRIDGE_ENTRY_SIZE = 64
+MAX_ENTRIES = 0xFFFFFFF0
+U64_MAX = (1 << 64) - 1
+
+DEFAULT_FLOW_ENTRIES = 524_288
+DEFAULT_BRIDGE_ENTRIES = 262_144
+
+TABLES = ("flow", "bridge")
+BACKENDS = ("none", "btable", "hugepage")
+
+
+class Outcome(IntEnum):
+    """HP_CONFIG outcome codes (``enum vrhp_outcome``)."""
+
+    SUCCESS = 0
+    MEM_FAILURE = 1
+    INVALID_ARG_FALLBACK_IN_USE = 2
+    HUGEPAGE_FAILURE_FALLBACK_IN_USE = 3
+    ALREADY_INITIALISED = 4
+    PARTIAL = 5
+    LAYOUT_MISMATCH = 6
+    REFUSED = 7
+    NONE = 255
+
+    @property
+    def agent_exit_code(self) -> int:
+        """The exit status `vrhp-agent setup` uses for this outcome."""
+        if self in (Outcome.SUCCESS, Outcome.ALREADY_INITIALISED):
+            return 0
+        if self in (
+            Outcome.PARTIAL,
+            Outcome.INVALID_ARG_FALLBACK_IN_USE,
+            Outcome.HUGEPAGE_FAILURE_FALLBACK_IN_USE,
+        ):
+            return 3
+        return 2
+
+
+# ---------------------------------------------------------------- sizes
+
+
+def default_oentries(entries: int) -> int:
+    """Overflow entries the module picks: 20% of main, rounded up to a multiple of 1024."""
+    twenty = -(-entries * 2 // 10)
+    return -(-twenty // 1024) * 1024
+
+
+@dataclass(frozen=True)
+class TableSizes:
+    entries: int
+    oentries: int
+    entry_size: int
+
+    @property
+    def total_entries(self) -> int:
+        return self.entries + self.oentries
+
+    @property
+    def buckets(self) -> int:
+        return self.entries // BUCKET_SIZE
+
+    @property
+    def table_bytes(self) -> int:
+        return self.total_entries * self.entry_size
+
+    @property
+    def file_bytes(self) -> int:
+        """Header plus entries: what INFO reports as ``file_bytes``."""
+        return HDR_SIZE + self.table_bytes
+
+    @property
+    def btable_chunks(self) -> int:
+        """Order-10 (4 MiB) allocations the btable backend needs."""
+        return math.ceil(self.file_bytes / CHUNK_SIZE)
+
+    def hugepage_file_bytes(self, page_size: int) -> int:
+        """Size of the hugetlbfs file the agent creates and maps."""
+        if page_size not in (PAGE_2M, PAGE_1G):
+            raise ValueError(f"page_size {page_size}: must be {PAGE_2M} or {PAGE_1G}")
+        return math.ceil(self.file_bytes / page_size) * page_size
+
+    def huge_pages(self, page_size: int) -> int:
+        return self.hugepage_file_bytes(page_size) // page_size
+
+
+def table_sizes(
+    main: int, oflow: int | None, entry_size: int, *, main_name: str, oflow_name: str
+) -> TableSizes:
+    """Apply the module's validation and size arithmetic for one table."""
+    if main <= 0 or main % BUCKET_SIZE:
+        raise ValueError(f"{main_name}={main} invalid: must be a non-zero multiple of 4")
+    if oflow is None or oflow == -1:
+        o = default_oentries(main)
+    elif oflow <= 0 or oflow % BUCKET_SIZE:
+        raise ValueError(f"{oflow_name}={oflow} invalid: must be a non-zero multiple of 4")
+    else:
+        o = oflow
+    file_bytes = (main + o) * entry_size + HDR_SIZE
+    if main > U64_MAX or main + o > U64_MAX or file_bytes > U64_MAX - PAGE_1G:
+        raise ValueError(f"{main_name}={main} {oflow_name}={o}: table size overflows 64 bits")
+    if main + o > MAX_ENTRIES:
+        raise ValueError(f"{main_name}={main} {oflow_name}={o}: more than {MAX_ENTRIES} entries")
+    return TableSizes(main, o, entry_size)
+
+
+def flow_sizes(
+    flow_entries: int = DEFAULT_FLOW_ENTRIES, oflow_entries: int | None = None
+) -> TableSizes:
+    return table_sizes(
+        flow_entries,
+        oflow_entries,
+        FLOW_ENTRY_SIZE,
+        main_name="flow_entries",
+        oflow_name="oflow_entries",
+    )
+
+
+def bridge_sizes(
+    bridge_entries: int = DEFAULT_BRIDGE_ENTRIES, bridge_oentries: int | None = None
+) -> TableSizes:
+    return table_sizes(
+        bridge_entries,
+        bridge_oentries,
+        BRIDGE_ENTRY_SIZE,
+        main_name="bridge_entries",
+        oflow_name="bridge_oentries",
+    )
+
+
+# ---------------------------------------------------------------- field access
+
+T = TypeVar("T")
+
+
+def _load(text: str, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what}: agent output is not JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{what}: agent output is not a JSON object")
+    return data
+
+
+def _obj(d: dict[str, Any], key: str, ctx: str) -> dict[str, Any]:
+    v = d.get(key)
+    if not isinstance(v, dict):
+        raise ValueError(f"{ctx}: field '{key}' missing or not an object")
+    return v
+
+
+def _int(d: dict[str, Any], key: str, ctx: str) -> int:
+    v = d.get(key)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"{ctx}: field '{key}' missing or not an integer (got {v!r})")
+    if v < 0:
+        raise ValueError(f"{ctx}: field '{key}' is negative ({v})")
+    return v
+
+
+def _opt_int(d: dict[str, Any], key: str, ctx: str) -> int | None:
+    if key in d and d[key] is None:
+        return None
+    return _int(d, key, ctx)
+
+
+def _float(d: dict[str, Any], key: str, ctx: str) -> float:
+    v = d.get(key)
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise ValueError(f"{ctx}: field '{key}' missing or not a number (got {v!r})")
+    return float(v)
+
+
+def _str(d: dict[str, Any], key: str, ctx: str) -> str:
+    v = d.get(key)
+    if not isinstance(v, str):
+        raise ValueError(f"{ctx}: field '{key}' missing or not a string (got {v!r})")
+    return v
+
+
+def _opt_str(d: dict[str, Any], key: str, ctx: str) -> str | None:
+    if key in d and d[key] is None:
+        return None
+    return _str(d, key, ctx)
+
+
+def _bool(d: dict[str, Any], key: str, ctx: str) -> bool:
+    v = d.get(key)
+    if not isinstance(v, bool):
+        raise ValueError(f"{ctx}: field '{key}' missing or not a boolean (got {v!r})")
+    return v
+
+
+def _opt_bool(d: dict[str, Any], key: str, ctx: str) -> bool | None:
+    if key in d and d[key] is None:
+        return None
+    return _bool(d, key, ctx)
+
+
+def _choice(d: dict[str, Any], key: str, ctx: str, choices: tuple[str, ...]) -> str:
+    v = _str(d, key, ctx)
+    if v not in choices:
+        raise ValueError(f"{ctx}: field '{key}' is {v!r}, expected one of {choices}")
+    return v
+
+
+def _outcome(d: dict[str, Any], key: str, ctx: str) -> Outcome:
+    v = _str(d, key, ctx)
+    try:
+        return Outcome[v]
+    except KeyError:
+        raise ValueError(f"{ctx}: field '{key}' is unknown outcome {v!r}") from None
+
+
+def _tables(d: dict[str, Any], ctx: str) -> dict[str, dict[str, Any]]:
+    tabs = _obj(d, "tables", ctx)
+    for name, v in tabs.items():
+        if name not in TABLES:
+            raise ValueError(f"{ctx}: field 'tables' has unknown table {name!r}")
+        if not isinstance(v, dict):
+            raise ValueError(f"{ctx}: field 'tables.{name}' is not an object")
+    return tabs
+
+
+# ---------------------------------------------------------------- info
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    entries: int
+    oentries: int
+    entry_size: int
+    table_bytes: int
+    file_bytes: int
+    backend: str
+    generation: int
+    instance: int
+    hash_seed: int
+    nr_chunks: int
+
+
+@dataclass(frozen=True)
+class SegmentInfo:
+    table: str
+    path: str
+    uaddr: int
+    len: int
+    page_size: int
+    nr_hpages: int
+    contiguous: bool
+    vmapped: bool
+
+
+@dataclass(frozen=True)
+class Info:
+    abi_version: int
+    module_version: int
+    layout_version: int
+    agent_layout_version: int
+    version_tag: str
+    mem: str
+    state: str
+    fallback: bool
+    last_outcome: Outcome
+    tables: dict[str, TableInfo]
+    segments: list[SegmentInfo]
+
+
+def _table_info(d: dict[str, Any], ctx: str) -> TableInfo:
+    return TableInfo(
+        entries=_int(d, "entries", ctx),
+        oentries=_int(d, "oentries", ctx),
+        entry_size=_int(d, "entry_size", ctx),
+        table_bytes=_int(d, "table_bytes", ctx),
+        file_bytes=_int(d, "file_bytes", ctx),
+        backend=_choice(d, "backend", ctx, BACKENDS),
+        generation=_int(d, "generation", ctx),
+        instance=_int(d, "instance", ctx),
+        hash_seed=_int(d, "hash_seed", ctx),
+        nr_chunks=_int(d, "nr_chunks", ctx),
+    )
+
+
+def parse_info(text: str) -> Info:
+    ctx = "info"
+    d = _load(text, ctx)
+    tabs = _tables(d, ctx)
+    tables = {}
+    for name in TABLES:
+        if name not in tabs:
+            raise ValueError(f"{ctx}: field 'tables.{name}' missing")
+        tables[name] = _table_info(tabs[name], f"{ctx}.tables.{name}")
+    segs_raw = d.get("segments")
+    if not isinstance(segs_raw, list):
+        raise ValueError(f"{ctx}: field 'segments' missing or not a list")
+    segments = []
+    for i, s in enumerate(segs_raw):
+        sctx = f"{ctx}.segments[{i}]"
+        if not isinstance(s, dict):
+            raise ValueError(f"{sctx}: not an object")
+        segments.append(
+            SegmentInfo(
+                table=_choice(s, "table", sctx, TABLES),
+                path=_str(s, "path", sctx),
+                uaddr=_int(s, "uaddr", sctx),
+                len=_int(s, "len", sctx),
+                page_size=_int(s, "page_size", sctx),
+                nr_hpages=_int(s, "nr_hpages", sctx),
+                contiguous=_bool(s, "contiguous", sctx),
+                vmapped=_bool(s, "vmapped", sctx),
+            )
+        )
+    return Info(
+        abi_version=_int(d, "abi_version", ctx),
+        module_version=_int(d, "module_version", ctx),
+        layout_version=_int(d, "layout_version", ctx),
+        agent_layout_version=_int(d, "agent_layout_version", ctx),
+        version_tag=_str(d, "version_tag", ctx),
+        mem=_choice(d, "mem", ctx, ("btable", "hugepage")),
+        state=_choice(d, "state", ctx, ("uninit", "ready")),
+        fallback=_bool(d, "fallback", ctx),
+        last_outcome=_outcome(d, "last_outcome", ctx),
+        tables=tables,
+        segments=segments,
+    )
+
+
+# ---------------------------------------------------------------- setup
+
+ACTIONS = ("none", "fresh", "adopted", "fallback", "mismatch", "failed")
+
+
+@dataclass(frozen=True)
+class SetupTable:
+    path: str
+    mapped: bool
+    map_error: str
+    backend: str
+    action: str
+    error: str
+    generation: int
+    table_bytes: int
+    file_bytes: int
+    mapped_bytes: int
+    header_matches_module: bool | None
+
+
+@dataclass(frozen=True)
+class SetupOutcome:
+    outcome: Outcome
+    outcome_code: int
+    reset: bool
+    mount: str
+    page_size: int
+    tables: dict[str, SetupTable]
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome in (Outcome.SUCCESS, Outcome.ALREADY_INITIALISED)
+
+
+def parse_setup(text: str) -> SetupOutcome:
+    ctx = "setup"
+    d = _load(text, ctx)
+    outcome = _outcome(d, "outcome", ctx)
+    code = _int(d, "outcome_code", ctx)
+    if code != outcome.value:
+        raise ValueError(
+            f"{ctx}: field 'outcome_code' {code} disagrees with outcome {outcome.name}"
+        )
+    tabs = _tables(d, ctx)
+    tables = {}
+    for name, t in tabs.items():
+        tctx = f"{ctx}.tables.{name}"
+        tables[name] = SetupTable(
+            path=_str(t, "path", tctx),
+            mapped=_bool(t, "mapped", tctx),
+            map_error=_str(t, "map_error", tctx),
+            backend=_choice(t, "backend", tctx, BACKENDS),
+            action=_choice(t, "action", tctx, ACTIONS),
+            error=_str(t, "error", tctx),
+            generation=_int(t, "generation", tctx),
+            table_bytes=_int(t, "table_bytes", tctx),
+            file_bytes=_int(t, "file_bytes", tctx),
+            mapped_bytes=_int(t, "mapped_bytes", tctx),
+            header_matches_module=_opt_bool(t, "header_matches_module", tctx),
+        )
+    return SetupOutcome(
+        outcome=outcome,
+        outcome_code=code,
+        reset=_bool(d, "reset", ctx),
+        mount=_str(d, "mount", ctx),
+        page_size=_int(d, "page_size", ctx),
+        tables=tables,
+    )
+
+
+# ---------------------------------------------------------------- scan
+
+
+@dataclass(frozen=True)
+class ScanTable:
+    backend: str
+    source: str
+    generation: int
+    entries: int
+    oentries: int
+    used: int
+    main_used: int
+    oflow_used: int
+    oldest_last_used_ns: int
+    newest_last_used_ns: int
+    bucket_histogram: tuple[int, int, int, int, int]
+    chained_buckets: int
+    bytes_scanned: int
+    elapsed_ns: int
+    mib_per_s: float
+
+
+def _histogram(d: dict[str, Any], ctx: str) -> tuple[int, int, int, int, int]:
+    v = d.get("bucket_histogram")
+    if (
+        not isinstance(v, list)
+        or len(v) != BUCKET_SIZE + 1
+        or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)
+    ):
+        raise ValueError(f"{ctx}: field 'bucket_histogram' must be 5 non-negative integers")
+    return (v[0], v[1], v[2], v[3], v[4])
+
+
+def parse_scan(text: str) -> dict[str, ScanTable]:
+    ctx = "scan"
+    d = _load(text, ctx)
+    out = {}
+    for name, t in _tables(d, ctx).items():
+        tctx = f"{ctx}.tables.{name}"
+        st = ScanTable(
+            backend=_choice(t, "backend", tctx, BACKENDS),
+            source=_str(t, "source", tctx),
+            generation=_int(t, "generation", tctx),
+            entries=_int(t, "entries", tctx),
+            oentries=_int(t, "oentries", tctx),
+            used=_int(t, "used", tctx),
+            main_used=_int(t, "main_used", tctx),
+            oflow_used=_int(t, "oflow_used", tctx),
+            oldest_last_used_ns=_int(t, "oldest_last_used_ns", tctx),
+            newest_last_used_ns=_int(t, "newest_last_used_ns", tctx),
+            bucket_histogram=_histogram(t, tctx),
+            chained_buckets=_int(t, "chained_buckets", tctx),
+            bytes_scanned=_int(t, "bytes_scanned", tctx),
+            elapsed_ns=_int(t, "elapsed_ns", tctx),
+            mib_per_s=_float(t, "mib_per_s", tctx),
+        )
+        if st.used != st.main_used + st.oflow_used:
+            raise ValueError(f"{tctx}: field 'used' != main_used + oflow_used")
+        if sum(st.bucket_histogram) != st.entries // BUCKET_SIZE:
+            raise ValueError(f"{tctx}: field 'bucket_histogram' does not sum to the bucket count")
+        out[name] = st
+    return out
+
+
+# ---------------------------------------------------------------- stats
+
+
+@dataclass(frozen=True)
+class TableStats:
+    entries: int
+    oentries: int
+    used: int
+    main_used: int
+    oflow_used: int
+    inserts: int
+    deletes: int
+    insert_failures: int
+    nospc_failures: int
+    longest_chain: int
+
+
+def parse_stats(text: str) -> dict[str, TableStats]:
+    ctx = "stats"
+    d = _load(text, ctx)
+    out = {}
+    for name, t in _tables(d, ctx).items():
+        tctx = f"{ctx}.tables.{name}"
+        out[name] = TableStats(
+            **{
+                f: _int(t, f, tctx)
+                for f in (
+                    "entries",
+                    "oentries",
+                    "used",
+                    "main_used",
+                    "oflow_used",
+                    "inserts",
+                    "deletes",
+                    "insert_failures",
+                    "nospc_failures",
+                    "longest_chain",
+                )
+            }
+        )
+    return out
+
+
+# ---------------------------------------------------------------- fill
+
+
+@dataclass(frozen=True)
+class FillResult:
+    table: str
+    requested: int
+    inserted: int
+    failed: int
+    first_fail_index: int | None
+    first_fail_error: str | None
+    elapsed_ns: int
+    entries_per_s: float
+
+    @property
+    def full(self) -> bool:
+        """True when the fill ran into a full bucket with a full overflow area."""
+        return self.first_fail_error == "ENOSPC"
+
+
+def parse_fill(text: str) -> FillResult:
+    ctx = "fill"
+    d = _load(text, ctx)
+    r = FillResult(
+        table=_choice(d, "table", ctx, TABLES),
+        requested=_int(d, "requested", ctx),
+        inserted=_int(d, "inserted", ctx),
+        failed=_int(d, "failed", ctx),
+        first_fail_index=_opt_int(d, "first_fail_index", ctx),
+        first_fail_error=_opt_str(d, "first_fail_error", ctx),
+        elapsed_ns=_int(d, "elapsed_ns", ctx),
+        entries_per_s=_float(d, "entries_per_s", ctx),
+    )
+    if r.inserted + r.failed > r.requested:
+        raise ValueError(f"{ctx}: field 'inserted' + 'failed' exceeds 'requested'")
+    if (r.failed == 0) != (r.first_fail_index is None):
+        raise ValueError(f"{ctx}: field 'first_fail_index' inconsistent with 'failed'")
+    return r
+
+
+# ---------------------------------------------------------------- bench
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    fill_requested: int
+    fill_inserted: int
+    fill_entries_per_s: float
+    backend: str
+    scan_bytes: int
+    scan_mib_per_s: float
+    map_read_mib_per_s: float
+    anon_read_mib_per_s: float
+    scan_vs_anon: float
+    map_vs_anon: float
+
+
+def parse_bench(text: str) -> BenchResult:
+    ctx = "bench"
+    d = _load(text, ctx)
+    return BenchResult(
+        fill_requested=_int(d, "fill_requested", ctx),
+        fill_inserted=_int(d, "fill_inserted", ctx),
+        fill_entries_per_s=_float(d, "fill_entries_per_s", ctx),
+        backend=_choice(d, "backend", ctx, BACKENDS),
+        scan_bytes=_int(d, "scan_bytes", ctx),
+        scan_mib_per_s=_float(d, "scan_mib_per_s", ctx),
+        map_read_mib_per_s=_float(d, "map_read_mib_per_s", ctx),
+        anon_read_mib_per_s=_float(d, "anon_read_mib_per_s", ctx),
+        scan_vs_anon=_float(d, "scan_vs_anon", ctx),
+        map_vs_anon=_float(d, "map_vs_anon", ctx),
+    )
+
+
+def parse_dump(text: str) -> list[dict[str, Any]]:
+    """`dump` output: one JSON object per line, sorted by key."""
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            v = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"dump: line {n} is not JSON: {e}") from None
+        if not isinstance(v, dict):
+            raise ValueError(f"dump: line {n} is not a JSON object")
+        out.append(v)
+    return out
