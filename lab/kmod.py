@@ -52,9 +52,10 @@ def _build_copy(source: Path, kernel: Kernel, cache: Path, kind: str, extra: tup
     `products` maps a path inside the built tree to the name it is kept under. Returns
     the cache directory holding the products.
     """
-    files = _source_files(source)
+    files = _source_files(source) if source.is_dir() else []
     if not files:
-        raise BuildError(f"no sources under {source}")
+        raise BuildError(f"no module sources under {source} (files ending in "
+                         f"{', '.join(SOURCE_SUFFIXES)})")
     gcc = run(["gcc", "--version"]).splitlines()[0]
     key = digest(kind, kernel.release, kernel.package_version, gcc, *extra,
                  *(f"{p.relative_to(source)}\0{p.read_text()}" for p in files))

@@ -29,6 +29,7 @@ class LabSession:
         self.config = config
         self.base_dir = lab_dir(config.getoption("lab_dir"))
         self.keep = bool(config.getoption("keep_vms"))
+        self.kmod_source = Path(config.rootpath) / config.getoption("kmod_source")
         self.bus = EventBus()
         self.bus.subscribe(ProgressPrinter())
         self._topology: Topology | None = None
@@ -87,7 +88,9 @@ class LabSession:
     def record(self, report: pytest.TestReport, properties: list[tuple[str, object]]) -> None:
         entry = self.results.setdefault(report.nodeid, {"nodeid": report.nodeid,
                                                         "outcome": "passed", "duration": 0.0})
-        entry["duration"] = round(float(entry["duration"]) + report.duration, 3)
+        previous = entry["duration"]
+        assert isinstance(previous, float)
+        entry["duration"] = round(previous + report.duration, 3)
         if report.failed:
             entry["outcome"] = "failed" if report.when == "call" else "error"
         elif report.skipped and entry["outcome"] == "passed":
@@ -121,6 +124,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="leave the guests running after the session (remove: hplab down)")
     group.addoption("--lab-dir", default=None,
                     help="cache and run directory (default: $HPLAB_DIR or /var/tmp/hplab)")
+    group.addoption("--kmod-source", default="kmod",
+                    help="vrhp module and agent sources, relative to the rootdir (default: kmod)")
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -268,7 +273,7 @@ def vrhp_builds() -> dict[tuple[str, int, int], Any]:
 
 
 @pytest.fixture
-def vrhp_variant(guest: Guest, node: NodeRuntime, lab: Lab,
+def vrhp_variant(guest: Guest, node: NodeRuntime, lab: Lab, lab_session: LabSession,
                  vrhp_builds: dict[tuple[str, int, int], Any]) -> Iterator[Any]:
     """Builds vrhp of a version and layout for the node's kernel and installs it.
 
@@ -282,7 +287,7 @@ def vrhp_variant(guest: Guest, node: NodeRuntime, lab: Lab,
         if key not in vrhp_builds:
             with lab.bus.phase("kmod-build", node.node.name, f"v{version} layout {layout}"):
                 vrhp_builds[key] = kmod.build(node.kernel, lab.cache, version=version,
-                                              layout=layout)
+                                              layout=layout, source=lab_session.kmod_source)
         return kmod.GuestModule(guest, vrhp_builds[key]).install()
 
     yield make

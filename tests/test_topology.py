@@ -21,7 +21,7 @@ def parse(text: str) -> topology.Topology:
     return topology.parse(text, Path("t.yaml"))
 
 
-@pytest.mark.parametrize("name", ["single", "pair", "big", "single-612"])
+@pytest.mark.parametrize("name", ["single", "single-612", "small", "pair", "big"])
 def test_shipped_topologies_load(name: str) -> None:
     topo = topology.load(ROOT / "topologies" / f"{name}.yaml")
     assert topo.nodes
