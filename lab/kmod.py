@@ -157,17 +157,34 @@ class GuestModule:
         command = " ".join(shlex.quote(str(a)) for a in (self.agent_path, *args))
         return self.guest.run(command, timeout=timeout)
 
-    def agent_json(self, *args: str | int, timeout: float | None = None) -> Any:
-        """Run the agent and parse its JSON; a failure names the command and its stderr."""
+    def agent_stdout(self, *args: str | int, timeout: float | None = None,
+                     exits: tuple[int, ...] = (0,)) -> str:
+        """The agent's stdout; an exit status outside `exits` raises, naming the command."""
         result = self.agent(*args, timeout=timeout)
-        if not result.ok:
+        if result.exit_status not in exits:
             raise GuestError(f"{self.guest.node}: vrhp-agent {' '.join(map(str, args))} exited "
                              f"{result.exit_status}: {result.stderr.strip()[-600:]}")
+        return result.stdout
+
+    def agent_json(self, *args: str | int, timeout: float | None = None) -> Any:
+        """Run the agent and parse its JSON; a failure names the command and its stderr."""
+        stdout = self.agent_stdout(*args, timeout=timeout)
         try:
-            return json.loads(result.stdout)
+            return json.loads(stdout)
         except json.JSONDecodeError as exc:
             raise GuestError(f"{self.guest.node}: vrhp-agent {' '.join(map(str, args))} printed "
-                             f"no JSON ({exc}): {result.stdout[:300]!r}") from None
+                             f"no JSON ({exc}): {stdout[:300]!r}") from None
+
+
+def hugepage_pool(guest: Guest, size_kib: int = 1048576) -> tuple[int, int]:
+    """(reserved, free) huge pages of one size in the guest, from sysfs."""
+    base = f"/sys/kernel/mm/hugepages/hugepages-{size_kib}kB"
+    text = guest.check(f"cat {base}/nr_hugepages {base}/free_hugepages")
+    try:
+        total, free = (int(v) for v in text.split())
+    except ValueError:
+        raise GuestError(f"{guest.node}: {base}: unexpected pool counters {text!r}") from None
+    return total, free
 
 
 def reset_guest(guest: Guest, timeout: float = 30.0) -> None:

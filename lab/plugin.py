@@ -15,8 +15,10 @@ from lab import triage
 from lab.engine import Lab, NodeRuntime
 from lab.errors import LabError
 from lab.events import EventBus, ProgressPrinter
+from lab.fragment import FragmentRun, GuestFragmenter
 from lab.guest import Guest
 from lab.paths import lab_dir
+from lab.stress import FragmentSpec, Target
 from lab.topology import Node, Topology
 
 DEFAULT_TOPOLOGY = "topologies/single.yaml"
@@ -298,3 +300,34 @@ def vrhp_variant(guest: Guest, node: NodeRuntime, lab: Lab, lab_session: LabSess
 def vrhp(vrhp_variant: Any) -> Any:
     """vrhp version 1 installed in the node (not loaded)."""
     return vrhp_variant()
+
+
+@pytest.fixture
+def fragmenter(guest: Guest, node: NodeRuntime, lab: Lab) -> Iterator[GuestFragmenter]:
+    """The fragmenter and allocation probe installed in the node; memory released after."""
+    tools = GuestFragmenter(guest, node.kernel, lab.cache)
+    yield tools
+    tools.release()
+
+
+@pytest.fixture
+def fragmented(fragmenter: GuestFragmenter, node: NodeRuntime, lab: Lab) -> Iterator[Any]:
+    """fragmented(profile, target=Target(), seed=1, ...) -> FragmentRun, memory held.
+
+    Each run, with the probes a test appends to ``run.probes``, is saved as
+    ``artifacts/fragment-<profile>-<node>.json``; the memory is released at teardown.
+    """
+    runs: list[FragmentRun] = []
+
+    def make(profile: str = "anon-pinned", target: Target | None = None, seed: int = 1,
+             **options: Any) -> FragmentRun:
+        spec = FragmentSpec(profile, target or Target(), seed, **options)
+        with lab.bus.phase("fragment", node.node.name, profile):
+            run = fragmenter.fragment(spec)
+        runs.append(run)
+        return run
+
+    yield make
+    for run in runs:
+        name = f"fragment-{run.spec.profile}-{node.node.name}.json"
+        (lab.artifacts_dir / name).write_text(run.to_json())

@@ -1,0 +1,78 @@
+"""vrhp in hugepage mode end to end: setup, fill until full, scan, unload, pool whole."""
+
+from __future__ import annotations
+
+import pytest
+
+from lab import vrhp as view
+from lab.guest import Guest
+from lab.kmod import GuestModule, hugepage_pool, reset_guest
+
+pytestmark = [pytest.mark.lab, pytest.mark.hugepages(size="1G", count=2)]
+
+GIB = 1 << 30
+DEFAULT_SIZES = {"flow": view.flow_sizes(), "bridge": view.bridge_sizes()}
+
+
+@pytest.fixture
+def tables(vrhp: GuestModule) -> GuestModule:
+    """vrhp loaded in hugepage mode with both tables set up by the agent."""
+    vrhp.load(mem="hugepage")
+    setup = view.parse_setup(vrhp.agent_stdout("setup", exits=(0, 2, 3)))
+    assert setup.outcome is view.Outcome.SUCCESS, setup
+    return vrhp
+
+
+def test_setup_places_each_table_on_its_own_1g_page(tables: GuestModule) -> None:
+    info = view.parse_info(tables.agent_stdout("info"))
+    assert (info.mem, info.last_outcome) == ("hugepage", view.Outcome.SUCCESS)
+    for name, sizes in DEFAULT_SIZES.items():
+        table = info.tables[name]
+        assert (table.entries, table.oentries, table.entry_size) == (
+            sizes.entries, sizes.oentries, sizes.entry_size)
+        assert (table.table_bytes, table.file_bytes) == (sizes.table_bytes, sizes.file_bytes)
+        assert table.backend == "hugepage"
+        assert table.generation == 1
+    segments = {s.table: s for s in info.segments}
+    assert sorted(segments) == ["bridge", "flow"]
+    for name, segment in segments.items():
+        assert (segment.page_size, segment.nr_hpages) == (GIB, 1), name
+        assert segment.contiguous and not segment.vmapped, name
+        assert segment.len >= DEFAULT_SIZES[name].file_bytes
+
+
+@pytest.mark.parametrize("table", ["flow", "bridge"])
+def test_fill_until_full_then_scan_agrees_with_stats(tables: GuestModule, table: str,
+                                                     record_property: pytest.RecordProperty,
+                                                     ) -> None:
+    sizes = DEFAULT_SIZES[table]
+    fill = view.parse_fill(tables.agent_stdout("fill", table, sizes.total_entries, 7,
+                                               timeout=300))
+    record_property(f"{table}_inserted", fill.inserted)
+    record_property(f"{table}_fill_entries_per_s", round(fill.entries_per_s))
+    assert fill.full, f"fill stopped on {fill.first_fail_error}, not a full bucket"
+    assert fill.inserted + fill.failed == sizes.total_entries
+    # 4-entry buckets overflow into a shared area of 20%: more than the main table
+    # holds, fewer than main + overflow.
+    assert sizes.entries < fill.inserted < sizes.total_entries
+
+    stats = view.parse_stats(tables.agent_stdout("stats", table))[table]
+    scan = view.parse_scan(tables.agent_stdout("scan", table))[table]
+    assert stats.used == fill.inserted == stats.inserts
+    assert stats.nospc_failures == fill.failed
+    assert (scan.used, scan.main_used, scan.oflow_used) == (
+        stats.used, stats.main_used, stats.oflow_used)
+    segment = {s.table: s for s in view.parse_info(tables.agent_stdout("info")).segments}[table]
+    assert (scan.backend, scan.source) == ("hugepage", segment.path)
+    assert scan.bytes_scanned == sizes.table_bytes
+    assert sum(scan.bucket_histogram) == sizes.buckets
+
+
+def test_unload_and_file_removal_return_every_huge_page(guest: Guest,
+                                                        tables: GuestModule) -> None:
+    total, free_in_use = hugepage_pool(guest)
+    assert free_in_use == total - 2
+    tables.agent_stdout("fill", "flow", 100_000, 1)
+    reset_guest(guest)
+    assert hugepage_pool(guest) == (total, total)
+    assert not tables.loaded()
