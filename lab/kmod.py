@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lab import vrhp
 from lab.errors import BuildError, GuestError
 from lab.guest import Guest, Result
 from lab.kernel import Kernel
@@ -165,6 +166,16 @@ class GuestModule:
             raise GuestError(f"{self.guest.node}: vrhp-agent {' '.join(map(str, args))} exited "
                              f"{result.exit_status}: {result.stderr.strip()[-600:]}")
         return result.stdout
+
+    def info(self) -> vrhp.Info:
+        return vrhp.parse_info(self.agent_stdout("info"))
+
+    def setup(self, *options: str) -> vrhp.SetupOutcome:
+        """`vrhp-agent setup`; every outcome is returned, only usage errors raise."""
+        return vrhp.parse_setup(self.agent_stdout("setup", *options, exits=(0, 2, 3)))
+
+    def fill(self, table: str, count: int, seed: int = 1) -> vrhp.FillResult:
+        return vrhp.parse_fill(self.agent_stdout("fill", table, count, seed, timeout=600))
 
     def agent_json(self, *args: str | int, timeout: float | None = None) -> Any:
         """Run the agent and parse its JSON; a failure names the command and its stderr."""

@@ -18,13 +18,13 @@ DEFAULT_SIZES = {"flow": view.flow_sizes(), "bridge": view.bridge_sizes()}
 def tables(vrhp: GuestModule) -> GuestModule:
     """vrhp loaded in hugepage mode with both tables set up by the agent."""
     vrhp.load(mem="hugepage")
-    setup = view.parse_setup(vrhp.agent_stdout("setup", exits=(0, 2, 3)))
+    setup = vrhp.setup()
     assert setup.outcome is view.Outcome.SUCCESS, setup
     return vrhp
 
 
 def test_setup_places_each_table_on_its_own_1g_page(tables: GuestModule) -> None:
-    info = view.parse_info(tables.agent_stdout("info"))
+    info = tables.info()
     assert (info.mem, info.last_outcome) == ("hugepage", view.Outcome.SUCCESS)
     for name, sizes in DEFAULT_SIZES.items():
         table = info.tables[name]
@@ -46,8 +46,7 @@ def test_fill_until_full_then_scan_agrees_with_stats(tables: GuestModule, table:
                                                      record_property: pytest.RecordProperty,
                                                      ) -> None:
     sizes = DEFAULT_SIZES[table]
-    fill = view.parse_fill(tables.agent_stdout("fill", table, sizes.total_entries, 7,
-                                               timeout=300))
+    fill = tables.fill(table, sizes.total_entries, seed=7)
     record_property(f"{table}_inserted", fill.inserted)
     record_property(f"{table}_fill_entries_per_s", round(fill.entries_per_s))
     assert fill.full, f"fill stopped on {fill.first_fail_error}, not a full bucket"
@@ -62,7 +61,7 @@ def test_fill_until_full_then_scan_agrees_with_stats(tables: GuestModule, table:
     assert stats.nospc_failures == fill.failed
     assert (scan.used, scan.main_used, scan.oflow_used) == (
         stats.used, stats.main_used, stats.oflow_used)
-    segment = {s.table: s for s in view.parse_info(tables.agent_stdout("info")).segments}[table]
+    segment = {s.table: s for s in tables.info().segments}[table]
     assert (scan.backend, scan.source) == ("hugepage", segment.path)
     assert scan.bytes_scanned == sizes.table_bytes
     assert sum(scan.bucket_histogram) == sizes.buckets
@@ -72,7 +71,7 @@ def test_unload_and_file_removal_return_every_huge_page(guest: Guest,
                                                         tables: GuestModule) -> None:
     total, free_in_use = hugepage_pool(guest)
     assert free_in_use == total - 2
-    tables.agent_stdout("fill", "flow", 100_000, 1)
+    tables.fill("flow", 100_000)
     reset_guest(guest)
     assert hugepage_pool(guest) == (total, total)
     assert not tables.loaded()
