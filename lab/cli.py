@@ -19,6 +19,7 @@ from lab.engine import Lab, RunRecord, kernel_cmdline, reap, runs
 from lab.errors import LabError
 from lab.events import EventBus, ProgressPrinter
 from lab.paths import cache_dir, lab_dir
+from lab.stress import PROFILES
 
 
 def _bus(quiet: bool = False) -> EventBus:
@@ -193,6 +194,33 @@ def cmd_bench_boot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_fragment(args: argparse.Namespace) -> int:
+    """Seconds to the fragmentation target per profile, and failed allocations per order."""
+    from lab import bench
+
+    profiles = list(PROFILES) if args.profiles == ["all"] else args.profiles
+    specs = bench.specs(profiles, args.repeat, args.seed)
+    samples = bench.run(Path(args.topology), specs, lab_dir(args.lab_dir), _bus(quiet=True))
+    print("\n".join(bench.table(samples)))
+    return 0
+
+
+def cmd_repro(args: argparse.Namespace) -> int:
+    """Fragment a node, try both backends, write a run directory that replays itself."""
+    from lab import repro
+
+    request = repro.ReproRequest(Path(args.topology), args.profile, args.seed, args.node,
+                                 args.kernel, Path(args.kmod_source).resolve(),
+                                 args.target_order, args.max_free_blocks, args.floor_mib)
+    repro.prepare(request)
+    run_dir, steps = repro.run(request, lab_dir(args.lab_dir), _bus())
+    for step in steps:
+        print(f"{'ok  ' if step.passed else 'FAIL'} {step.name}: {step.detail}")
+    print(f"run directory: {run_dir} (replay: {run_dir / 'reproduce.sh'})")
+    hugepage_failed = any(s.name.startswith("hugepage") and not s.passed for s in steps)
+    return 1 if hugepage_failed or not steps else 0
+
+
 def _time_build(kernel: kernels.Kernel, cache: Path, fresh: bool) -> float:
     if fresh:
         scratch = cache / "bench-images"
@@ -260,6 +288,28 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--kernels", nargs="+", default=["debian:6.1", "debian:6.12"])
     p.add_argument("--repeat", type=int, default=5)
     p.set_defaults(func=cmd_bench_boot)
+    p = bench_sub.add_parser("fragment", help="seconds to the fragmentation target per "
+                             "profile and failed allocations per order")
+    p.add_argument("--topology", default="topologies/small.yaml")
+    p.add_argument("--profiles", nargs="+", default=["all"],
+                   help=f"profiles to measure: all or some of {', '.join(PROFILES)}")
+    p.add_argument("--repeat", type=int, default=3, help="runs per profile (seeds seed..)")
+    p.add_argument("--seed", type=int, default=1)
+    p.set_defaults(func=cmd_bench_fragment)
+
+    p = sub.add_parser("repro", help="fragment a node, try both backends, write a replayable "
+                       "run directory")
+    p.add_argument("--topology", default="topologies/single.yaml")
+    p.add_argument("--node", help="node to fragment (default: the first)")
+    p.add_argument("--kernel", help="kernel for every node (e.g. debian:6.12)")
+    p.add_argument("--profile", default="anon-pinned", help=", ".join(PROFILES))
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--target-order", type=int, default=10,
+                   help="stop when no more than --max-free-blocks of this order are free")
+    p.add_argument("--max-free-blocks", type=int, default=0)
+    p.add_argument("--floor-mib", type=int, default=12, help="free memory never taken")
+    p.add_argument("--kmod-source", default="kmod", help="vrhp sources (default: ./kmod)")
+    p.set_defaults(func=cmd_repro)
     return top
 
 

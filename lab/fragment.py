@@ -111,3 +111,8 @@ class GuestFragmenter:
             raise GuestError(f"{self.guest.node}: hplab_allocprobe {' '.join(spec.params())} "
                              "logged no result")
         return results[-1]
+
+    def probe_orders(self, gfp: str = "atomic", count: int = 64,
+                     orders: range = range(11)) -> list[ProbeResult]:
+        """One probe per order: how much of each size the allocator can still give."""
+        return [self.probe(ProbeSpec(order, count, gfp, f"{gfp}-o{order}")) for order in orders]
