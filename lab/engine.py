@@ -11,6 +11,7 @@ import os
 import secrets
 import shutil
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ CREATE_ATTEMPTS = 3
 STATE_FILE = "state.json"
 OWNER_LOCK = "owner.lock"
 WORK_FILES = ("id_ed25519", "id_ed25519.pub")
+NODE_DISK = "disk.qcow2"
 
 
 def kernel_cmdline(node: Node) -> str:
@@ -42,6 +44,11 @@ def kernel_cmdline(node: Node) -> str:
     if node.cmdline:
         args.append(node.cmdline)
     return " ".join(args)
+
+
+def host_pages_needed(node: Node) -> int:
+    """Host 1 GiB pages a node backed by them maps: all of its RAM."""
+    return -(-node.memory // (1 << 30)) if node.backing == "hugepages-1G" else 0
 
 
 def new_run_id() -> str:
@@ -59,6 +66,7 @@ class NodeRuntime:
     domain: str
     console: Path
     initrd: Path
+    disk: Path | None = None  # the VM's qcow2 overlay on the image's root disk
     port: int = 0
     guest: Guest | None = None
     timeouts: Timeouts = field(default_factory=Timeouts)
@@ -68,6 +76,7 @@ class NodeRuntime:
         return {"domain": self.domain, "port": self.port, "uri": self.node.uri,
                 "accel": self.accel, "kernel": self.kernel.release,
                 "image": self.image.kind, "host_key": self.image.host_key,
+                "backing": self.node.backing,
                 "console": str(self.console), "boot_seconds": round(self.boot_seconds, 2)}
 
 
@@ -87,6 +96,7 @@ class Lab:
         self.nodes: dict[str, NodeRuntime] = {}
         self._conns: dict[str, Any] = {}
         self._lock_handle: Any = None
+        self._host_resources = ExitStack()
         self.started_at = 0.0
 
     # -- preparation ----------------------------------------------------------------
@@ -115,10 +125,20 @@ class Lab:
         node_dir.chmod(0o755)
         initrd = images.node_initrd(image, node_dir / "initrd.cpio.gz", hostname=node.name,
                                     authorized_key=(self.run_dir / "id_ed25519.pub").read_text())
+        disk = images.node_disk(image, node_dir / NODE_DISK)
         return NodeRuntime(node=node, kernel=kernel, image=image, accel=accel,
                            domain=virt.domain_name(self.run_id, node.name),
-                           console=node_dir / "console.log", initrd=initrd,
+                           console=node_dir / "console.log", initrd=initrd, disk=disk,
                            timeouts=self.base_timeouts.scaled(accel))
+
+    def _reserve_host_pages(self) -> None:
+        """Host 1 GiB pages for every node backed by them, before anything boots."""
+        backed = [n for n in self.topology.nodes if n.backing == "hugepages-1G"]
+        pages = sum(host_pages_needed(n) for n in backed)
+        if pages:
+            with self.bus.phase("host-pages", ",".join(n.name for n in backed),
+                                f"{pages} x 1G"):
+                self._host_resources.enter_context(virt.hugepage_pool(pages))
 
     def _accel(self, node: Node, kernel: kernels.Kernel, image: images.Image) -> str:
         def probe() -> bool:
@@ -134,6 +154,7 @@ class Lab:
         try:
             for node in self.topology.nodes:
                 self.nodes[node.name] = self._prepare_node(node)
+            self._reserve_host_pages()
             self._write_state("starting")
             booted = {}
             for rt in self.nodes.values():
@@ -155,7 +176,7 @@ class Lab:
                 memory_mib=rt.node.memory_mib, vcpus=rt.node.vcpus, accel=rt.accel,
                 kernel=rt.kernel.vmlinuz, initrd=rt.initrd, cmdline=kernel_cmdline(rt.node),
                 console=rt.console, ssh_port=rt.port,
-                hugepage_backing=rt.node.backing == "hugepages-1G")
+                hugepage_backing=rt.node.backing == "hugepages-1G", disk=rt.disk)
             (rt.console.parent / "domain.xml").write_text(virt.domain_xml(spec))
             try:
                 with self.bus.phase("create", rt.node.name, f"{rt.accel}, port {rt.port}"):
@@ -207,6 +228,9 @@ class Lab:
                 (self.run_dir / name).unlink(missing_ok=True)
             for rt in self.nodes.values():
                 rt.initrd.unlink(missing_ok=True)
+                if rt.disk is not None:
+                    rt.disk.unlink(missing_ok=True)
+        self._host_resources.close()  # pages a kept VM still maps return when it exits
         if self.run_dir.exists():
             self._write_state("kept" if self.keep else "stopped")
             self._write_events()
@@ -297,6 +321,8 @@ def reap(base_dir: Path, *, include_kept: bool = False, uri: str = "qemu:///syst
                 (record.path / name).unlink(missing_ok=True)
             for initrd in record.path.glob("*/initrd.cpio.gz"):
                 initrd.unlink()
+            for disk in record.path.glob(f"*/{NODE_DISK}"):
+                disk.unlink()
             if record.state.get("status") not in ("stopped", "reaped"):
                 record.state["status"] = "reaped"
                 (record.path / STATE_FILE).write_text(json.dumps(record.state, indent=1))

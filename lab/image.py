@@ -1,9 +1,14 @@
 """Guest images, cached by a key made of everything that shapes them.
 
-`minimal` is a busybox + dropbear initramfs carrying the kernel's virtio modules. Its
-SSH host key is generated at build time and pinned by the lab. Per-VM data (the lab's
-authorized key, the hostname) goes into a small second cpio archive that is appended
-to the cached one, so the cached base never changes between runs.
+`minimal` is a busybox + dropbear initramfs carrying the kernel's virtio modules.
+`debian` is a debootstrap minbase root filesystem (systemd, OpenSSH, python3) with the
+kernel's modules, in a qcow2 base that every VM reaches through its own overlay; a tiny
+busybox initramfs loads virtio_blk and ext4, mounts /dev/vda and switches to it.
+
+The SSH host key is generated at build time and pinned by the lab. Per-VM data (the
+lab's authorized key, the hostname) goes into a small second cpio archive that is
+appended to the cached initramfs, so the cached image never changes between runs; the
+debian initramfs copies it into the VM's overlay before it switches root.
 """
 
 from __future__ import annotations
@@ -59,8 +64,9 @@ class Image:
 
     kind: str
     key: str
-    path: Path  # initramfs (minimal)
+    path: Path  # initramfs: the whole guest (minimal) or the root-mounting stage (debian)
     host_key: str  # "ssh-ed25519 AAAA..."
+    disk: Path | None = None  # qcow2 base of the root filesystem (debian)
 
     def host_key_parts(self) -> tuple[str, str]:
         kind, blob = self.host_key.split()[:2]
@@ -142,9 +148,10 @@ def minimal_key(kernel: Kernel) -> str:
     return digest(*inputs)
 
 
-def _build_minimal_tree(kernel: Kernel, root: Path) -> str:
-    for d in ("bin", "sbin", "usr/bin", "usr/sbin", "etc/dropbear", "proc", "sys", "dev",
-              "root", "tmp", "run", "var/log", "lib/modules", "mnt"):
+def _install_busybox(root: Path) -> None:
+    """busybox at /bin/busybox with a symlink for every applet."""
+    for d in ("bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "root", "tmp",
+              "run", "lib/modules", "mnt"):
         (root / d).mkdir(parents=True, exist_ok=True)
     shutil.copy2(BUSYBOX, root / "bin" / "busybox")
     applets = run([BUSYBOX, "--list-full"]).split()
@@ -153,17 +160,31 @@ def _build_minimal_tree(kernel: Kernel, root: Path) -> str:
         if not link.exists():
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to("/bin/busybox")
-    _install_binary(DROPBEAR, root, "/usr/sbin/dropbear")
-    _install_binary(SFTP_SERVER, root, "/usr/lib/sftp-server")
-    order = _module_order(kernel, GUEST_MODULES)
-    names = []
-    for rel in order:
+
+
+def _install_modules(kernel: Kernel, names: tuple[str, ...], root: Path) -> None:
+    """Decompressed modules in /lib/modules and their load order in hplab.order."""
+    loaded = []
+    for rel in _module_order(kernel, names):
         name = re.sub(r"\.(xz|gz|zst)$", "", Path(rel).name)
         _copy_module(kernel.modules_dir / rel, root / "lib" / "modules" / name)
-        names.append(name)
-    (root / "lib" / "modules" / "hplab.order").write_text("\n".join(names) + "\n")
-    (root / "init").write_text(INIT)
+        loaded.append(name)
+    (root / "lib" / "modules" / "hplab.order").write_text("\n".join(loaded) + "\n")
+
+
+def _write_init(root: Path, script: str) -> None:
+    (root / "init").write_text(script)
     (root / "init").chmod(0o755)
+
+
+def _build_minimal_tree(kernel: Kernel, root: Path) -> str:
+    _install_busybox(root)
+    for d in ("etc/dropbear", "var/log"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    _install_binary(DROPBEAR, root, "/usr/sbin/dropbear")
+    _install_binary(SFTP_SERVER, root, "/usr/lib/sftp-server")
+    _install_modules(kernel, GUEST_MODULES, root)
+    _write_init(root, INIT)
     (root / "etc" / "inittab").write_text(INITTAB)
     (root / "etc" / "passwd").write_text("root:*:0:0:root:/root:/bin/sh\n")
     (root / "etc" / "group").write_text("root:x:0:\n")
@@ -200,7 +221,20 @@ def build_minimal(kernel: Kernel, cache: Path) -> Image:
 def build(kind: str, kernel: Kernel, cache: Path) -> Image:
     if kind == "minimal":
         return build_minimal(kernel, cache)
-    raise BuildError(f"image kind {kind!r} is not available in this version (use 'minimal')")
+    if kind == "debian":
+        from lab import debian
+
+        return debian.build(kernel, cache)
+    raise BuildError(f"unknown image kind {kind!r} (known: minimal, debian)")
+
+
+def node_disk(image: Image, out: Path) -> Path | None:
+    """A qcow2 overlay on the image's root disk for one VM, or None for diskless kinds."""
+    if image.disk is None:
+        return None
+    run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", image.disk, out])
+    out.chmod(0o644)
+    return out
 
 
 def node_initrd(image: Image, out: Path, *, hostname: str, authorized_key: str) -> Path:

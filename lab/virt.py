@@ -14,11 +14,13 @@ from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
 from lab.errors import BootError, HostError, LabError
-from lab.shell import digest, run
+from lab.shell import digest, locked, run
 
 DOMAIN_PREFIX = "hplab-"
 METADATA_NS = "urn:hplab:domain:1"
 QEMU = Path("/usr/bin/qemu-system-x86_64")
+HUGETLBFS_1G = Path("/dev/hugepages1G")
+RAM_BACKEND = "hplab.ram"
 TRANSIENT_ERRORS = ("Could not set up host forwarding rule", "cannot acquire state change lock",
                     "Address already in use")
 
@@ -39,6 +41,7 @@ class DomainSpec:
     console: Path
     ssh_port: int
     hugepage_backing: bool = False
+    disk: Path | None = None  # qcow2 root disk, attached as /dev/vda
 
 
 def domain_name(run_id: str, node: str) -> str:
@@ -52,19 +55,46 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _disk_xml(disk: Path | None) -> str:
+    if disk is None:
+        return ""
+    # cache='unsafe': the overlay is thrown away with the VM, flushes buy nothing.
+    # A fixed slot: QEMU gives the first free one (2) to the command-line virtio-net.
+    return f"""
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2' cache='unsafe'/>
+      <source file={quoteattr(str(disk))}/>
+      <target dev='vda' bus='virtio'/>
+      <address type='pci' domain='0x0000' bus='0x00' slot='0x05' function='0x0'/>
+    </disk>"""
+
+
+def _backing_args(spec: DomainSpec) -> list[str]:
+    """QEMU arguments that put guest RAM in a file on the host's 1 GiB hugetlbfs.
+
+    libvirt's own <memoryBacking><hugepages> needs the hugetlbfs mount to exist when
+    libvirtd starts (it looks for mounts once); a lab must not restart a shared daemon,
+    so the RAM backend is given to QEMU directly and replaces libvirt's pc.ram.
+    """
+    if not spec.hugepage_backing:
+        return []
+    size = spec.memory_mib * 1024 * 1024
+    return ["-object", f"memory-backend-file,id={RAM_BACKEND},size={size},"
+            f"mem-path={HUGETLBFS_1G},share=off,prealloc=on",
+            "-machine", f"memory-backend={RAM_BACKEND}"]
+
+
 def domain_xml(spec: DomainSpec) -> str:
     cpu = ("<cpu mode='host-passthrough' check='none'/>" if spec.accel == "kvm"
            else "<cpu mode='maximum' check='none'/>")
-    backing = ("<memoryBacking><hugepages><page size='1048576' unit='KiB'/></hugepages>"
-               "</memoryBacking>" if spec.hugepage_backing else "")
     netdev = f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22"
+    backing = "".join(f"\n    <qemu:arg value={quoteattr(arg)}/>" for arg in _backing_args(spec))
     return f"""<domain type='{"kvm" if spec.accel == "kvm" else "qemu"}'
     xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
   <name>{spec.name}</name>
   <metadata><hplab:node xmlns:hplab='{METADATA_NS}' run={quoteattr(spec.run_id)}
     node={quoteattr(spec.node)} port='{spec.ssh_port}'/></metadata>
   <memory unit='MiB'>{spec.memory_mib}</memory>
-  {backing}
   <vcpu>{spec.vcpus}</vcpu>
   <os>
     <type arch='x86_64' machine='pc'>hvm</type>
@@ -85,11 +115,11 @@ def domain_xml(spec: DomainSpec) -> str:
     <console type='file'><source path={quoteattr(str(spec.console))} append='off'/>
       <target type='serial' port='0'/></console>
     <controller type='usb' model='none'/>
-    <memballoon model='none'/>
+    <memballoon model='none'/>{_disk_xml(spec.disk)}
   </devices>
   <qemu:commandline>
     <qemu:arg value='-netdev'/><qemu:arg value='{netdev}'/>
-    <qemu:arg value='-device'/><qemu:arg value='virtio-net-pci,netdev=n0'/>
+    <qemu:arg value='-device'/><qemu:arg value='virtio-net-pci,netdev=n0'/>{backing}
   </qemu:commandline>
 </domain>
 """
@@ -243,26 +273,153 @@ def resolve_accel(wanted: str, probe: Callable[[], bool]) -> str:
     return "kvm" if probe() else "tcg"
 
 
+NR_1G = Path("/sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages")
+POOL_LOCK = Path("/run/hplab-hugepages-1G.lock")
+PAGE_1G_KIB = 1024 * 1024
+
+
+def hugetlbfs_mounted(mounts: str, point: Path) -> bool:
+    """Whether a /proc/mounts text has a 1 GiB hugetlbfs at `point`."""
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and fields[1] == str(point) and fields[2] == "hugetlbfs":
+            return "pagesize=1024M" in fields[3].split(",")
+    return False
+
+
+def ensure_hugetlbfs(point: Path = HUGETLBFS_1G) -> Path:
+    """A 1 GiB hugetlbfs at `point` that QEMU (group kvm) can create its RAM file in."""
+    if hugetlbfs_mounted(Path("/proc/mounts").read_text(), point):
+        return point
+    point.mkdir(parents=True, exist_ok=True)
+    run(["mount", "-t", "hugetlbfs", "-o", "pagesize=1G,mode=01770,gid=kvm", "hugetlbfs",
+         point], error=HostError)
+    return point
+
+
+def _mem_available_kib() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _resize_pool(delta: int) -> tuple[int, int]:
+    """Add `delta` pages to the host's 1 GiB pool under a host-wide lock: (before, after)."""
+    with locked(POOL_LOCK):
+        before = int(NR_1G.read_text())
+        try:
+            NR_1G.write_text(str(max(before + delta, 0)))
+        except OSError as exc:
+            raise HostError(f"cannot resize the host's 1 GiB page pool via {NR_1G}: "
+                            f"{exc.strerror} (the lab must run as root)") from None
+        after = int(NR_1G.read_text())
+        if delta > 0 and after - before < delta:
+            NR_1G.write_text(str(before))
+        return before, after
+
+
+def reserve_host_pages(count: int) -> None:
+    """Add `count` 1 GiB pages to the host pool, or refuse with the reason."""
+    if not NR_1G.exists():
+        raise HostError(f"this host kernel has no 1 GiB huge pages ({NR_1G} is missing); "
+                        "'backing: hugepages-1G' cannot work here")
+    available_gib = _mem_available_kib() // PAGE_1G_KIB
+    if available_gib < count:
+        raise HostError(f"host huge-page backing needs {count} x 1 GiB but the host has only "
+                        f"{available_gib} GiB available")
+    before, after = _resize_pool(count)
+    if after - before < count:
+        raise HostError(f"asked the host for {count} more 1 GiB pages ({NR_1G}: {before} -> "
+                        f"{before + count}), got {after - before}: host memory is too "
+                        "fragmented (try 'echo 1 > /proc/sys/vm/compact_memory')")
+
+
+def release_host_pages(count: int) -> None:
+    """Give back pages reserved by reserve_host_pages (pages still mapped by a running
+    QEMU turn surplus and return to the host when it exits)."""
+    _resize_pool(-count)
+
+
 @contextmanager
 def hugepage_pool(count: int) -> Iterator[None]:
     """Reserve `count` host 1 GiB pages for guest backing and give them back afterwards."""
-    nr = Path("/sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages")
-    if not nr.exists():
-        raise HostError("this host kernel has no 1 GiB huge page support")
-    before = int(nr.read_text())
-    try:
-        nr.write_text(str(before + count))
-    except OSError as exc:
-        raise HostError(f"cannot reserve {count} host 1 GiB pages via {nr}: {exc}") from None
-    got = int(nr.read_text()) - before
-    if got < count:
-        nr.write_text(str(before))
-        raise HostError(f"asked the host for {count} 1 GiB pages, got {got}: host memory is "
-                        "too fragmented (try 'echo 1 > /proc/sys/vm/compact_memory')")
+    if count <= 0:
+        yield
+        return
+    ensure_hugetlbfs()
+    reserve_host_pages(count)
     try:
         yield
     finally:
-        nr.write_text(str(before))
+        release_host_pages(count)
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """One mapping of a process, from /proc/PID/smaps."""
+
+    start: int
+    end: int
+    path: str
+    kernel_page_kib: int
+    rss_kib: int
+
+    @property
+    def size_kib(self) -> int:
+        return (self.end - self.start) // 1024
+
+
+def parse_smaps(text: str) -> list[Mapping]:
+    mappings: list[Mapping] = []
+    header: list[str] = []
+    fields: dict[str, int] = {}
+
+    def flush() -> None:
+        if header:
+            start, end = (int(x, 16) for x in header[0].split("-"))
+            path = " ".join(header[5:]) if len(header) > 5 else ""
+            mappings.append(Mapping(start, end, path, fields.get("KernelPageSize", 0),
+                                    fields.get("Rss", 0)))
+
+    for line in text.splitlines():
+        words = line.split()
+        if not words:
+            continue
+        if "-" in words[0] and not words[0].endswith(":"):
+            flush()
+            header, fields = words, {}
+        elif words[0].endswith(":") and len(words) >= 2 and words[1].isdigit():
+            fields[words[0][:-1]] = int(words[1])
+    flush()
+    return mappings
+
+
+def qemu_pid(domain: str) -> int:
+    """The QEMU process of a running qemu:///system domain."""
+    pidfile = Path("/run/libvirt/qemu") / f"{domain}.pid"
+    try:
+        return int(pidfile.read_text().strip())
+    except (OSError, ValueError) as exc:
+        raise LabError(f"no QEMU pid for domain {domain} in {pidfile}: {exc}") from None
+
+
+def guest_ram_mappings(domain: str, memory_mib: int) -> list[Mapping]:
+    """The mappings of the domain's QEMU that are as large as the guest's RAM."""
+    pid = qemu_pid(domain)
+    smaps = Path(f"/proc/{pid}/smaps").read_text()
+    return [m for m in parse_smaps(smaps) if m.size_kib == memory_mib * 1024]
+
+
+def ram_backend(conn, domain: str) -> str:  # type: ignore[no-untyped-def]
+    """The id of the memory backend QEMU really uses as the machine's RAM (via QMP)."""
+    import libvirt_qemu
+
+    dom = conn.lookupByName(domain)
+    query = {"execute": "qom-get", "arguments": {"path": "/machine",
+                                                 "property": "memory-backend"}}
+    answer = json.loads(libvirt_qemu.qemuMonitorCommand(dom, json.dumps(query), 0))
+    return str(answer["return"])
 
 
 def qemu_processes() -> list[str]:

@@ -42,7 +42,26 @@ def test_kvm_and_hugepage_backing() -> None:
     root = ET.fromstring(virt.domain_xml(spec(accel="kvm", hugepage_backing=True)))
     assert root.get("type") == "kvm"
     assert root.find("cpu").get("mode") == "host-passthrough"
-    assert root.find("memoryBacking/hugepages/page").get("size") == "1048576"
+    args = [a.get("value") for a in root.iter(f"{QEMU_NS}arg")]
+    backend = args[args.index("-object") + 1]
+    assert backend == ("memory-backend-file,id=hplab.ram,size=3221225472,"
+                       "mem-path=/dev/hugepages1G,share=off,prealloc=on")
+    assert args[args.index("-machine") + 1] == "memory-backend=hplab.ram"
+
+
+def test_unbacked_domain_leaves_ram_to_libvirt() -> None:
+    args = [a.get("value") for a in ET.fromstring(virt.domain_xml(spec())).iter(f"{QEMU_NS}arg")]
+    assert "-object" not in args and "-machine" not in args
+
+
+def test_disk_is_a_qcow2_virtio_disk_on_a_fixed_slot() -> None:
+    root = ET.fromstring(virt.domain_xml(spec(disk=Path("/r/cn1/disk.qcow2"))))
+    disk = root.find("devices/disk")
+    assert disk.find("driver").get("type") == "qcow2"
+    assert disk.find("source").get("file") == "/r/cn1/disk.qcow2"
+    assert disk.find("target").attrib == {"dev": "vda", "bus": "virtio"}
+    assert disk.find("address").get("slot") == "0x05"
+    assert ET.fromstring(virt.domain_xml(spec())).find("devices/disk") is None
 
 
 def test_metadata_is_quoted() -> None:
