@@ -275,6 +275,7 @@ def resolve_accel(wanted: str, probe: Callable[[], bool]) -> str:
 
 NR_1G = Path("/sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages")
 POOL_LOCK = Path("/run/hplab-hugepages-1G.lock")
+COMPACT = Path("/proc/sys/vm/compact_memory")
 PAGE_1G_KIB = 1024 * 1024
 
 
@@ -329,10 +330,13 @@ def reserve_host_pages(count: int) -> None:
         raise HostError(f"host huge-page backing needs {count} x 1 GiB but the host has only "
                         f"{available_gib} GiB available")
     before, after = _resize_pool(count)
+    if after - before < count:  # compaction usually frees aligned 1 GiB ranges
+        COMPACT.write_text("1")
+        before, after = _resize_pool(count)
     if after - before < count:
         raise HostError(f"asked the host for {count} more 1 GiB pages ({NR_1G}: {before} -> "
-                        f"{before + count}), got {after - before}: host memory is too "
-                        "fragmented (try 'echo 1 > /proc/sys/vm/compact_memory')")
+                        f"{before + count}), got {after - before} even after compacting memory: "
+                        "host memory is too fragmented or in use")
 
 
 def release_host_pages(count: int) -> None:
@@ -364,6 +368,7 @@ class Mapping:
     path: str
     kernel_page_kib: int
     rss_kib: int
+    hugetlb_kib: int  # hugetlbfs pages mapped (smaps counts them outside Rss)
 
     @property
     def size_kib(self) -> int:
@@ -380,7 +385,9 @@ def parse_smaps(text: str) -> list[Mapping]:
             start, end = (int(x, 16) for x in header[0].split("-"))
             path = " ".join(header[5:]) if len(header) > 5 else ""
             mappings.append(Mapping(start, end, path, fields.get("KernelPageSize", 0),
-                                    fields.get("Rss", 0)))
+                                    fields.get("Rss", 0),
+                                    fields.get("Private_Hugetlb", 0)
+                                    + fields.get("Shared_Hugetlb", 0)))
 
     for line in text.splitlines():
         words = line.split()
@@ -419,7 +426,7 @@ def ram_backend(conn, domain: str) -> str:  # type: ignore[no-untyped-def]
     query = {"execute": "qom-get", "arguments": {"path": "/machine",
                                                  "property": "memory-backend"}}
     answer = json.loads(libvirt_qemu.qemuMonitorCommand(dom, json.dumps(query), 0))
-    return str(answer["return"])
+    return str(answer["return"]).rsplit("/", 1)[-1]  # "/objects/ID" -> "ID"
 
 
 def qemu_processes() -> list[str]:

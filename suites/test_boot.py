@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from lab import guesttools
+from lab import guesttools, virt
 from lab.engine import Lab, NodeRuntime
 from lab.guest import Guest
 
@@ -56,3 +56,19 @@ def test_one_gib_file_maps_gib_aligned(guest: Guest, lab: Lab) -> None:
         assert after == before
     finally:
         guest.run("rm -f /mnt/huge1g/probe; umount /mnt/huge1g")
+
+
+def test_host_backing_sits_on_gigantic_pages(node: NodeRuntime) -> None:
+    """From the host: QEMU's guest RAM is a hugetlbfs mapping of 1 GiB kernel pages."""
+    if node.node.backing != "hugepages-1G":
+        pytest.skip(f"node {node.node.name!r} is not backed by host huge pages")
+    ram = [m for m in virt.guest_ram_mappings(node.domain, node.node.memory_mib)
+           if m.path.startswith(f"{virt.HUGETLBFS_1G}/")]
+    assert len(ram) == 1, f"no single guest-RAM mapping on {virt.HUGETLBFS_1G}: {ram}"
+    assert ram[0].kernel_page_kib == virt.PAGE_1G_KIB
+    assert ram[0].hugetlb_kib == node.node.memory_mib * 1024  # preallocated: all mapped
+    conn = virt.connect(node.node.uri)
+    try:
+        assert virt.ram_backend(conn, node.domain) == virt.RAM_BACKEND
+    finally:
+        conn.close()
