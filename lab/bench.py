@@ -6,12 +6,14 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from lab import kmod
 from lab import topology as topologies
 from lab.engine import Lab
 from lab.errors import LabError
 from lab.events import EventBus
 from lab.fragment import GuestFragmenter
 from lab.stress import PROFILES, FragmentSpec, Target
+from lab.vrhp import BenchResult, parse_bench
 
 ORDERS = range(11)
 
@@ -71,4 +73,55 @@ def table(samples: list[FragmentSample]) -> list[str]:
         lines.append(f"{profile:12} {statistics.median(seconds):8.1f} {min(seconds):6.1f} "
                      f"{max(seconds):6.1f} {sum(s.reached for s in rows):3d}/{len(rows):<3d}  "
                      f"{'':27}{fractions}")
+    return lines
+
+
+@dataclass(frozen=True)
+class VrhpSample:
+    backend: str
+    result: BenchResult
+
+
+def vrhp_run(topology_path: Path, repeat: int, entries: int, base_dir: Path, bus: EventBus,
+             kmod_source: Path) -> list[VrhpSample]:
+    """The agent's bench on a fresh module per repetition, for each backend."""
+    if repeat < 1 or entries < 1:
+        raise LabError(f"--repeat and --entries must be >= 1, got {repeat} and {entries}")
+    topology = topologies.load(topology_path)
+    node = topology.nodes[0].name
+    samples = []
+    with Lab(topology, base_dir, bus) as lab:
+        rt = lab.nodes[node]
+        guest = lab.guest(node)
+        with bus.phase("kmod-build", node, rt.kernel.release):
+            build = kmod.build(rt.kernel, lab.cache, source=kmod_source)
+        module = kmod.GuestModule(guest, build).install()
+        for backend in ("hugepage", "btable"):
+            for seed in range(1, repeat + 1):
+                module.load(mem=backend)
+                if backend == "hugepage":
+                    setup = module.setup()
+                    if not setup.ok:
+                        raise LabError(f"node {node!r}: setup {setup.outcome.name}")
+                text = module.agent_stdout("bench", entries, seed, timeout=600)
+                samples.append(VrhpSample(backend, parse_bench(text)))
+                kmod.reset_guest(guest)
+    return samples
+
+
+def vrhp_table(samples: list[VrhpSample]) -> list[str]:
+    lines = [f"{'backend':9} {'fill entries/s':>14} {'scan MiB/s':>10} {'map read MiB/s':>14} "
+             f"{'anon read MiB/s':>15} {'scan/anon':>9} {'min':>5} {'max':>5} {'n':>3}"]
+    for backend in ("hugepage", "btable"):
+        rows = [s.result for s in samples if s.backend == backend]
+        if not rows:
+            continue
+        ratios = [r.scan_vs_anon for r in rows]
+        lines.append(
+            f"{backend:9} {statistics.median(r.fill_entries_per_s for r in rows):14,.0f} "
+            f"{statistics.median(r.scan_mib_per_s for r in rows):10,.0f} "
+            f"{statistics.median(r.map_read_mib_per_s for r in rows):14,.0f} "
+            f"{statistics.median(r.anon_read_mib_per_s for r in rows):15,.0f} "
+            f"{statistics.median(ratios):9.2f} {min(ratios):5.2f} {max(ratios):5.2f} "
+            f"{len(rows):3d}")
     return lines

@@ -205,6 +205,17 @@ def cmd_bench_fragment(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_vrhp(args: argparse.Namespace) -> int:
+    """Bulk fill rate, agent scan throughput and a plain anonymous read, per backend."""
+    from lab import bench
+
+    samples = bench.vrhp_run(Path(args.topology), args.repeat, args.entries,
+                             lab_dir(args.lab_dir), _bus(quiet=True),
+                             Path(args.kmod_source).resolve())
+    print("\n".join(bench.vrhp_table(samples)))
+    return 0
+
+
 def cmd_repro(args: argparse.Namespace) -> int:
     """Fragment a node, try both backends, write a run directory that replays itself."""
     from lab import repro
@@ -296,6 +307,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=3, help="runs per profile (seeds seed..)")
     p.add_argument("--seed", type=int, default=1)
     p.set_defaults(func=cmd_bench_fragment)
+    p = bench_sub.add_parser("vrhp", help="fill rate, scan throughput against a plain read")
+    p.add_argument("--topology", default="topologies/single.yaml")
+    p.add_argument("--repeat", type=int, default=5, help="fresh module per repetition")
+    p.add_argument("--entries", type=int, default=400_000, help="flow entries filled")
+    p.add_argument("--kmod-source", default="kmod", help="vrhp sources (default: ./kmod)")
+    p.set_defaults(func=cmd_bench_vrhp)
 
     p = sub.add_parser("repro", help="fragment a node, try both backends, write a replayable "
                        "run directory")
