@@ -10,6 +10,7 @@ import pytest
 from lab import bench, repro
 from lab import topology as topologies
 from lab.errors import LabError
+from lab.vrhp import BenchResult
 
 ROOT = Path(__file__).resolve().parent.parent
 SINGLE = ROOT / "topologies" / "single.yaml"
@@ -91,3 +92,20 @@ def test_bench_table_reports_medians_per_profile() -> None:
     row = lines[1].split()
     assert row[:5] == ["anon-pinned", "14.0", "12.0", "30.0", "3/3"]
     assert row[-1] == "1.00" and row[-11] == "0.00"
+
+
+def test_vrhp_bench_table_reports_medians_and_ratio_spread() -> None:
+    def sample(backend: str, fill: float, scan: float, anon: float) -> bench.VrhpSample:
+        return bench.VrhpSample(backend, BenchResult(
+            fill_requested=400_000, fill_inserted=400_000, fill_entries_per_s=fill,
+            backend=backend, scan_bytes=1 << 20, scan_mib_per_s=scan,
+            map_read_mib_per_s=scan, anon_read_mib_per_s=anon, scan_vs_anon=scan / anon,
+            map_vs_anon=scan / anon))
+
+    samples = [sample("hugepage", f, s, 1000.0) for f, s in ((1e5, 900.0), (3e5, 1100.0),
+                                                             (2e5, 1000.0))]
+    lines = bench.vrhp_table([*samples, sample("btable", 5e4, 500.0, 1000.0)])
+    assert [line.split()[0] for line in lines[1:]] == ["hugepage", "btable"]
+    hugepage = lines[1].split()
+    assert hugepage[1:3] == ["200,000", "1,000"]
+    assert hugepage[-4:] == ["1.00", "0.90", "1.10", "3"]
