@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 from lab import host as hostprep
@@ -166,31 +164,15 @@ def cmd_host(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_boot(args: argparse.Namespace) -> int:
-    """Median seconds from domain create to SSH ready, and image build cold/warm."""
+    """Median seconds from domain create to SSH ready, and image build cold/warm,
+    per image kind (one topology each) and kernel."""
+    from lab import bootbench
+
     base = lab_dir(args.lab_dir)
     cache = cache_dir(base)
-    rows = []
-    for spec in args.kernels:
-        kernel = kernels.fetch(spec, cache)
-        cold = _time_build(kernel, cache, fresh=True)
-        warm = _time_build(kernel, cache, fresh=False)
-        overrides = {"kernel": spec}
-        topology = topologies.load(args.topology, overrides)
-        boots: list[float] = []
-        for _ in range(args.repeat):
-            lab = Lab(topology, base, _bus(quiet=True))
-            try:
-                lab.start()
-                boots.extend(rt.boot_seconds for rt in lab.nodes.values())
-            finally:
-                lab.stop()
-        rows.append((spec, kernel.release, cold, warm, boots))
-    print(f"{'image':8} {'kernel':24} {'build cold s':>12} {'build warm s':>12} "
-          f"{'boot median s':>13} {'min':>6} {'max':>6} {'n':>3}")
-    for _spec, release, cold, warm, boots in rows:
-        print(f"{'minimal':8} {release:24} {cold:12.2f} {warm:12.3f} "
-              f"{statistics.median(boots):13.2f} {min(boots):6.2f} {max(boots):6.2f} "
-              f"{len(boots):3d}")
+    rows = [bootbench.measure(Path(topology), spec, base, cache, args.repeat, _bus(quiet=True))
+            for topology in args.topology for spec in args.kernels]
+    print("\n".join(bootbench.table(rows)))
     return 0
 
 
@@ -230,23 +212,6 @@ def cmd_repro(args: argparse.Namespace) -> int:
     print(f"run directory: {run_dir} (replay: {run_dir / 'reproduce.sh'})")
     hugepage_failed = any(s.name.startswith("hugepage") and not s.passed for s in steps)
     return 1 if hugepage_failed or not steps else 0
-
-
-def _time_build(kernel: kernels.Kernel, cache: Path, fresh: bool) -> float:
-    if fresh:
-        scratch = cache / "bench-images"
-        import shutil
-
-        shutil.rmtree(scratch, ignore_errors=True)
-        scratch.mkdir(parents=True)
-        start = time.monotonic()
-        images.build("minimal", kernel, scratch)
-        elapsed = time.monotonic() - start
-        shutil.rmtree(scratch, ignore_errors=True)
-        return elapsed
-    start = time.monotonic()
-    images.build("minimal", kernel, cache)
-    return time.monotonic() - start
 
 
 def parser() -> argparse.ArgumentParser:
@@ -295,7 +260,8 @@ def parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks that print numbers")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     p = bench_sub.add_parser("boot", help="image build cold/warm and boot-to-SSH medians")
-    p.add_argument("--topology", default="topologies/single.yaml")
+    p.add_argument("--topology", nargs="+", default=["topologies/single.yaml"],
+                   help="one topology per image kind (e.g. topologies/single-debian.yaml)")
     p.add_argument("--kernels", nargs="+", default=["debian:6.1", "debian:6.12"])
     p.add_argument("--repeat", type=int, default=5)
     p.set_defaults(func=cmd_bench_boot)
