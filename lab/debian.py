@@ -31,7 +31,7 @@ from lab.image import (
 from lab.kernel import Kernel
 from lab.shell import digest, file_digest, locked, run
 
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
 DEBOOTSTRAP_TIMEOUT = 1800.0
 PACKAGES = ("openssh-server", "python3", "kmod", "procps", "iproute2", "systemd",
             "systemd-sysv", "udev", "netbase")
@@ -131,8 +131,10 @@ def install_kernel_modules(kernel: Kernel, root: Path) -> None:
 
 def _mask(root: Path, unit: str) -> None:
     system = root / "etc" / "systemd" / "system"
-    for link in system.glob(f"*.wants/{unit}"):
-        link.unlink()
+    for wants in system.glob("*.wants"):
+        link = wants / unit  # links point into the guest's tree: never resolve them here
+        if link.is_symlink():
+            link.unlink()
     target = system / unit
     target.unlink(missing_ok=True)
     target.symlink_to("/dev/null")

@@ -305,18 +305,31 @@ def _mem_available_kib() -> int:
     return 0
 
 
+def _read_pool() -> int:
+    return int(NR_1G.read_text())
+
+
+def _write_pool(pages: int) -> None:
+    try:
+        NR_1G.write_text(str(pages))
+    except OSError as exc:
+        raise HostError(f"cannot resize the host's 1 GiB page pool via {NR_1G}: "
+                        f"{exc.strerror} (the lab must run as root)") from None
+
+
+def _compact() -> None:
+    COMPACT.write_text("1")
+
+
 def _resize_pool(delta: int) -> tuple[int, int]:
-    """Add `delta` pages to the host's 1 GiB pool under a host-wide lock: (before, after)."""
+    """Add `delta` pages to the host's 1 GiB pool under a host-wide lock: (before, after).
+    A growth the kernel cannot fully grant is undone."""
     with locked(POOL_LOCK):
-        before = int(NR_1G.read_text())
-        try:
-            NR_1G.write_text(str(max(before + delta, 0)))
-        except OSError as exc:
-            raise HostError(f"cannot resize the host's 1 GiB page pool via {NR_1G}: "
-                            f"{exc.strerror} (the lab must run as root)") from None
-        after = int(NR_1G.read_text())
+        before = _read_pool()
+        _write_pool(max(before + delta, 0))
+        after = _read_pool()
         if delta > 0 and after - before < delta:
-            NR_1G.write_text(str(before))
+            _write_pool(before)
         return before, after
 
 
@@ -331,7 +344,7 @@ def reserve_host_pages(count: int) -> None:
                         f"{available_gib} GiB available")
     before, after = _resize_pool(count)
     if after - before < count:  # compaction usually frees aligned 1 GiB ranges
-        COMPACT.write_text("1")
+        _compact()
         before, after = _resize_pool(count)
     if after - before < count:
         raise HostError(f"asked the host for {count} more 1 GiB pages ({NR_1G}: {before} -> "

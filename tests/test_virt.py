@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from lab import virt
-from lab.engine import kernel_cmdline
+from lab.engine import host_pages_needed, kernel_cmdline
+from lab.errors import HostError
 from lab.topology import parse
 
 QEMU_NS = "{http://libvirt.org/schemas/domain/qemu/1.0}"
@@ -114,3 +115,118 @@ def test_resolve_accel_honours_explicit_choice() -> None:
     assert virt.resolve_accel("tcg", must_not_probe) == "tcg"
     assert virt.resolve_accel("auto", lambda: False) == "tcg"
     assert virt.resolve_accel("auto", lambda: True) == "kvm"
+
+
+SMAPS = """\
+55d0c0a00000-55d0c0b00000 r-xp 00000000 fe:01 1234      /usr/bin/qemu-system-x86_64
+Size:               1024 kB
+KernelPageSize:        4 kB
+Rss:                 800 kB
+Private_Hugetlb:       0 kB
+VmFlags: rd ex mr mw me
+7f0e40000000-7f0ec0000000 rw-p 00000000 00:28 24056 /dev/hugepages1G/qemu_back_mem.x (deleted)
+Size:            2097152 kB
+KernelPageSize:  1048576 kB
+Rss:                   0 kB
+Shared_Hugetlb:        0 kB
+Private_Hugetlb:  2097152 kB
+VmFlags: rd wr mr mw me de ht
+7f0f00000000-7f0f80000000 rw-p 00000000 00:00 0
+Size:            2097152 kB
+KernelPageSize:        4 kB
+Rss:                   4 kB
+"""
+
+
+def test_smaps_mappings_with_page_size_and_hugetlb_use() -> None:
+    maps = virt.parse_smaps(SMAPS)
+    assert [m.size_kib for m in maps] == [1024, 2097152, 2097152]
+    ram = maps[1]
+    assert ram.path == "/dev/hugepages1G/qemu_back_mem.x (deleted)"
+    assert (ram.kernel_page_kib, ram.rss_kib, ram.hugetlb_kib) == (1048576, 0, 2097152)
+    assert maps[2].path == "" and maps[2].kernel_page_kib == 4
+
+
+def test_hugetlbfs_mount_must_have_gigantic_pages() -> None:
+    mounts = ("hugetlbfs /dev/hugepages hugetlbfs rw,relatime,pagesize=2M 0 0\n"
+              "hugetlbfs /dev/hugepages1G hugetlbfs rw,relatime,mode=1770,pagesize=1024M 0 0\n")
+    assert virt.hugetlbfs_mounted(mounts, Path("/dev/hugepages1G"))
+    assert not virt.hugetlbfs_mounted(mounts, Path("/dev/hugepages"))
+    assert not virt.hugetlbfs_mounted("tmpfs /dev/hugepages1G tmpfs rw 0 0\n",
+                                      Path("/dev/hugepages1G"))
+
+
+class FakePool:
+    """A host 1 GiB pool that grants at most `capacity` pages; compaction adds some."""
+
+    def __init__(self, capacity: int, after_compaction: int = 0) -> None:
+        self.nr, self.capacity, self.after_compaction = 0, capacity, after_compaction
+        self.compactions = 0
+
+    def write(self, pages: int) -> None:
+        self.nr = min(pages, self.capacity)
+
+    def compact(self) -> None:
+        self.compactions += 1
+        self.capacity += self.after_compaction
+
+    def install(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakePool:
+        nr = tmp_path / "nr_hugepages"
+        nr.write_text("0\n")
+        monkeypatch.setattr(virt, "NR_1G", nr)
+        monkeypatch.setattr(virt, "POOL_LOCK", tmp_path / "pool.lock")
+        monkeypatch.setattr(virt, "_read_pool", lambda: self.nr)
+        monkeypatch.setattr(virt, "_write_pool", self.write)
+        monkeypatch.setattr(virt, "_compact", self.compact)
+        monkeypatch.setattr(virt, "_mem_available_kib", lambda: 16 * 1024 * 1024)
+        return self
+
+
+def test_host_pages_reserved_and_given_back(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    pool = FakePool(capacity=8).install(monkeypatch, tmp_path)
+    pool.nr = 1  # another lab's page
+    virt.reserve_host_pages(3)
+    assert pool.nr == 4
+    virt.release_host_pages(3)
+    assert (pool.nr, pool.compactions) == (1, 0)
+
+
+def test_shortfall_compacts_once_then_succeeds(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    pool = FakePool(capacity=2, after_compaction=2).install(monkeypatch, tmp_path)
+    virt.reserve_host_pages(3)
+    assert (pool.nr, pool.compactions) == (3, 1)
+
+
+def test_shortfall_refuses_and_restores_the_pool(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    pool = FakePool(capacity=2).install(monkeypatch, tmp_path)
+    with pytest.raises(HostError, match=r"3 more 1 GiB pages .*got 2 even after compacting"):
+        virt.reserve_host_pages(3)
+    assert (pool.nr, pool.compactions) == (0, 1)
+
+
+def test_not_enough_host_memory_is_refused_before_touching_the_pool(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pool = FakePool(capacity=8).install(monkeypatch, tmp_path)
+    monkeypatch.setattr(virt, "_mem_available_kib", lambda: 2 * 1024 * 1024)
+    with pytest.raises(HostError, match="needs 3 x 1 GiB but the host has only 2 GiB"):
+        virt.reserve_host_pages(3)
+    assert pool.nr == 0
+
+
+def test_host_without_gigantic_pages_is_refused(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(virt, "NR_1G", tmp_path / "missing" / "nr_hugepages")
+    with pytest.raises(HostError, match="no 1 GiB huge pages"):
+        virt.reserve_host_pages(1)
+
+
+@pytest.mark.parametrize(("text", "pages"), [
+    ("nodes: [{name: a, memory: 2G, backing: hugepages-1G}]", 2),
+    ("nodes: [{name: a, memory: 5G, backing: hugepages-1G}]", 5),
+    ("nodes: [{name: a, memory: 5G}]", 0),
+])
+def test_host_pages_needed_cover_all_guest_ram(text: str, pages: int) -> None:
+    assert host_pages_needed(parse(text, Path("t.yaml")).nodes[0]) == pages
