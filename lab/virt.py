@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import select
 import shutil
 import socket
 import subprocess
@@ -20,6 +21,8 @@ DOMAIN_PREFIX = "hplab-"
 METADATA_NS = "urn:hplab:domain:1"
 QEMU = Path("/usr/bin/qemu-system-x86_64")
 HUGETLBFS_1G = Path("/dev/hugepages1G")
+BANNER_PAUSE = 0.4  # seconds between connection attempts to the SSH port (BannerProbe)
+BANNER_WINDOW = 5  # attempts watched at once
 RAM_BACKEND = "hplab.ram"
 TRANSIENT_ERRORS = ("Could not set up host forwarding rule", "cannot acquire state change lock",
                     "Address already in use")
@@ -191,26 +194,77 @@ def console_tail(path: Path, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+class BannerProbe:
+    """Overlapping connection attempts to a forwarded SSH port.
+
+    QEMU's user network accepts a forwarded connection at once, then retries the SYN
+    towards a guest that has no address yet only after seconds. Instead of waiting on
+    one such connection, a new one is opened every BANNER_PAUSE seconds and the last
+    BANNER_WINDOW are watched together, so a banner is seen within a fraction of a
+    second of the server starting, and a server slow to send it still has
+    BANNER_PAUSE x BANNER_WINDOW seconds (at most BANNER_WINDOW sessions at once).
+    """
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.socks: list[socket.socket] = []
+        self.next_open = 0.0
+
+    def _open(self) -> None:
+        now = time.monotonic()
+        if now < self.next_open:
+            return
+        self.next_open = now + BANNER_PAUSE
+        if len(self.socks) >= BANNER_WINDOW:
+            self.socks.pop(0).close()
+        try:
+            sock = socket.create_connection(("127.0.0.1", self.port), timeout=BANNER_PAUSE)
+        except OSError:
+            return
+        sock.setblocking(False)
+        self.socks.append(sock)
+
+    def poll(self, wait: float) -> bool:
+        """True once some connection has received an SSH banner."""
+        self._open()
+        if not self.socks:
+            time.sleep(wait)
+            return False
+        readable, _, _ = select.select(self.socks, [], [], wait)
+        for sock in readable:
+            try:
+                data = sock.recv(64)
+            except OSError:
+                data = b""
+            if data.startswith(b"SSH-"):
+                return True
+            self.socks.remove(sock)  # refused, closed or not SSH: drop it
+            sock.close()
+        return False
+
+    def close(self) -> None:
+        for sock in self.socks:
+            sock.close()
+        self.socks.clear()
+
+
 def wait_ssh_banner(port: int, deadline: float, alive: Callable[[], bool], node: str,
                     console: Path, started: float) -> None:
     """Wait for the SSH banner on 127.0.0.1:port (user networking accepts TCP early)."""
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
-                sock.settimeout(2)
-                if sock.recv(64).startswith(b"SSH-"):
-                    return
-        except OSError:
-            pass
-        elapsed = time.monotonic() - started
-        if not alive():
-            raise BootError(f"{node}: guest stopped during boot after {elapsed:.1f}s "
-                            "(panic or crash)", node=node, phase="boot",
-                            console_tail=console_tail(console))
-        if time.monotonic() > deadline:
-            raise BootError(f"{node}: no SSH banner on 127.0.0.1:{port} after {elapsed:.1f}s",
-                            node=node, phase="ssh-banner", console_tail=console_tail(console))
-        time.sleep(0.25)
+    probe = BannerProbe(port)
+    try:
+        while not probe.poll(BANNER_PAUSE / 2):
+            elapsed = time.monotonic() - started
+            if not alive():
+                raise BootError(f"{node}: guest stopped during boot after {elapsed:.1f}s "
+                                "(panic or crash)", node=node, phase="boot",
+                                console_tail=console_tail(console))
+            if time.monotonic() > deadline:
+                raise BootError(f"{node}: no SSH banner on 127.0.0.1:{port} after "
+                                f"{elapsed:.1f}s", node=node, phase="ssh-banner",
+                                console_tail=console_tail(console))
+    finally:
+        probe.close()
 
 
 def _qemu_version() -> str:

@@ -1,0 +1,99 @@
+"""Waiting for the SSH banner against real loopback servers that behave like QEMU's
+user network: connections accepted early that never answer, servers slow to greet."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from lab import virt
+from lab.errors import BootError
+
+Handler = Callable[[socket.socket, int], None]
+
+
+@pytest.fixture
+def server() -> Iterator[Callable[[Handler], int]]:
+    """server(handler) -> port; handler(conn, n) runs for the n-th accepted connection."""
+    listeners: list[socket.socket] = []
+    held: list[socket.socket] = []
+
+    def start(handler: Handler) -> int:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        listeners.append(sock)
+
+        def serve() -> None:
+            n = 0
+            while True:
+                try:
+                    conn, _ = sock.accept()
+                except OSError:
+                    return
+                held.append(conn)
+                threading.Thread(target=guarded, args=(conn, n), daemon=True).start()
+                n += 1
+
+        def guarded(conn: socket.socket, n: int) -> None:
+            with contextlib.suppress(OSError):  # the test ended and closed the connection
+                handler(conn, n)
+
+        threading.Thread(target=serve, daemon=True).start()
+        return int(sock.getsockname()[1])
+
+    yield start
+    for sock in listeners + held:
+        sock.close()
+
+
+def wait(port: int, limit: float = 5.0, alive: Callable[[], bool] = lambda: True) -> float:
+    start = time.monotonic()
+    virt.wait_ssh_banner(port, start + limit, alive, "cn1", Path("/nonexistent"), start)
+    return time.monotonic() - start
+
+
+def test_a_silent_early_connection_does_not_hold_up_the_banner(server) -> None:  # type: ignore[no-untyped-def]
+    def handler(conn: socket.socket, n: int) -> None:
+        if n > 0:  # the first connection is one the guest never answers
+            conn.sendall(b"SSH-2.0-dropbear\r\n")
+
+    assert wait(server(handler)) < 1.5
+
+
+def test_a_server_slow_to_greet_is_still_seen(server) -> None:  # type: ignore[no-untyped-def]
+    def handler(conn: socket.socket, n: int) -> None:
+        time.sleep(1.2)  # longer than the pause between attempts, inside the window
+        conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+
+    assert wait(server(handler)) < 3.0
+
+
+def test_closed_connections_are_retried(server) -> None:  # type: ignore[no-untyped-def]
+    def handler(conn: socket.socket, n: int) -> None:
+        if n < 3:
+            conn.close()
+        else:
+            conn.sendall(b"SSH-2.0-x\r\n")
+
+    assert wait(server(handler)) < 3.0
+
+
+def test_no_banner_until_the_deadline_names_port_and_phase(server) -> None:  # type: ignore[no-untyped-def]
+    port = server(lambda conn, n: None)
+    with pytest.raises(BootError, match=f"no SSH banner on 127.0.0.1:{port}") as err:
+        wait(port, limit=1.0)
+    assert err.value.phase == "ssh-banner"
+
+
+def test_a_guest_that_dies_stops_the_wait() -> None:
+    port = virt.free_port()
+    with pytest.raises(BootError, match="guest stopped during boot") as err:
+        wait(port, alive=lambda: False)
+    assert err.value.phase == "boot"
