@@ -3,10 +3,11 @@
 Built without loop mounts: debootstrap into a directory, the kernel's modules copied
 in, the system configured for a lab guest, `mkfs.ext4 -d` into a raw file and
 `qemu-img convert` to the qcow2 base that every VM reaches through its own overlay.
-A tiny busybox initramfs loads virtio_pci, virtio_blk and ext4, copies the per-VM data
-(authorized key, hostname, a fresh machine id) into the VM's overlay and switches root
-to systemd. The guest's network is configured statically (QEMU user networking always
-gives 10.0.2.15), so nothing waits for DHCP.
+A tiny busybox initramfs loads virtio_pci, virtio_net, virtio_blk and ext4, sets the
+network statically (QEMU user networking always gives 10.0.2.15, so nothing waits for
+DHCP or udev), copies the per-VM data (authorized key, hostname, a fresh machine id)
+into the VM's overlay and switches root to systemd, which prints the ready mark on the
+console once sshd listens.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from lab import apt
 from lab.errors import BuildError
 from lab.image import (
+    BOOTED_MARK,
     BUSYBOX,
     READY_MARK,
     Image,
@@ -35,23 +37,29 @@ BUILDER_VERSION = "2"
 DEBOOTSTRAP_TIMEOUT = 1800.0
 PACKAGES = ("openssh-server", "python3", "kmod", "procps", "iproute2", "systemd",
             "systemd-sysv", "udev", "netbase")
-ROOT_MODULES = ("virtio_pci", "virtio_blk", "crc32c_generic", "ext4")  # ext4 wants crc32c
+# ext4 wants crc32c; virtio_net so that stage 1 sets the address before systemd runs
+ROOT_MODULES = ("virtio_pci", "virtio_net", "virtio_blk", "crc32c_generic", "ext4")
 HEADROOM = 1024**3  # free space in the guest's root filesystem
+# Nothing a lab guest needs; on one TCG vCPU each costs the boot time.
 MASKED_UNITS = ("apt-daily.timer", "apt-daily-upgrade.timer", "dpkg-db-backup.timer",
                 "e2scrub_all.timer", "e2scrub_reap.service", "fstrim.timer",
                 "systemd-tmpfiles-clean.timer", "getty@tty1.service", "systemd-pstore.service",
-                "remote-fs.target")
+                "remote-fs.target", "getty-static.service", "serial-getty@ttyS0.service",
+                "systemd-binfmt.service", "modprobe@drm.service", "modprobe@dm_mod.service")
 
 INIT = """#!/bin/sh
-# hplab stage 1: mount the VM's root disk, give it the per-VM data, hand over to systemd.
+# hplab stage 1: mount the VM's root disk, give it the per-VM data and the network
+# (QEMU user networking always gives 10.0.2.15), hand over to systemd.
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+echo "{booted}" > /dev/console
 fail() { echo "hplab-init: $*" > /dev/console; poweroff -f; }
 for m in $(cat /lib/modules/hplab.order); do
     insmod "/lib/modules/$m" || echo "hplab-init: insmod $m failed"
 done
-echo "{ready}" > /dev/console
+ip link set lo up
+ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2
 n=0
 while [ ! -b /dev/vda ]; do
     n=$((n + 1)); [ $n -gt 200 ] && fail "no root disk /dev/vda after 20s"
@@ -70,25 +78,20 @@ fi
 umount /proc /sys
 mount --move /dev /newroot/dev
 exec switch_root /newroot /sbin/init
-""".replace("{ready}", READY_MARK)
+""".replace("{booted}", BOOTED_MARK)
 
-NET_UNIT = """[Unit]
-Description=hplab guest network (QEMU user networking: 10.0.2.15, gateway 10.0.2.2)
-BindsTo=sys-subsystem-net-devices-eth0.device
-After=sys-subsystem-net-devices-eth0.device
-Before=ssh.service
+READY_UNIT = """[Unit]
+Description=hplab readiness mark on the console once sshd listens
+After=ssh.service
+Requires=ssh.service
 
 [Service]
 Type=oneshot
-RemainAfterExit=yes
-ExecStart=/usr/bin/ip link set lo up
-ExecStart=/usr/bin/ip link set eth0 up
-ExecStart=/usr/bin/ip addr replace 10.0.2.15/24 dev eth0
-ExecStart=/usr/bin/ip route replace default via 10.0.2.2
+ExecStart=/bin/sh -c 'echo "{ready}" > /dev/console'
 
 [Install]
 WantedBy=multi-user.target
-"""
+""".replace("{ready}", READY_MARK)
 
 SSHD_CONFIG = """HostKey /etc/ssh/ssh_host_ed25519_key
 PermitRootLogin prohibit-password
@@ -104,7 +107,7 @@ def image_key(kernel: Kernel, suite: str) -> str:
     """Everything that shapes the image: suite, packages, kernel, scripts, busybox."""
     return digest(BUILDER_VERSION, "debian", suite, ",".join(PACKAGES),
                   ",".join(ROOT_MODULES), kernel.release, kernel.package_version, INIT,
-                  NET_UNIT, SSHD_CONFIG, FSTAB, ",".join(MASKED_UNITS), str(HEADROOM),
+                  READY_UNIT, SSHD_CONFIG, FSTAB, ",".join(MASKED_UNITS), str(HEADROOM),
                   file_digest(BUSYBOX))
 
 
@@ -153,10 +156,10 @@ def configure(root: Path) -> None:
     (network / "99-default.link").unlink(missing_ok=True)
     (network / "99-default.link").symlink_to("/dev/null")  # keep the kernel's eth0
     system = etc / "systemd" / "system"
-    (system / "hplab-net.service").write_text(NET_UNIT)
+    (system / "hplab-ready.service").write_text(READY_UNIT)
     wants = system / "multi-user.target.wants"
     wants.mkdir(parents=True, exist_ok=True)
-    (wants / "hplab-net.service").symlink_to("/etc/systemd/system/hplab-net.service")
+    (wants / "hplab-ready.service").symlink_to("/etc/systemd/system/hplab-ready.service")
     for unit in MASKED_UNITS:
         _mask(root, unit)
     (etc / "ssh" / "sshd_config.d" / "hplab.conf").write_text(SSHD_CONFIG)

@@ -143,7 +143,7 @@ class Lab:
     def _accel(self, node: Node, kernel: kernels.Kernel, image: images.Image) -> str:
         def probe() -> bool:
             with self.bus.phase("accel-probe", node.name, "does KVM boot a guest here?"):
-                return virt.kvm_works(kernel.vmlinuz, image.path, images.READY_MARK,
+                return virt.kvm_works(kernel.vmlinuz, image.path, images.BOOTED_MARK,
                                       self.cache, self.base_timeouts.accel_probe)
         return virt.resolve_accel(node.accel, probe)
 
@@ -195,7 +195,7 @@ class Lab:
         with self.bus.phase("boot", rt.node.name, "waiting for the SSH banner"):
             virt.wait_ssh_banner(rt.port, created + rt.timeouts.ssh_banner,
                                  lambda: virt.is_active(conn, rt.domain), rt.node.name,
-                                 rt.console, created)
+                                 rt.console, created, ready_mark=images.READY_MARK)
         with self.bus.phase("ssh", rt.node.name):
             guest = Guest(rt.node.name, rt.port, self.run_dir / "id_ed25519",
                           rt.image.host_key, connect_timeout=rt.timeouts.ssh_connect,

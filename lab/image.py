@@ -33,12 +33,14 @@ DROPBEAR = Path("/usr/sbin/dropbear")
 DROPBEARKEY = Path("/usr/bin/dropbearkey")
 SFTP_SERVER = Path("/usr/lib/openssh/sftp-server")
 GUEST_MODULES = ("virtio_pci", "virtio_net")
-READY_MARK = "hplab-init: ready"
+READY_MARK = "hplab-init: ready"  # on the console once sshd/dropbear listens
+BOOTED_MARK = "hplab-init: booted"  # on the console as soon as the first init runs
 
 INIT = """#!/bin/sh
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+echo "{booted}" > /dev/console
 mkdir -p /dev/pts /dev/shm /run /tmp
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /run
@@ -53,7 +55,7 @@ ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0
 echo 7 > /proc/sys/kernel/printk
 echo "{ready}" > /dev/console
 exec /bin/busybox init
-""".replace("{ready}", READY_MARK)
+""".replace("{ready}", READY_MARK).replace("{booted}", BOOTED_MARK)
 
 INITTAB = "::ctrlaltdel:/bin/poweroff -f\n::shutdown:/bin/sync\n"
 

@@ -248,21 +248,58 @@ class BannerProbe:
         self.socks.clear()
 
 
+def _check_boot(node: str, port: int, console: Path, started: float, deadline: float,
+                alive: Callable[[], bool], waiting_for: str) -> None:
+    """Raise BootError if the guest died or the deadline passed."""
+    elapsed = time.monotonic() - started
+    if not alive():
+        raise BootError(f"{node}: guest stopped during boot after {elapsed:.1f}s "
+                        "(panic or crash)", node=node, phase="boot",
+                        console_tail=console_tail(console))
+    if time.monotonic() > deadline:
+        raise BootError(f"{node}: no {waiting_for} after {elapsed:.1f}s", node=node,
+                        phase="ssh-banner", console_tail=console_tail(console))
+
+
+class ConsoleMark:
+    """Whether a line has appeared on a console file, reading only what is new."""
+
+    def __init__(self, console: Path, mark: str) -> None:
+        self.console, self.mark = console, mark.encode()
+        self.offset, self.tail = 0, b""
+
+    def seen(self) -> bool:
+        try:
+            with self.console.open("rb") as handle:
+                handle.seek(self.offset)
+                chunk = handle.read()
+        except OSError:
+            return False
+        self.offset += len(chunk)
+        text = self.tail + chunk
+        self.tail = text[-len(self.mark):]
+        return self.mark in text
+
+
 def wait_ssh_banner(port: int, deadline: float, alive: Callable[[], bool], node: str,
-                    console: Path, started: float) -> None:
-    """Wait for the SSH banner on 127.0.0.1:port (user networking accepts TCP early)."""
+                    console: Path, started: float, ready_mark: str | None = None) -> None:
+    """Wait for the SSH banner on 127.0.0.1:port (user networking accepts TCP early).
+
+    With `ready_mark`, nothing connects before the guest printed it on its console:
+    every connection QEMU's user network accepts before the guest has an address is
+    delivered to the guest's sshd later, and a storm of them slows its first minutes.
+    """
+    if ready_mark is not None:
+        mark = ConsoleMark(console, ready_mark)
+        while not mark.seen():
+            _check_boot(node, port, console, started, deadline, alive,
+                        f"ready mark {ready_mark!r} on the console")
+            time.sleep(BANNER_PAUSE / 4)
     probe = BannerProbe(port)
     try:
         while not probe.poll(BANNER_PAUSE / 2):
-            elapsed = time.monotonic() - started
-            if not alive():
-                raise BootError(f"{node}: guest stopped during boot after {elapsed:.1f}s "
-                                "(panic or crash)", node=node, phase="boot",
-                                console_tail=console_tail(console))
-            if time.monotonic() > deadline:
-                raise BootError(f"{node}: no SSH banner on 127.0.0.1:{port} after "
-                                f"{elapsed:.1f}s", node=node, phase="ssh-banner",
-                                console_tail=console_tail(console))
+            _check_boot(node, port, console, started, deadline, alive,
+                        f"SSH banner on 127.0.0.1:{port}")
     finally:
         probe.close()
 

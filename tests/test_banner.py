@@ -97,3 +97,39 @@ def test_a_guest_that_dies_stops_the_wait() -> None:
     with pytest.raises(BootError, match="guest stopped during boot") as err:
         wait(port, alive=lambda: False)
     assert err.value.phase == "boot"
+
+
+def test_nothing_connects_before_the_console_mark(server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    connected: list[float] = []
+
+    def handler(conn: socket.socket, n: int) -> None:
+        connected.append(time.monotonic())
+        conn.sendall(b"SSH-2.0-x\r\n")
+
+    port = server(handler)
+    console = tmp_path / "console.log"
+    console.write_text("[    0.1] booting\n")
+    marked: list[float] = []
+
+    def print_mark() -> None:
+        time.sleep(0.8)
+        with console.open("a") as handle:
+            handle.write("noise hplab-init: rea")
+            handle.flush()
+            time.sleep(0.3)  # the mark arrives in two writes
+            marked.append(time.monotonic())
+            handle.write("dy\n")
+
+    threading.Thread(target=print_mark, daemon=True).start()
+    start = time.monotonic()
+    virt.wait_ssh_banner(port, start + 5, lambda: True, "cn1", console, start,
+                         ready_mark="hplab-init: ready")
+    assert marked and connected
+    assert connected[0] >= marked[0]
+
+
+def test_a_missing_console_mark_times_out_naming_it(tmp_path: Path) -> None:
+    start = time.monotonic()
+    with pytest.raises(BootError, match="no ready mark 'hplab-init: ready' on the console"):
+        virt.wait_ssh_banner(virt.free_port(), start + 0.5, lambda: True, "cn1",
+                             tmp_path / "console.log", start, ready_mark="hplab-init: ready")

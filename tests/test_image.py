@@ -139,8 +139,9 @@ def test_configure_makes_a_lab_guest(tmp_path: Path) -> None:
     system = root / "etc" / "systemd" / "system"
     assert (root / "etc" / "machine-id").read_text() == ""  # each VM gets its own at boot
     assert (root / "etc" / "fstab").read_text().startswith("/dev/vda / ext4")
-    assert "10.0.2.15/24" in (system / "hplab-net.service").read_text()
-    assert (system / "multi-user.target.wants" / "hplab-net.service").is_symlink()
+    ready = (system / "hplab-ready.service").read_text()
+    assert "After=ssh.service" in ready and images.READY_MARK in ready
+    assert (system / "multi-user.target.wants" / "hplab-ready.service").is_symlink()
     assert (system / "multi-user.target.wants" / "ssh.service").is_symlink()
     assert not (system / "timers.target.wants" / "apt-daily.timer").exists()
     assert not (system / "getty.target.wants" / "getty@tty1.service").is_symlink()
@@ -194,6 +195,8 @@ def test_stage1_init_hands_the_per_vm_files_to_the_root(tmp_path: Path) -> None:
         assert path in listing
         assert f"/{path} /newroot/{path}" in debian.INIT
     assert "switch_root /newroot /sbin/init" in debian.INIT
+    assert "ip addr add 10.0.2.15/24 dev eth0" in debian.INIT
+    assert "virtio_net" in debian.ROOT_MODULES
 
 
 # -- the cache ------------------------------------------------------------------------------
