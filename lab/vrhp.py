@@ -9,8 +9,10 @@ exists. The ABI itself is described in ``kmod/README.md``.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
+import struct
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, TypeVar
@@ -187,6 +189,12 @@ def _opt_int(d: dict[str, Any], key: str, ctx: str) -> int | None:
     return _int(d, key, ctx)
 
 
+def _opt_obj(d: dict[str, Any], key: str, ctx: str) -> dict[str, Any] | None:
+    if key in d and d[key] is None:
+        return None
+    return _obj(d, key, ctx)
+
+
 def _float(d: dict[str, Any], key: str, ctx: str) -> float:
     v = d.get(key)
     if isinstance(v, bool) or not isinstance(v, int | float):
@@ -266,12 +274,24 @@ class TableInfo:
 class SegmentInfo:
     table: str
     path: str
+    offset: int
     uaddr: int
     len: int
     page_size: int
     nr_hpages: int
     contiguous: bool
     vmapped: bool
+    detached: bool
+
+    @property
+    def end(self) -> int:
+        """File offset just past the segment."""
+        return self.offset + self.len
+
+    def pages_spanned(self) -> int:
+        """Huge pages the segment's file range touches."""
+        first = self.offset // self.page_size
+        return (self.end + self.page_size - 1) // self.page_size - first
 
 
 @dataclass(frozen=True)
@@ -325,12 +345,14 @@ def parse_info(text: str) -> Info:
             SegmentInfo(
                 table=_choice(s, "table", sctx, TABLES),
                 path=_str(s, "path", sctx),
+                offset=_int(s, "offset", sctx),
                 uaddr=_int(s, "uaddr", sctx),
                 len=_int(s, "len", sctx),
                 page_size=_int(s, "page_size", sctx),
                 nr_hpages=_int(s, "nr_hpages", sctx),
                 contiguous=_bool(s, "contiguous", sctx),
                 vmapped=_bool(s, "vmapped", sctx),
+                detached=_bool(s, "detached", sctx),
             )
         )
     return Info(
@@ -356,6 +378,7 @@ ACTIONS = ("none", "fresh", "adopted", "fallback", "mismatch", "failed")
 @dataclass(frozen=True)
 class SetupTable:
     path: str
+    offset: int
     mapped: bool
     map_error: str
     backend: str
@@ -373,6 +396,7 @@ class SetupOutcome:
     outcome: Outcome
     outcome_code: int
     reset: bool
+    one_file: bool
     mount: str
     page_size: int
     tables: dict[str, SetupTable]
@@ -397,6 +421,7 @@ def parse_setup(text: str) -> SetupOutcome:
         tctx = f"{ctx}.tables.{name}"
         tables[name] = SetupTable(
             path=_str(t, "path", tctx),
+            offset=_int(t, "offset", tctx),
             mapped=_bool(t, "mapped", tctx),
             map_error=_str(t, "map_error", tctx),
             backend=_choice(t, "backend", tctx, BACKENDS),
@@ -412,6 +437,7 @@ def parse_setup(text: str) -> SetupOutcome:
         outcome=outcome,
         outcome_code=code,
         reset=_bool(d, "reset", ctx),
+        one_file=_bool(d, "one_file", ctx),
         mount=_str(d, "mount", ctx),
         page_size=_int(d, "page_size", ctx),
         tables=tables,
@@ -536,6 +562,7 @@ class FillResult:
     failed: int
     first_fail_index: int | None
     first_fail_error: str | None
+    first_fail_key: dict[str, Any] | None
     elapsed_ns: int
     entries_per_s: float
 
@@ -555,6 +582,7 @@ def parse_fill(text: str) -> FillResult:
         failed=_int(d, "failed", ctx),
         first_fail_index=_opt_int(d, "first_fail_index", ctx),
         first_fail_error=_opt_str(d, "first_fail_error", ctx),
+        first_fail_key=_opt_obj(d, "first_fail_key", ctx),
         elapsed_ns=_int(d, "elapsed_ns", ctx),
         entries_per_s=_float(d, "entries_per_s", ctx),
     )
@@ -562,7 +590,21 @@ def parse_fill(text: str) -> FillResult:
         raise ValueError(f"{ctx}: field 'inserted' + 'failed' exceeds 'requested'")
     if (r.failed == 0) != (r.first_fail_index is None):
         raise ValueError(f"{ctx}: field 'first_fail_index' inconsistent with 'failed'")
+    if (r.first_fail_index is None) != (r.first_fail_key is None):
+        raise ValueError(f"{ctx}: field 'first_fail_key' inconsistent with 'first_fail_index'")
     return r
+
+
+def key_args(table: str, key: dict[str, Any]) -> list[str]:
+    """The `vrhp-agent add/get/del` key arguments of a key object the agent printed."""
+    ctx = f"{table} key"
+    if table == "flow":
+        return [str(_int(key, "vrf", ctx)), _str(key, "src", ctx), _str(key, "dst", ctx),
+                str(_int(key, "proto", ctx)), str(_int(key, "sport", ctx)),
+                str(_int(key, "dport", ctx))]
+    if table == "bridge":
+        return [str(_int(key, "vrf", ctx)), _str(key, "mac", ctx)]
+    raise ValueError(f"{ctx}: unknown table")
 
 
 # ---------------------------------------------------------------- bench
@@ -613,3 +655,118 @@ def parse_dump(text: str) -> list[dict[str, Any]]:
             raise ValueError(f"dump: line {n} is not a JSON object")
         out.append(v)
     return out
+
+
+# ---------------------------------------------------------------- pattern, lookup, remap
+
+
+@dataclass(frozen=True)
+class PatternResult:
+    """`pattern`: the module wrote, the agent read back every byte through its mapping."""
+
+    table: str
+    seed: int
+    backend: str
+    source: str
+    bytes_written: int
+    bytes_checked: int
+    mismatched_words: int
+    mismatched_bytes: int
+    first_mismatch_offset: int | None
+    kernel_write_ns: int
+    agent_read_ns: int
+
+
+def parse_pattern(text: str) -> PatternResult:
+    ctx = "pattern"
+    d = _load(text, ctx)
+    return PatternResult(
+        table=_choice(d, "table", ctx, TABLES),
+        seed=_int(d, "seed", ctx),
+        backend=_choice(d, "backend", ctx, BACKENDS),
+        source=_str(d, "source", ctx),
+        bytes_written=_int(d, "bytes_written", ctx),
+        bytes_checked=_int(d, "bytes_checked", ctx),
+        mismatched_words=_int(d, "mismatched_words", ctx),
+        mismatched_bytes=_int(d, "mismatched_bytes", ctx),
+        first_mismatch_offset=_opt_int(d, "first_mismatch_offset", ctx),
+        kernel_write_ns=_int(d, "kernel_write_ns", ctx),
+        agent_read_ns=_int(d, "agent_read_ns", ctx),
+    )
+
+
+@dataclass(frozen=True)
+class LookupResult:
+    """`lookup`: every line of a dump looked up through the module."""
+
+    table: str
+    lines: int
+    found: int
+    missing: int
+    mismatched: int
+    first_bad_line: int
+
+
+def parse_lookup(text: str) -> LookupResult:
+    ctx = "lookup"
+    d = _load(text, ctx)
+    r = LookupResult(
+        table=_choice(d, "table", ctx, TABLES),
+        **{f: _int(d, f, ctx) for f in ("lines", "found", "missing", "mismatched",
+                                          "first_bad_line")},
+    )
+    if r.found + r.missing + r.mismatched != r.lines:
+        raise ValueError(f"{ctx}: found + missing + mismatched != lines")
+    return r
+
+
+@dataclass(frozen=True)
+class RemapResult:
+    table: str
+    backend: str
+    iterations: int
+    bad_headers: int
+    bytes_per_map: int
+    elapsed_ns: int
+
+
+def parse_remap(text: str) -> RemapResult:
+    ctx = "remap"
+    d = _load(text, ctx)
+    return RemapResult(
+        table=_choice(d, "table", ctx, TABLES),
+        backend=_choice(d, "backend", ctx, BACKENDS),
+        **{f: _int(d, f, ctx) for f in ("iterations", "bad_headers", "bytes_per_map",
+                                          "elapsed_ns")},
+    )
+
+
+def expected_flow_entry(flags: int, key_bytes: bytes, action: int, packets: int,
+                        bytes_: int, last_used: int, nxt: int = 0) -> bytes:
+    """A layout-1 flow entry as the module lays it out (``struct vrhp_flow_entry``)."""
+    if len(key_bytes) != 44:
+        raise ValueError(f"flow key is 44 bytes, got {len(key_bytes)}")
+    head = struct.pack("<II", flags, nxt) + key_bytes + struct.pack("<IQQQ", action, packets,
+                                                                     bytes_, last_used)
+    return head + bytes(FLOW_ENTRY_SIZE - len(head))
+
+
+def flow_key_bytes(vrf: int, src: str, dst: str, proto: int, sport: int, dport: int) -> bytes:
+    """``struct vrhp_flow_key`` of an IPv4 or IPv6 flow."""
+    a, b = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+    if a.version != b.version:
+        raise ValueError(f"flow key: {src} and {dst} are not the same family")
+    family = 4 if a.version == 4 else 6
+    return (a.packed.ljust(16, b"\0") + b.packed.ljust(16, b"\0")
+            + struct.pack("<IHHBB2x", vrf, sport, dport, proto, family))
+
+
+def expected_bridge_entry(flags: int, vrf: int, mac: str, nexthop: int, label: int,
+                          last_used: int, packets: int = 0, nxt: int = 0) -> bytes:
+    """A layout-1 bridge entry (``struct vrhp_bridge_entry``)."""
+    mac_bytes = bytes(int(x, 16) for x in mac.split(":"))
+    if len(mac_bytes) != 6:
+        raise ValueError(f"bridge key: bad MAC {mac!r}")
+    head = (struct.pack("<III", flags, nxt, vrf) + mac_bytes + b"\0\0"
+            + struct.pack("<III", nexthop, label, 0) + struct.pack("<QQ", last_used, packets))
+    return head + bytes(BRIDGE_ENTRY_SIZE - len(head))

@@ -52,12 +52,14 @@ INFO: dict[str, Any] = {
         {
             "table": "flow",
             "path": "/dev/hugepages1G/flow",
+            "offset": 0,
             "uaddr": 140112570613760,
             "len": 2147483648,
             "page_size": 1073741824,
             "nr_hpages": 2,
             "contiguous": False,
             "vmapped": True,
+            "detached": False,
         }
     ],
 }
@@ -137,6 +139,8 @@ FILL: dict[str, Any] = {
     "failed": 116605,
     "first_fail_index": 529338,
     "first_fail_error": "ENOSPC",
+    "first_fail_key": {"vrf": 3, "family": 4, "src": "203.0.113.9", "dst": "198.51.100.7",
+                       "proto": 6, "sport": 40000, "dport": 443},
     "elapsed_ns": 915675722,
     "entries_per_s": 764463,
 }
@@ -159,11 +163,13 @@ SETUP: dict[str, Any] = {
     "outcome": "PARTIAL",
     "outcome_code": 5,
     "reset": False,
+    "one_file": False,
     "mount": "/dev/hugepages1G",
     "page_size": 1073741824,
     "tables": {
         "flow": {
             "path": "/dev/hugepages1G/flow",
+            "offset": 0,
             "mapped": True,
             "map_error": "OK",
             "backend": "hugepage",
@@ -177,6 +183,7 @@ SETUP: dict[str, Any] = {
         },
         "bridge": {
             "path": "/dev/hugepages1G/bridge",
+            "offset": 0,
             "mapped": False,
             "map_error": "ENOMEM",
             "backend": "btable",
@@ -285,6 +292,16 @@ def test_parse_info() -> None:
     assert seg.table == "flow"
     assert seg.nr_hpages == 2
     assert seg.vmapped
+    assert not seg.detached
+    assert seg.pages_spanned() == 2
+
+
+def test_segment_in_the_tail_of_a_shared_page() -> None:
+    seg = dict(INFO["segments"][0], table="bridge", offset=1_289_748_480, len=20_189_184,
+               nr_hpages=1, vmapped=False)
+    info = vrhp.parse_info(_mutate(INFO, ["segments"], [seg]))
+    assert info.segments[0].pages_spanned() == 1
+    assert info.segments[0].end == 1_309_937_664
 
 
 def test_parse_setup() -> None:
@@ -316,6 +333,57 @@ def test_parse_fill() -> None:
     assert f.full
     assert f.inserted + f.failed == f.requested
     assert f.first_fail_index is not None
+    assert f.first_fail_key is not None
+    assert vrhp.key_args("flow", f.first_fail_key) == ["3", "203.0.113.9", "198.51.100.7", "6",
+                                                       "40000", "443"]
+    with pytest.raises(ValueError, match="first_fail_key"):
+        vrhp.parse_fill(_mutate(FILL, ["first_fail_key"], None))
+
+
+def test_bridge_key_args() -> None:
+    assert vrhp.key_args("bridge", {"vrf": 7, "mac": "02:00:00:00:00:01"}) == [
+        "7", "02:00:00:00:00:01"]
+
+
+def test_flow_entry_bytes_follow_the_uapi_layout() -> None:
+    key = vrhp.flow_key_bytes(5, "203.0.113.1", "198.51.100.2", 17, 1000, 53)
+    assert len(key) == 44
+    assert key[:4] == bytes([203, 0, 113, 1]) and key[4:16] == bytes(12)
+    assert key[32:44] == bytes([5, 0, 0, 0, 0xE8, 0x03, 53, 0, 17, 4, 0, 0])
+    entry = vrhp.expected_flow_entry(1, key, 9, 2, 3, 4)
+    assert len(entry) == vrhp.FLOW_ENTRY_SIZE
+    assert entry[52:80] == bytes([9, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0,
+                                  4, 0, 0, 0, 0, 0, 0, 0])
+    v6 = vrhp.flow_key_bytes(1, "2001:db8::1", "2001:db8::2", 6, 1, 2)
+    assert v6[41] == 6
+    with pytest.raises(ValueError, match="family"):
+        vrhp.flow_key_bytes(1, "2001:db8::1", "203.0.113.1", 6, 1, 2)
+
+
+def test_bridge_entry_bytes_follow_the_uapi_layout() -> None:
+    entry = vrhp.expected_bridge_entry(1, 7, "02:aa:bb:cc:dd:ee", 12, 34, 56)
+    assert len(entry) == vrhp.BRIDGE_ENTRY_SIZE
+    assert entry[8:20] == bytes([7, 0, 0, 0, 2, 0xAA, 0xBB, 0xCC, 0xDD, 0xEE, 0, 0])
+    assert entry[20:24] == bytes([12, 0, 0, 0]) and entry[32:40] == bytes([56] + [0] * 7)
+
+
+def test_parse_pattern_lookup_remap() -> None:
+    pat = vrhp.parse_pattern(json.dumps({
+        "table": "flow", "seed": 7, "backend": "hugepage", "source": "/dev/hugepages1G/tables",
+        "bytes_written": 1288699904, "bytes_checked": 1288699904, "mismatched_words": 0,
+        "mismatched_bytes": 0, "first_mismatch_offset": None, "kernel_write_ns": 1,
+        "agent_read_ns": 2}))
+    assert pat.first_mismatch_offset is None and pat.bytes_checked == 1288699904
+    look = vrhp.parse_lookup(json.dumps({"table": "bridge", "lines": 3, "found": 2,
+                                         "missing": 1, "mismatched": 0, "first_bad_line": 2}))
+    assert look.missing == 1
+    with pytest.raises(ValueError, match="lines"):
+        vrhp.parse_lookup(json.dumps({"table": "bridge", "lines": 4, "found": 2, "missing": 1,
+                                      "mismatched": 0, "first_bad_line": 2}))
+    remap = vrhp.parse_remap(json.dumps({"table": "flow", "backend": "btable", "iterations": 5,
+                                         "bad_headers": 0, "bytes_per_map": 4096,
+                                         "elapsed_ns": 9}))
+    assert remap.iterations == 5
 
 
 def test_parse_bench() -> None:

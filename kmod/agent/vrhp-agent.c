@@ -34,6 +34,7 @@
 #endif
 
 #define CTL_DEV "/dev/vrhp"
+#define ONE_FILE_ALIGN (2ull << 20)
 
 static const char *const table_names[VRHP_NR_TABLES] = { "flow", "bridge" };
 static const char *const map_devs[VRHP_NR_TABLES] = { "/dev/vrhp_flow", "/dev/vrhp_bridge" };
@@ -129,6 +130,21 @@ static void get_info(struct vrhp_info *inf)
 		die(1, "INFO ioctl: %s", strerror(errno));
 }
 
+/*
+ * The upstream agent asserted table_size_ != 0 and crashed; every command that maps
+ * or sizes a table refuses instead, naming the table.
+ */
+static void require_size(const struct vrhp_info *inf, int id)
+{
+	const struct vrhp_table_info *t = &inf->tables[id];
+
+	if (!t->entries || !t->table_bytes || !t->file_bytes || !t->entry_size)
+		die(2, "module reports %s table size 0 (entries %" PRIu64 ", table_bytes %" PRIu64
+		    "): refusing to map (table_size_ != 0)",
+		    id == VRHP_TABLE_FLOW ? "flow" : "bridge", (uint64_t)t->entries,
+		    (uint64_t)t->table_bytes);
+}
+
 static int table_id(const char *s)
 {
 	if (!strcmp(s, "flow"))
@@ -172,11 +188,16 @@ static void json_str(const char *s)
 	putchar('"');
 }
 
+static void print_flow_key(const struct vrhp_flow_key *k);
+static void print_mac(const uint8_t *m);
+
 /* ------------------------------------------------------------ mapping */
 
 struct tmap {
-	void *base;
+	void *base;		/* the table's header */
 	size_t len;
+	void *map_base;		/* what mmap returned (hugetlbfs: huge-page aligned) */
+	size_t map_len;
 	int fd;
 	uint32_t backend;
 	char source[VRHP_PATH_MAX + 32];
@@ -199,17 +220,37 @@ static void map_table(const struct vrhp_info *inf, int id, int writable, struct 
 	const struct vrhp_table_hdr *h;
 	long pg = sysconf(_SC_PAGESIZE);
 
+	uint64_t delta = 0;
+	off_t map_off = 0;
+
 	memset(m, 0, sizeof(*m));
 	m->backend = ti->backend;
+	if (ti->backend != VRHP_BACKEND_NONE)
+		require_size(inf, id);
 	if (ti->backend == VRHP_BACKEND_HUGEPAGE) {
 		const struct vrhp_seg_info *s = seg_of(inf, id);
+		struct stat st;
 
 		if (!s)
 			die(1, "%s table: module reports no segment", table_names[id]);
 		snprintf(m->source, sizeof(m->source), "%s", s->path);
 		m->fd = open(s->path, writable ? O_RDWR : O_RDONLY);
+		if (m->fd < 0 && errno == ENOENT)
+			die(2, "%s table: %s was deleted while the module holds its pages (the module keeps working on the memory it pinned; the agent cannot reach it: run setup --reset)",
+			    table_names[id], s->path);
 		if (m->fd < 0)
 			die(1, "%s table: open %s: %s", table_names[id], s->path, strerror(errno));
+		if (fstat(m->fd, &st))
+			die(1, "%s table: stat %s: %s", table_names[id], s->path, strerror(errno));
+		if ((uint64_t)st.st_size < s->offset + s->len)
+			die(2, "%s table: %s was truncated to %lld bytes (needs %" PRIu64 ") while the module holds its pages (the module keeps working on the memory it pinned: run setup --reset)",
+			    table_names[id], s->path, (long long)st.st_size,
+			    (uint64_t)(s->offset + s->len));
+		if (s->detached)
+			die(2, "%s table: the module reports that %s no longer holds its pinned pages (deleted or truncated and recreated): run setup --reset",
+			    table_names[id], s->path);
+		delta = s->offset & (s->page_size - 1);
+		map_off = s->offset - delta;
 		m->len = s->len;
 	} else if (ti->backend == VRHP_BACKEND_BTABLE) {
 		if (writable)
@@ -225,11 +266,13 @@ static void map_table(const struct vrhp_info *inf, int id, int writable, struct 
 		die(2, "%s table does not exist (module state %s; run setup)", table_names[id],
 		    inf->state == VRHP_STATE_READY ? "ready" : "uninit");
 	}
-	m->base = mmap(NULL, m->len, PROT_READ | (writable ? PROT_WRITE : 0), MAP_SHARED,
-		       m->fd, 0);
-	if (m->base == MAP_FAILED)
+	m->map_len = m->len + delta;
+	m->map_base = mmap(NULL, m->map_len, PROT_READ | (writable ? PROT_WRITE : 0),
+			   MAP_SHARED, m->fd, map_off);
+	if (m->map_base == MAP_FAILED)
 		die(1, "%s table: mmap %s (%zu bytes): %s", table_names[id], m->source, m->len,
 		    strerror(errno));
+	m->base = (char *)m->map_base + delta;
 	h = m->base;
 	if (h->magic != VRHP_HDR_MAGIC || h->instance != ti->instance ||
 	    h->layout_version != VRHP_LAYOUT || h->entry_size != ti->entry_size ||
@@ -242,7 +285,7 @@ static void map_table(const struct vrhp_info *inf, int id, int writable, struct 
 
 static void unmap_table(struct tmap *m)
 {
-	munmap(m->base, m->len);
+	munmap(m->map_base, m->map_len);
 	close(m->fd);
 }
 
@@ -298,11 +341,12 @@ static int cmd_info(void)
 		       s->table < VRHP_NR_TABLES ? table_names[s->table] : "?");
 		inf.segs[i].path[VRHP_PATH_MAX - 1] = 0;
 		json_str(s->path);
-		printf(",\"uaddr\":%" PRIu64 ",\"len\":%" PRIu64 ",\"page_size\":%" PRIu64
-		       ",\"nr_hpages\":%u,\"contiguous\":%s,\"vmapped\":%s}",
-		       (uint64_t)s->uaddr, (uint64_t)s->len, (uint64_t)s->page_size,
-		       s->nr_hpages, s->contiguous ? "true" : "false",
-		       s->vmapped ? "true" : "false");
+		printf(",\"offset\":%" PRIu64 ",\"uaddr\":%" PRIu64 ",\"len\":%" PRIu64
+		       ",\"page_size\":%" PRIu64 ",\"nr_hpages\":%u,\"contiguous\":%s,"
+		       "\"vmapped\":%s,\"detached\":%s}",
+		       (uint64_t)s->offset, (uint64_t)s->uaddr, (uint64_t)s->len,
+		       (uint64_t)s->page_size, s->nr_hpages, s->contiguous ? "true" : "false",
+		       s->vmapped ? "true" : "false", s->detached ? "true" : "false");
 	}
 	printf("]}\n");
 	return 0;
@@ -436,7 +480,9 @@ static int cmd_setup(int argc, char **argv)
 	char mnt[256], path[VRHP_NR_TABLES][VRHP_PATH_MAX];
 	void *maps[VRHP_NR_TABLES] = { NULL, NULL };
 	int merr[VRHP_NR_TABLES] = { 0, 0 };
-	int reset = 0, i, rc;
+	uint64_t off[VRHP_NR_TABLES] = { 0, 0 }, whole_len = 0;
+	void *whole = NULL;
+	int reset = 0, one_file = 0, i, rc;
 
 	for (i = 2; i < argc; i++) {
 		if (!strcmp(argv[i], "--mount") && i + 1 < argc)
@@ -445,14 +491,14 @@ static int cmd_setup(int argc, char **argv)
 			ps = parse_pagesize(argv[++i]);
 		else if (!strcmp(argv[i], "--reset"))
 			reset = 1;
+		else if (!strcmp(argv[i], "--one-file"))
+			one_file = 1;
 		else
 			die(1, "setup: unknown argument '%s'", argv[i]);
 	}
 	get_info(&inf);
 	for (i = 0; i < VRHP_NR_TABLES; i++)
-		if (!inf.tables[i].table_bytes || !inf.tables[i].entries)
-			die(2, "module reports %s table size 0: refusing to map (table_size_ != 0)",
-			    table_names[i]);
+		require_size(&inf, i);
 	if (inf.mem != VRHP_BACKEND_HUGEPAGE)
 		die(2, "module is in %s mode: setup needs mem=hugepage (use migrate to move tables)",
 		    bname(inf.mem));
@@ -465,27 +511,50 @@ static int cmd_setup(int argc, char **argv)
 
 	memset(&cfg, 0, sizeof(cfg));
 	cfg.flags = reset ? VRHP_CFG_RESET : 0;
+	if (one_file) {
+		/*
+		 * One file "tables": flow at 0, bridge at the next 2 MiB boundary, so a
+		 * flow table that leaves most of its last huge page unused shares it.
+		 */
+		off[VRHP_TABLE_BRIDGE] = (inf.tables[VRHP_TABLE_FLOW].file_bytes + ONE_FILE_ALIGN - 1) /
+					 ONE_FILE_ALIGN * ONE_FILE_ALIGN;
+		whole_len = (off[VRHP_TABLE_BRIDGE] + inf.tables[VRHP_TABLE_BRIDGE].file_bytes +
+			     ps - 1) / ps * ps;
+		if (snprintf(path[0], VRHP_PATH_MAX, "%s/tables", mnt) >= (int)VRHP_PATH_MAX)
+			die(1, "path %s/tables too long", mnt);
+		whole = map_file(path[0], whole_len, 0, &merr[0]);
+		merr[1] = merr[0];
+	}
 	for (i = 0; i < VRHP_NR_TABLES; i++) {
-		if (snprintf(path[i], VRHP_PATH_MAX, "%s/%s", mnt, table_names[i]) >=
-		    (int)VRHP_PATH_MAX)
-			die(1, "path %s/%s too long", mnt, table_names[i]);
-		need[i] = (inf.tables[i].file_bytes + ps - 1) / ps * ps;
-		maps[i] = map_file(path[i], need[i], 0, &merr[i]);
+		if (one_file) {
+			if (i)
+				memcpy(path[i], path[0], VRHP_PATH_MAX);
+			need[i] = (inf.tables[i].file_bytes + 4095) / 4096 * 4096;
+			maps[i] = whole ? (char *)whole + off[i] : NULL;
+		} else {
+			if (snprintf(path[i], VRHP_PATH_MAX, "%s/%s", mnt, table_names[i]) >=
+			    (int)VRHP_PATH_MAX)
+				die(1, "path %s/%s too long", mnt, table_names[i]);
+			need[i] = (inf.tables[i].file_bytes + ps - 1) / ps * ps;
+			maps[i] = map_file(path[i], need[i], 0, &merr[i]);
+		}
 		if (!maps[i])
 			continue;
+		cfg.segs[cfg.nr_segs].offset = off[i];
 		cfg.segs[cfg.nr_segs].uaddr = (uintptr_t)maps[i];
 		cfg.segs[cfg.nr_segs].len = need[i];
 		cfg.segs[cfg.nr_segs].page_size = ps;
 		cfg.segs[cfg.nr_segs].table = i;
-		snprintf(cfg.segs[cfg.nr_segs].path, VRHP_PATH_MAX, "%s", path[i]);
+		memcpy(cfg.segs[cfg.nr_segs].path, path[i], VRHP_PATH_MAX);
 		cfg.nr_segs++;
 	}
 	if (ioctl(ctl(), VRHP_IOC_HP_CONFIG, &cfg))
 		die(2, "HP_CONFIG ioctl: %s", strerror(errno));
 	get_info(&after);
 
-	printf("{\"outcome\":\"%s\",\"outcome_code\":%u,\"reset\":%s,\"mount\":",
-	       outcome_name(cfg.outcome), cfg.outcome, reset ? "true" : "false");
+	printf("{\"outcome\":\"%s\",\"outcome_code\":%u,\"reset\":%s,\"one_file\":%s,"
+	       "\"mount\":", outcome_name(cfg.outcome), cfg.outcome, reset ? "true" : "false",
+	       one_file ? "true" : "false");
 	json_str(mnt);
 	printf(",\"page_size\":%" PRIu64 ",\"tables\":{", ps);
 	for (i = 0; i < VRHP_NR_TABLES; i++) {
@@ -499,6 +568,7 @@ static int cmd_setup(int argc, char **argv)
 		}
 		printf("%s\"%s\":{\"path\":", i ? "," : "", table_names[i]);
 		json_str(path[i]);
+		printf(",\"offset\":%" PRIu64, off[i]);
 		printf(",\"mapped\":%s,\"map_error\":\"%s\",\"backend\":\"%s\",\"action\":\"%s\","
 		       "\"error\":\"%s\",\"generation\":%" PRIu64 ",\"table_bytes\":%" PRIu64
 		       ",\"file_bytes\":%" PRIu64 ",\"mapped_bytes\":%" PRIu64
@@ -511,7 +581,9 @@ static int cmd_setup(int argc, char **argv)
 		       match < 0 ? "null" : match ? "true" : "false");
 	}
 	printf("}}\n");
-	for (i = 0; i < VRHP_NR_TABLES; i++)
+	if (whole)
+		munmap(whole, whole_len);
+	for (i = 0; i < VRHP_NR_TABLES && !one_file; i++)
 		if (maps[i])
 			munmap(maps[i], need[i]);
 	switch (cfg.outcome) {
@@ -692,11 +764,25 @@ static void print_fill(int id, const struct vrhp_fill *f)
 	printf("{\"table\":\"%s\",\"requested\":%" PRIu64 ",\"inserted\":%" PRIu64
 	       ",\"failed\":%" PRIu64 ",\"first_fail_index\":",
 	       table_names[id], (uint64_t)f->count, (uint64_t)f->inserted, (uint64_t)f->failed);
-	if (f->first_fail_index == UINT64_MAX)
-		printf("null,\"first_fail_error\":null");
-	else
-		printf("%" PRIu64 ",\"first_fail_error\":\"%s\"", (uint64_t)f->first_fail_index,
-		       errname(f->first_fail_err));
+	if (f->first_fail_index == UINT64_MAX) {
+		printf("null,\"first_fail_error\":null,\"first_fail_key\":null");
+	} else {
+		printf("%" PRIu64 ",\"first_fail_error\":\"%s\",\"first_fail_key\":{",
+		       (uint64_t)f->first_fail_index, errname(f->first_fail_err));
+		if (id == VRHP_TABLE_FLOW) {
+			struct vrhp_flow_key k;
+
+			memcpy(&k, f->first_fail_key, sizeof(k));
+			print_flow_key(&k);
+		} else {
+			struct vrhp_bridge_key k;
+
+			memcpy(&k, f->first_fail_key, sizeof(k));
+			printf("\"vrf\":%u,\"mac\":", k.vrf);
+			print_mac(k.mac);
+		}
+		putchar('}');
+	}
 	printf(",\"elapsed_ns\":%" PRIu64 ",\"entries_per_s\":%.0f}\n", (uint64_t)f->elapsed_ns,
 	       secs > 0 ? f->count / secs : 0.0);
 }
@@ -1147,12 +1233,230 @@ static int cmd_maptest(int argc, char **argv)
 	return e_open && e_map && e_prot > 0 ? 0 : 2;
 }
 
+/* ------------------------------------------------------------ raw, pattern, remap */
+
+/* Entries exactly as they sit in the agent's mapping, in hex. */
+static int cmd_raw(int argc, char **argv)
+{
+	struct vrhp_info inf;
+	struct tmap m;
+	uint64_t idx, n, total, i;
+	const unsigned char *p;
+	int id;
+
+	if (argc != 4 && argc != 5)
+		die(1, "usage: raw flow|bridge INDEX [COUNT]");
+	id = table_id(argv[2]);
+	idx = parse_u64(argv[3], "INDEX");
+	n = argc == 5 ? parse_u64(argv[4], "COUNT") : 1;
+	get_info(&inf);
+	map_table(&inf, id, 0, &m);
+	total = inf.tables[id].entries + inf.tables[id].oentries;
+	if (idx >= total || n > total - idx || n > 4096)
+		die(1, "raw: entries %" PRIu64 "+%" PRIu64 " outside the table (%" PRIu64
+		    " entries, at most 4096 at once)", idx, n, total);
+	p = entry_at(m.base, inf.tables[id].entry_size, idx);
+	printf("{\"table\":\"%s\",\"index\":%" PRIu64 ",\"count\":%" PRIu64
+	       ",\"entry_size\":%u,\"backend\":\"%s\",\"source\":",
+	       table_names[id], idx, n, inf.tables[id].entry_size, bname(m.backend));
+	json_str(m.source);
+	printf(",\"hex\":\"");
+	for (i = 0; i < n * inf.tables[id].entry_size; i++)
+		printf("%02x", p[i]);
+	printf("\"}\n");
+	unmap_table(&m);
+	return 0;
+}
+
+/*
+ * The module writes a pattern over the whole entries area through its own mapping
+ * (page_address or vmap); the agent reads every byte back through its mapping of
+ * the same memory. SEED 0 zeroes the table and checks zeroes.
+ */
+static int cmd_pattern(int argc, char **argv)
+{
+	struct vrhp_pattern pt;
+	struct vrhp_info inf;
+	struct tmap m;
+	uint64_t off, bytes, bad_bytes = 0, bad_words = 0, first_bad = UINT64_MAX;
+	double t0, secs;
+	int id, b;
+
+	if (argc != 4)
+		die(1, "usage: pattern flow|bridge SEED");
+	id = table_id(argv[2]);
+	get_info(&inf);
+	require_size(&inf, id);
+	memset(&pt, 0, sizeof(pt));
+	pt.table = id;
+	pt.seed = parse_u64(argv[3], "SEED");
+	if (ioctl(ctl(), VRHP_IOC_PATTERN, &pt))
+		die(2, "PATTERN %s: %s", table_names[id],
+		    errno == ENODEV ? "table does not exist (run setup)" : strerror(errno));
+	map_table(&inf, id, 0, &m);
+	bytes = inf.tables[id].table_bytes;
+	t0 = now_s();
+	for (off = 0; off + 8 <= bytes; off += 8) {
+		uint64_t want = pt.seed ? VRHP_PATTERN_WORD(pt.seed, off) : 0;
+		uint64_t got;
+
+		memcpy(&got, (const char *)m.base + VRHP_HDR_SIZE + off, 8);
+		if (got == want)
+			continue;
+		bad_words++;
+		if (first_bad == UINT64_MAX)
+			first_bad = off;
+		for (b = 0; b < 8; b++)
+			bad_bytes += ((got ^ want) >> (8 * b)) & 0xff ? 1 : 0;
+	}
+	secs = now_s() - t0;
+	printf("{\"table\":\"%s\",\"seed\":%" PRIu64 ",\"backend\":\"%s\",\"source\":",
+	       table_names[id], (uint64_t)pt.seed, bname(m.backend));
+	json_str(m.source);
+	printf(",\"bytes_written\":%" PRIu64 ",\"bytes_checked\":%" PRIu64
+	       ",\"mismatched_words\":%" PRIu64 ",\"mismatched_bytes\":%" PRIu64
+	       ",\"first_mismatch_offset\":",
+	       (uint64_t)pt.bytes, off, bad_words, bad_bytes);
+	if (first_bad == UINT64_MAX)
+		printf("null");
+	else
+		printf("%" PRIu64, first_bad);
+	printf(",\"kernel_write_ns\":%" PRIu64 ",\"agent_read_ns\":%" PRIu64 "}\n",
+	       (uint64_t)pt.elapsed_ns, (uint64_t)(secs * 1e9));
+	unmap_table(&m);
+	return bad_words || pt.bytes != bytes ? 2 : 0;
+}
+
+/* Map, read, unmap N times: the char-device unmap path ("Bad page map"). */
+static int cmd_remap(int argc, char **argv)
+{
+	struct vrhp_info inf;
+	uint64_t n, i, bad = 0, sum = 0;
+	double t0;
+	int id;
+
+	if (argc != 4)
+		die(1, "usage: remap flow|bridge N");
+	id = table_id(argv[2]);
+	n = parse_u64(argv[3], "N");
+	get_info(&inf);
+	t0 = now_s();
+	for (i = 0; i < n; i++) {
+		const struct vrhp_table_hdr *h;
+		struct tmap m;
+		uint64_t last = inf.tables[id].entries + inf.tables[id].oentries - 1;
+
+		map_table(&inf, id, 0, &m);
+		h = m.base;
+		if (h->magic != VRHP_HDR_MAGIC || h->generation != inf.tables[id].generation)
+			bad++;
+		sum += *(const volatile uint32_t *)entry_at(m.base, inf.tables[id].entry_size, last);
+		unmap_table(&m);
+	}
+	printf("{\"table\":\"%s\",\"backend\":\"%s\",\"iterations\":%" PRIu64
+	       ",\"bad_headers\":%" PRIu64 ",\"bytes_per_map\":%" PRIu64
+	       ",\"elapsed_ns\":%" PRIu64 ",\"checksum\":%" PRIu64 "}\n",
+	       table_names[id], bname(inf.tables[id].backend), n, bad,
+	       (uint64_t)inf.tables[id].file_bytes, (uint64_t)((now_s() - t0) * 1e9),
+	       sum & 0xff);
+	return bad ? 2 : 0;
+}
+
+/* ------------------------------------------------------------ lookup */
+
+/*
+ * Look up, through the module (GET ioctl), every entry of a `dump` file and compare
+ * its fields: proves the table a module adopted hashes as the one that wrote it.
+ */
+static int cmd_lookup(int argc, char **argv)
+{
+	uint64_t lines = 0, found = 0, missing = 0, mismatched = 0, first_bad = 0;
+	char line[512];
+	FILE *f;
+	int id;
+
+	if (argc != 4)
+		die(1, "usage: lookup flow|bridge DUMPFILE");
+	id = table_id(argv[2]);
+	f = fopen(argv[3], "r");
+	if (!f)
+		die(1, "lookup: %s: %s", argv[3], strerror(errno));
+	while (fgets(line, sizeof(line), f)) {
+		int ok, e;
+
+		if (line[0] != '{')
+			continue;
+		lines++;
+		if (id == VRHP_TABLE_FLOW) {
+			struct vrhp_flow_req r;
+			unsigned int vrf, fam, proto, sport, dport, action;
+			unsigned long long pk, by, lu;
+			char src[64], dst[64];
+			char *a[6];
+			char v[4][24];
+
+			if (sscanf(line, "{\"vrf\":%u,\"family\":%u,\"src\":\"%63[^\"]\",\"dst\":\"%63[^\"]\","
+				   "\"proto\":%u,\"sport\":%u,\"dport\":%u,\"action\":%u,\"packets\":%llu,"
+				   "\"bytes\":%llu,\"last_used\":%llu}",
+				   &vrf, &fam, src, dst, &proto, &sport, &dport, &action, &pk, &by,
+				   &lu) != 11)
+				die(1, "lookup: %s line %" PRIu64 " is not a flow dump line", argv[3],
+				    lines);
+			snprintf(v[0], sizeof(v[0]), "%u", vrf);
+			snprintf(v[1], sizeof(v[1]), "%u", proto);
+			snprintf(v[2], sizeof(v[2]), "%u", sport);
+			snprintf(v[3], sizeof(v[3]), "%u", dport);
+			a[0] = v[0]; a[1] = src; a[2] = dst; a[3] = v[1]; a[4] = v[2]; a[5] = v[3];
+			memset(&r, 0, sizeof(r));
+			parse_flow_key(a, &r.key);
+			e = ioctl(ctl(), VRHP_IOC_FLOW_GET, &r) ? errno : 0;
+			ok = !e && r.action == action && r.packets == pk && r.bytes == by &&
+			     r.last_used == lu && r.key.family == fam;
+		} else {
+			struct vrhp_bridge_req r;
+			unsigned int vrf, nh, label, mac[6], k;
+			unsigned long long pk, lu;
+
+			if (sscanf(line, "{\"vrf\":%u,\"mac\":\"%x:%x:%x:%x:%x:%x\",\"nexthop\":%u,"
+				   "\"label\":%u,\"packets\":%llu,\"last_used\":%llu}",
+				   &vrf, &mac[0], &mac[1], &mac[2], &mac[3], &mac[4], &mac[5], &nh,
+				   &label, &pk, &lu) != 11)
+				die(1, "lookup: %s line %" PRIu64 " is not a bridge dump line",
+				    argv[3], lines);
+			memset(&r, 0, sizeof(r));
+			r.key.vrf = vrf;
+			for (k = 0; k < 6; k++)
+				r.key.mac[k] = mac[k];
+			e = ioctl(ctl(), VRHP_IOC_BRIDGE_GET, &r) ? errno : 0;
+			ok = !e && r.nexthop == nh && r.label == label && r.packets == pk &&
+			     r.last_used == lu;
+		}
+		if (e == ENODEV)
+			die(2, "lookup: %s table does not exist (run setup)", table_names[id]);
+		if (ok) {
+			found++;
+			continue;
+		}
+		if (e)
+			missing++;
+		else
+			mismatched++;
+		if (!first_bad)
+			first_bad = lines;
+	}
+	fclose(f);
+	printf("{\"table\":\"%s\",\"lines\":%" PRIu64 ",\"found\":%" PRIu64 ",\"missing\":%" PRIu64
+	       ",\"mismatched\":%" PRIu64 ",\"first_bad_line\":%" PRIu64 "}\n",
+	       table_names[id], lines, found, missing, mismatched, first_bad);
+	return missing || mismatched ? 2 : 0;
+}
+
 static void usage(void)
 {
 	fprintf(stderr,
 		"usage: vrhp-agent COMMAND [ARGS]\n"
 		"  info\n"
-		"  setup [--mount DIR] [--pagesize 1G|2M] [--reset]\n"
+		"  setup [--mount DIR] [--pagesize 1G|2M] [--reset] [--one-file]\n"
 		"  scan [flow|bridge|all]\n"
 		"  stats [flow|bridge|all]\n"
 		"  fill flow|bridge N SEED\n"
@@ -1164,6 +1468,10 @@ static void usage(void)
 		"  age [--older-than SECONDS] [flow|bridge|all]\n"
 		"  migrate [--mount DIR] [--pagesize 1G|2M]\n"
 		"  maptest flow|bridge\n"
+		"  raw flow|bridge INDEX [COUNT]\n"
+		"  pattern flow|bridge SEED\n"
+		"  remap flow|bridge N\n"
+		"  lookup flow|bridge DUMPFILE\n"
 		"  bench [N [SEED]]\n");
 }
 
@@ -1200,6 +1508,14 @@ int main(int argc, char **argv)
 		return cmd_maptest(argc, argv);
 	if (!strcmp(c, "bench"))
 		return cmd_bench(argc, argv);
+	if (!strcmp(c, "raw"))
+		return cmd_raw(argc, argv);
+	if (!strcmp(c, "pattern"))
+		return cmd_pattern(argc, argv);
+	if (!strcmp(c, "remap"))
+		return cmd_remap(argc, argv);
+	if (!strcmp(c, "lookup"))
+		return cmd_lookup(argc, argv);
 	usage();
 	return 1;
 }

@@ -27,7 +27,7 @@
 #define VRHP_LAYOUT 1
 #endif
 
-#define VRHP_ABI_VERSION	1
+#define VRHP_ABI_VERSION	2
 #define VRHP_HDR_MAGIC		0x314c425450485256ULL	/* "VRHPTBL1" little endian */
 #define VRHP_HDR_SIZE		4096u
 #define VRHP_BUCKET_SIZE	4u
@@ -199,6 +199,9 @@ struct vrhp_seg_info {
 	__u32 contiguous;		/* 1 if the huge pages are physically adjacent */
 	__u32 vmapped;			/* 1 if vmap() was used, 0 if page_address() */
 	char path[VRHP_PATH_MAX];
+	__u64 offset;			/* byte offset of the table in the file */
+	__u32 detached;			/* 1 if the file no longer holds the pinned pages */
+	__u32 pad;
 };
 
 struct vrhp_info {
@@ -216,12 +219,13 @@ struct vrhp_info {
 };
 
 struct vrhp_segment {
-	__u64 uaddr;			/* page_size aligned */
-	__u64 len;			/* multiple of page_size, >= file_bytes */
+	__u64 uaddr;			/* 4 KiB aligned; its huge pages are of page_size */
+	__u64 len;			/* multiple of 4 KiB, >= file_bytes */
 	__u64 page_size;		/* VRHP_PAGE_1G or VRHP_PAGE_2M */
 	__u32 table;			/* enum vrhp_table_id */
 	__u32 flags;			/* must be 0 */
 	char path[VRHP_PATH_MAX];	/* hugetlbfs file (informational), NUL terminated */
+	__u64 offset;			/* byte offset of uaddr in that file (informational) */
 };
 
 struct vrhp_table_result {
@@ -275,7 +279,24 @@ struct vrhp_fill {
 	__s32 first_fail_err;		/* out: negative errno */
 	__u32 pad2;
 	__u64 elapsed_ns;		/* out */
+	__u8 first_fail_key[48];	/* out: struct vrhp_flow_key or vrhp_bridge_key */
 };
+
+/*
+ * PATTERN: seed != 0 writes word w at byte offset o of the entries area as
+ * VRHP_PATTERN_WORD(seed, o) through the module's own mapping of the table (the
+ * table's contents are destroyed); seed == 0 zeroes the entries (an empty table).
+ */
+struct vrhp_pattern {
+	__u32 table;			/* in */
+	__u32 pad;
+	__u64 seed;			/* in */
+	__u64 bytes;			/* out: bytes written */
+	__u64 elapsed_ns;		/* out */
+};
+
+#define VRHP_PATTERN_WORD(seed, off) \
+	((((__u64)(off) >> 3) + 1) * 0x9e3779b97f4a7c15ULL ^ (__u64)(seed))
 
 struct vrhp_stats {
 	__u32 table;			/* in */
@@ -303,6 +324,7 @@ struct vrhp_stats {
 #define VRHP_IOC_BRIDGE_GET	_IOWR(VRHP_IOC_MAGIC, 0x22, struct vrhp_bridge_req)
 #define VRHP_IOC_FILL		_IOWR(VRHP_IOC_MAGIC, 0x30, struct vrhp_fill)
 #define VRHP_IOC_STATS		_IOWR(VRHP_IOC_MAGIC, 0x31, struct vrhp_stats)
+#define VRHP_IOC_PATTERN	_IOWR(VRHP_IOC_MAGIC, 0x32, struct vrhp_pattern)
 
 #define VRHP_ASSERT_SIZE(t, n) _Static_assert(sizeof(t) == (n), #t " size changed")
 VRHP_ASSERT_SIZE(struct vrhp_table_hdr, 152);
@@ -311,14 +333,15 @@ VRHP_ASSERT_SIZE(struct vrhp_flow_entry, VRHP_FLOW_ENTRY_SIZE);
 VRHP_ASSERT_SIZE(struct vrhp_bridge_key, 12);
 VRHP_ASSERT_SIZE(struct vrhp_bridge_entry, VRHP_BRIDGE_ENTRY_SIZE);
 VRHP_ASSERT_SIZE(struct vrhp_table_info, 64);
-VRHP_ASSERT_SIZE(struct vrhp_seg_info, 168);
-VRHP_ASSERT_SIZE(struct vrhp_info, 64 + 2 * 64 + 4 * 168);
-VRHP_ASSERT_SIZE(struct vrhp_segment, 160);
+VRHP_ASSERT_SIZE(struct vrhp_seg_info, 184);
+VRHP_ASSERT_SIZE(struct vrhp_info, 64 + 2 * 64 + 4 * 184);
+VRHP_ASSERT_SIZE(struct vrhp_segment, 168);
 VRHP_ASSERT_SIZE(struct vrhp_table_result, 24);
-VRHP_ASSERT_SIZE(struct vrhp_hp_config, 16 + 2 * 24 + 4 * 160);
+VRHP_ASSERT_SIZE(struct vrhp_hp_config, 16 + 2 * 24 + 4 * 168);
 VRHP_ASSERT_SIZE(struct vrhp_flow_req, 80);
 VRHP_ASSERT_SIZE(struct vrhp_bridge_req, 48);
-VRHP_ASSERT_SIZE(struct vrhp_fill, 64);
+VRHP_ASSERT_SIZE(struct vrhp_fill, 112);
+VRHP_ASSERT_SIZE(struct vrhp_pattern, 32);
 VRHP_ASSERT_SIZE(struct vrhp_stats, 88);
 
 #endif /* _UAPI_VRHP_H */

@@ -67,6 +67,10 @@ MODULE_PARM_DESC(fallback, "hugepage mode: fall back to btable when no usable hu
 static char *version_tag = "";
 module_param(version_tag, charp, 0444);
 MODULE_PARM_DESC(version_tag, "free-form version string reported by INFO");
+static bool fault_zero_size;
+module_param(fault_zero_size, bool, 0444);
+MODULE_PARM_DESC(fault_zero_size,
+		 "fault injection: INFO reports every table size as 0 (the upstream agent's field crash)");
 
 struct vrhp_ehdr {
 	u32 flags;
@@ -97,6 +101,8 @@ struct vrhp_table {
 	bool contiguous;
 	u32 nr_hpages;
 	struct vrhp_seg_info seg;
+
+	int detached_warned;	/* the hugetlbfs file let go of the pinned pages */
 
 	u64 ocursor;
 	u64 olinked;		/* overflow entries linked into chains (module-owned bit) */
@@ -412,7 +418,7 @@ static void vrhp_hp_release(struct vrhp_table *t)
 	if (t->vmapped && t->base)
 		vunmap(t->base);
 	if (t->pages) {
-		unpin_user_pages_dirty_lock(t->pages, t->nr_pages, true);
+		unpin_user_pages(t->pages, t->nr_pages);
 		kvfree(t->pages);
 	}
 	t->pages = NULL;
@@ -420,6 +426,7 @@ static void vrhp_hp_release(struct vrhp_table *t)
 	t->base = NULL;
 	t->vmapped = false;
 	t->nr_hpages = 0;
+	t->detached_warned = 0;
 }
 
 static int vrhp_seg_validate(struct vrhp_table *t, const struct vrhp_segment *s)
@@ -428,10 +435,10 @@ static int vrhp_seg_validate(struct vrhp_table *t, const struct vrhp_segment *s)
 		pr_err("%s segment: page size %llu not 1 GiB or 2 MiB\n", t->name, s->page_size);
 		return -EINVAL;
 	}
-	if (!s->uaddr || s->uaddr & (s->page_size - 1) || s->len & (s->page_size - 1) ||
-	    !s->len) {
-		pr_err("%s segment: address 0x%llx / length %llu not aligned to page size %llu\n",
-		       t->name, s->uaddr, s->len, s->page_size);
+	if (!s->uaddr || s->uaddr & ~PAGE_MASK || s->len & ~PAGE_MASK || !s->len ||
+	    s->offset & ~PAGE_MASK || (s->offset & (s->page_size - 1)) != (s->uaddr & (s->page_size - 1))) {
+		pr_err("%s segment: address 0x%llx / length %llu / file offset %llu not aligned to %lu bytes and to the %llu-byte pages\n",
+		       t->name, s->uaddr, s->len, s->offset, PAGE_SIZE, s->page_size);
 		return -EINVAL;
 	}
 	if (s->len < t->file_bytes || s->len > VRHP_SEG_MAX_LEN) {
@@ -455,7 +462,9 @@ static int vrhp_hp_attach(struct vrhp_table *t, const struct vrhp_segment *s)
 {
 	unsigned long nr = s->len >> PAGE_SHIFT;
 	unsigned long per = s->page_size >> PAGE_SHIFT;
-	unsigned long i, j;
+	unsigned long first = (s->uaddr >> PAGE_SHIFT) & (per - 1);
+	struct page *prev_head = NULL;
+	unsigned long i;
 	long pinned;
 	int err;
 
@@ -483,30 +492,37 @@ static int vrhp_hp_attach(struct vrhp_table *t, const struct vrhp_segment *s)
 		goto fail;
 	}
 
+	/*
+	 * Every 4 KiB page must sit in a hugetlb page of the declared size, at the
+	 * place its user address says; a new huge page starts at its head.
+	 */
 	t->contiguous = true;
-	for (i = 0; i < nr; i += per) {
-		struct page *head = t->pages[i];
+	t->nr_hpages = 0;
+	for (i = 0; i < nr; i++) {
+		struct page *p = t->pages[i];
+		struct page *head = compound_head(p);
 
-		if (!PageHuge(head) || page_size(compound_head(head)) != s->page_size ||
-		    compound_head(head) != head) {
-			pr_err("%s segment: page %lu is not the head of a %llu-byte hugetlb page\n",
-			       t->name, i / per, s->page_size);
-			err = -EINVAL;
-			goto fail;
-		}
-		for (j = 1; j < per; j++) {
-			if (page_to_pfn(t->pages[i + j]) != page_to_pfn(head) + j) {
-				pr_err("%s segment: huge page %lu not linear\n", t->name, i / per);
+		if (head != prev_head) {
+			if (!PageHuge(head) || page_size(head) != s->page_size) {
+				pr_err("%s segment: page %lu is not in a %llu-byte hugetlb page\n",
+				       t->name, i, s->page_size);
 				err = -EINVAL;
 				goto fail;
 			}
+			t->nr_hpages++;
+			prev_head = head;
 		}
-		if (page_to_pfn(head) != page_to_pfn(t->pages[0]) + i)
+		if (page_to_pfn(p) - page_to_pfn(head) != ((first + i) & (per - 1))) {
+			pr_err("%s segment: page %lu not linear in its huge page\n", t->name, i);
+			err = -EINVAL;
+			goto fail;
+		}
+		if (i && page_to_pfn(p) != page_to_pfn(t->pages[i - 1]) + 1)
 			t->contiguous = false;
-		cond_resched();
+		if (!(i & 65535))
+			cond_resched();
 	}
 
-	t->nr_hpages = nr / per;
 	if (t->nr_hpages == 1) {
 		t->base = page_address(t->pages[0]);
 		t->vmapped = false;
@@ -528,6 +544,7 @@ static int vrhp_hp_attach(struct vrhp_table *t, const struct vrhp_segment *s)
 	t->seg.nr_hpages = t->nr_hpages;
 	t->seg.contiguous = t->contiguous;
 	t->seg.vmapped = t->vmapped;
+	t->seg.offset = s->offset;
 	strscpy(t->seg.path, s->path, sizeof(t->seg.path));
 	return 0;
 
@@ -665,12 +682,18 @@ static long vrhp_hp_config(struct vrhp_hp_config __user *uarg)
 
 		if (t->backend == VRHP_BACKEND_HUGEPAGE)
 			continue;
+		if (!seg[i])
+			pr_warn("%s table: the agent sent no huge-page segment\n", t->name);
+		else
+			pr_warn("%s table: huge-page segment unusable (%d)\n", t->name,
+				cfg->tables[i].err);
 		if (!fallback) {
 			pr_err("%s table: no usable huge pages and fallback=0: refusing\n",
 			       t->name);
 			out = VRHP_OUT_REFUSED;
 			goto undo;
 		}
+		pr_warn("%s table: falling back to btable\n", t->name);
 		if (vrhp_bt_alloc(t)) {
 			out = VRHP_OUT_MEM_FAILURE;
 			goto undo;
@@ -929,6 +952,7 @@ static long vrhp_fill(void __user *uarg)
 	if (IS_ERR(t))
 		return PTR_ERR(t);
 	f.inserted = f.failed = 0;
+	memset(f.first_fail_key, 0, sizeof(f.first_fail_key));
 	f.first_fail_index = ~0ULL;
 	f.first_fail_err = 0;
 	s = f.seed;
@@ -966,6 +990,8 @@ static long vrhp_fill(void __user *uarg)
 				e->packets = (r2 >> 8) & 0xffff;
 				e->bytes = e->packets * 512;
 				e->last_used = now - age * NSEC_PER_SEC;
+			} else if (f.first_fail_index == ~0ULL) {
+				memcpy(f.first_fail_key, &k, sizeof(k));
 			}
 		} else {
 			struct vrhp_bridge_key k = {};
@@ -980,6 +1006,8 @@ static long vrhp_fill(void __user *uarg)
 				e->nexthop = r2 & 0xffff;
 				e->label = (r2 >> 16) & 0xfffff;
 				e->last_used = now - age * NSEC_PER_SEC;
+			} else if (f.first_fail_index == ~0ULL) {
+				memcpy(f.first_fail_key, &k, sizeof(k));
 			}
 		}
 		if (err) {
@@ -1057,6 +1085,74 @@ static long vrhp_stats(void __user *uarg)
 	return 0;
 }
 
+static long vrhp_pattern(void __user *uarg)
+{
+	struct vrhp_pattern p;
+	struct vrhp_table *t;
+	u64 off, start, j;
+	long err = 0;
+
+	if (copy_from_user(&p, uarg, sizeof(p)))
+		return -EFAULT;
+	if (p.pad)
+		return -EINVAL;
+	t = vrhp_get_table(p.table);
+	if (IS_ERR(t))
+		return PTR_ERR(t);
+	start = ktime_get_ns();
+	for (off = 0; off < t->table_bytes; ) {
+		u64 a = VRHP_HDR_SIZE + off;
+		u64 len = min_t(u64, t->table_bytes - off,
+				VRHP_CHUNK_SIZE - (a & (VRHP_CHUNK_SIZE - 1)));
+		u64 *w = t->base ? t->base + a :
+			 t->chunks[a >> 22] + (a & (VRHP_CHUNK_SIZE - 1));
+
+		if (!p.seed)
+			memset(w, 0, len);
+		else
+			for (j = 0; j < len / 8; j++)
+				w[j] = VRHP_PATTERN_WORD(p.seed, off + j * 8);
+		off += len;
+		cond_resched();
+		if (fatal_signal_pending(current)) {
+			err = -EINTR;
+			break;
+		}
+	}
+	/* entries are zero or garbage now: no chain state survives */
+	t->ocursor = 0;
+	t->olinked = p.seed ? t->oentries : 0;
+	p.bytes = off;
+	p.elapsed_ns = ktime_get_ns() - start;
+	vrhp_put_table(t);
+	pr_info("%s table: %s %llu bytes through the module's mapping\n", t->name,
+		p.seed ? "pattern written over" : "zeroed", off);
+	if (err)
+		return err;
+	if (copy_to_user(uarg, &p, sizeof(p)))
+		return -EFAULT;
+	return 0;
+}
+
+/* Does the hugetlbfs file still hold the pages this table pinned? */
+static bool vrhp_detached(struct vrhp_table *t)
+{
+	unsigned long i;
+	bool gone = false;
+
+	if (t->backend != VRHP_BACKEND_HUGEPAGE || !t->pages)
+		return false;
+	/* stepping by a huge page from the first 4 KiB page visits each huge page */
+	for (i = 0; i < t->nr_pages && !gone; i += t->seg.page_size >> PAGE_SHIFT)
+		gone = !READ_ONCE(compound_head(t->pages[i])->mapping);
+	if (!gone)
+		gone = !READ_ONCE(compound_head(t->pages[t->nr_pages - 1])->mapping);
+	if (gone && !xchg(&t->detached_warned, 1))
+		pr_warn("%s table: hugetlbfs file %s no longer holds the pinned pages (deleted or truncated); keeping the pinned memory\n",
+			t->name, t->seg.path);
+	return gone;
+}
+
 static long vrhp_info(void __user *uarg)
 {
 	struct vrhp_info *inf;
@@ -1090,11 +1186,14 @@ static long vrhp_info(void __user *uarg)
 			ti->instance = t->hdr->instance;
 			ti->hash_seed = t->hdr->hash_seed;
 		}
-		if (t->backend == VRHP_BACKEND_BTABLE)
+		if (fault_zero_size)
+			ti->entries = ti->oentries = ti->table_bytes = ti->file_bytes = 0;
+		if (t->backend == VRHP_BACKEND_BTABLE) {
 			ti->nr_chunks = t->nr_chunks;
-		else if (t->backend == VRHP_BACKEND_HUGEPAGE) {
+		} else if (t->backend == VRHP_BACKEND_HUGEPAGE) {
 			ti->nr_chunks = t->nr_hpages;
-			inf->segs[n++] = t->seg;
+			inf->segs[n] = t->seg;
+			inf->segs[n++].detached = vrhp_detached(t);
 		}
 	}
 	inf->nr_segs = n;
@@ -1134,6 +1233,8 @@ static long vrhp_ctl_ioctl(struct file *file, unsigned int cmd, unsigned long ar
 		return vrhp_fill(uarg);
 	case VRHP_IOC_STATS:
 		return vrhp_stats(uarg);
+	case VRHP_IOC_PATTERN:
+		return vrhp_pattern(uarg);
 	default:
 		return -ENOTTY;
 	}
@@ -1274,6 +1375,7 @@ static int __init vrhp_init(void)
 	b->ksz = sizeof(struct vrhp_bridge_key);
 	BUILD_BUG_ON(sizeof(struct vrhp_flow_key) % 4 || sizeof(struct vrhp_bridge_key) % 4);
 	BUILD_BUG_ON(VRHP_HDR_SIZE % VRHP_FLOW_ENTRY_SIZE);
+	BUILD_BUG_ON(sizeof(struct vrhp_flow_key) > sizeof_field(struct vrhp_fill, first_fail_key));
 
 	err = vrhp_compute(f, "flow_entries", flow_entries, "oflow_entries", oflow_entries);
 	if (err)

@@ -1,0 +1,39 @@
+"""Suite-only fixtures of the vrhp qualification suites."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from lab import kmod
+from lab.engine import Lab
+from lab.kmod import GuestModule
+from lab.plugin import LabSession, hugepage_shortfall
+
+
+@pytest.fixture(scope="class")
+def class_module(request: pytest.FixtureRequest, lab: Lab, lab_session: LabSession,
+                 node_name: str, vrhp_builds: dict[tuple[str, int, int], Any],
+                 ) -> Iterator[GuestModule]:
+    """vrhp v1 installed (not loaded) for every test of a class; reset at the end.
+
+    The plugin's `vrhp` fixture is per test; tables that take seconds to build (a
+    1.2 GiB flow table is zeroed twice) are built once per class through this one.
+    """
+    reason = hugepage_shortfall(lab_session.topology.node(node_name),
+                                request.node.get_closest_marker("hugepages"))
+    if reason:
+        pytest.skip(reason)
+    runtime = lab.nodes[node_name]
+    assert runtime.guest is not None
+    key = (runtime.kernel.release, 1, 1)
+    if key not in vrhp_builds:
+        with lab.bus.phase("kmod-build", node_name, "v1 layout 1"):
+            vrhp_builds[key] = kmod.build(runtime.kernel, lab.cache,
+                                          source=lab_session.kmod_source)
+    kmod.reset_guest(runtime.guest)
+    module = GuestModule(runtime.guest, vrhp_builds[key]).install()
+    yield module
+    kmod.reset_guest(runtime.guest)

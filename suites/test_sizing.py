@@ -1,0 +1,295 @@
+"""Table sizing: what the module reports, where the tables land, and their limits.
+
+Per entry-count case (upstream defaults, small tables, a 4M-entry flow table that
+spans two 1 GiB pages) one module is loaded and set up for the whole class; each
+check is its own test. Then: too few huge pages (fallback or refusal, per the
+module's policy), invalid parameters, and the same story on 2 MiB pages.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+from vrhp_support import HUGETLB_1G, LoadedTables, agent_refuses, meminfo, mount_1g
+
+from lab import guesttools
+from lab import vrhp as view
+from lab.engine import Lab, NodeRuntime
+from lab.guest import Guest
+from lab.kmod import GuestModule, hugepage_pool, reset_guest
+
+pytestmark = pytest.mark.lab
+
+GIB = 1 << 30
+MIB2 = 2 << 20
+
+
+@dataclass(frozen=True)
+class Case:
+    """One entry-count configuration and the exact numbers it must produce."""
+
+    name: str
+    params: dict[str, int]
+    # (entries, overflow entries, table bytes): from the design notes, not computed
+    flow: tuple[int, int, int]
+    bridge: tuple[int, int, int]
+    setup_args: tuple[str, ...] = ()
+    # expected segment per table: (file offset, length, huge pages, vmapped)
+    segments: dict[str, tuple[int, int, int, bool]] = field(default_factory=dict)
+
+
+CASES = [
+    Case("upstream-defaults", {},
+         (524_288, 105_472, 161_218_560), (262_144, 53_248, 20_185_088),
+         segments={"flow": (0, GIB, 1, False), "bridge": (0, GIB, 1, False)}),
+    Case("small", {"flow_entries": 4096, "bridge_entries": 1024},
+         (4096, 1024, 1_310_720), (1024, 1024, 131_072),
+         segments={"flow": (0, GIB, 1, False), "bridge": (0, GIB, 1, False)}),
+    # 4M flows: 1,288,704,000 bytes with the header, two 1 GiB pages, vmapped. The
+    # default node has two pages, so the agent puts both tables in one file: flow at
+    # 0, bridge at the next 2 MiB boundary inside the second page's unused 819 MiB.
+    Case("4m-flows-two-pages", {"flow_entries": 4_194_304},
+         (4_194_304, 839_680, 1_288_699_904), (262_144, 53_248, 20_185_088),
+         setup_args=("--one-file",),
+         segments={"flow": (0, 1_288_704_000, 2, True),
+                   "bridge": (1_289_748_480, 20_189_184, 1, False)}),
+]
+ENTRY_SIZE = {"flow": view.FLOW_ENTRY_SIZE, "bridge": view.BRIDGE_ENTRY_SIZE}
+
+
+@pytest.fixture(scope="class", params=CASES, ids=[c.name for c in CASES])
+def sized(request: pytest.FixtureRequest, class_module: GuestModule) -> Iterator[LoadedTables]:
+    case: Case = request.param
+    class_module.load(mem="hugepage", **case.params)
+    setup = class_module.setup(*case.setup_args)
+    yield LoadedTables(class_module, class_module.guest, case.params, setup,
+                       class_module.info())
+    reset_guest(class_module.guest)
+
+
+def _case(sized: LoadedTables) -> Case:
+    return next(c for c in CASES if c.params == sized.params)
+
+
+@pytest.mark.hugepages(size="1G", count=2)
+class TestSizing:
+    def test_setup_puts_both_tables_on_huge_pages(self, node: NodeRuntime, sized: LoadedTables,
+                                                 record_property: pytest.RecordProperty,
+                                                 ) -> None:
+        record_property("backend", "hugepage")
+        assert sized.setup.outcome is view.Outcome.SUCCESS, sized.setup
+        assert sized.setup.outcome_code == 0
+        for name, table in sized.setup.tables.items():
+            assert (table.backend, table.action, table.generation) == ("hugepage", "fresh", 1)
+            assert table.header_matches_module is True, name
+
+    def test_reported_sizes_are_entries_plus_overflow_times_entry_size(
+            self, node: NodeRuntime, sized: LoadedTables) -> None:
+        case = _case(sized)
+        for name, (entries, oentries, table_bytes) in (("flow", case.flow),
+                                                      ("bridge", case.bridge)):
+            table = sized.info.tables[name]
+            assert (table.entries, table.oentries, table.entry_size) == (
+                entries, oentries, ENTRY_SIZE[name]), name
+            assert table.table_bytes == (entries + oentries) * ENTRY_SIZE[name] == table_bytes
+            assert table.file_bytes == view.HDR_SIZE + table_bytes
+            assert sized.setup.tables[name].table_bytes == table_bytes
+
+    def test_segments_cover_the_tables(self, node: NodeRuntime, sized: LoadedTables) -> None:
+        case = _case(sized)
+        segments = {s.table: s for s in sized.info.segments}
+        assert sorted(segments) == ["bridge", "flow"]
+        for name, (offset, length, pages, vmapped) in case.segments.items():
+            seg, table = segments[name], sized.info.tables[name]
+            assert (seg.offset, seg.len, seg.page_size) == (offset, length, GIB), name
+            assert seg.len >= table.file_bytes, name
+            assert (seg.nr_hpages, seg.vmapped) == (pages, vmapped), name
+            assert seg.pages_spanned() == pages == table.nr_chunks, name
+            assert seg.path == sized.setup.tables[name].path and not seg.detached
+        if case.setup_args == ("--one-file",):
+            flow, bridge = segments["flow"], segments["bridge"]
+            assert flow.path == bridge.path == f"{HUGETLB_1G}/tables"
+            assert flow.end <= bridge.offset, "the tables overlap"
+            assert bridge.end <= 2 * GIB, "the bridge table left the second page"
+            # the bridge table lives in the flow table's second page
+            assert bridge.offset // GIB == (flow.end - 1) // GIB == 1
+
+    @pytest.mark.parametrize("table", ["flow", "bridge"])
+    def test_kernel_writes_are_read_back_byte_for_byte_through_the_agent_mapping(
+            self, node: NodeRuntime, sized: LoadedTables, table: str,
+            record_property: pytest.RecordProperty) -> None:
+        """Pattern through page_address()/vmap(), read through the hugetlbfs mapping."""
+        size = sized.info.tables[table].table_bytes
+        written = view.parse_pattern(sized.module.agent_stdout("pattern", table, 0x5EED,
+                                                               timeout=600))
+        record_property(f"{table}_pattern_kernel_mib_s",
+                        round(size / 2**20 / max(written.kernel_write_ns, 1) * 1e9))
+        record_property(f"{table}_pattern_agent_mib_s",
+                        round(size / 2**20 / max(written.agent_read_ns, 1) * 1e9))
+        assert (written.bytes_written, written.bytes_checked) == (size, size)
+        assert (written.mismatched_bytes, written.first_mismatch_offset) == (0, None)
+        assert written.source == {s.table: s for s in sized.info.segments}[table].path
+        cleared = view.parse_pattern(sized.module.agent_stdout("pattern", table, 0,
+                                                               timeout=600))
+        assert (cleared.bytes_checked, cleared.mismatched_bytes) == (size, 0)
+        stats = view.parse_stats(sized.module.agent_stdout("stats", table))[table]
+        assert stats.used == 0
+
+    @pytest.mark.parametrize("table", ["flow", "bridge"])
+    def test_fill_until_full_then_one_more_insert_fails_enospc(
+            self, node: NodeRuntime, sized: LoadedTables, table: str,
+            record_property: pytest.RecordProperty) -> None:
+        info = sized.info.tables[table]
+        total = info.entries + info.oentries
+        fill = sized.module.fill(table, total, seed=11)
+        record_property(f"{table}_inserted", fill.inserted)
+        record_property(f"{table}_fill_entries_per_s", round(fill.entries_per_s))
+        assert fill.full, f"fill stopped on {fill.first_fail_error}, not a full bucket"
+        assert fill.inserted + fill.failed == total
+        assert info.entries < fill.inserted < total
+        stats = view.parse_stats(sized.module.agent_stdout("stats", table))[table]
+        assert stats.used == stats.inserts == fill.inserted
+        assert stats.oflow_used == info.oentries, "ENOSPC before the overflow area was used up"
+        assert stats.nospc_failures == fill.failed
+
+        assert fill.first_fail_key is not None
+        again = agent_refuses(sized.module, "add", table,
+                              *view.key_args(table, fill.first_fail_key),
+                              *(() if table == "flow" else ("1", "1")), status=2)
+        assert "table full (bucket and overflow area) (ENOSPC)" in again.stderr
+        after = view.parse_stats(sized.module.agent_stdout("stats", table))[table]
+        assert after.used == stats.used
+        assert after.nospc_failures == stats.nospc_failures + 1
+        scan = view.parse_scan(sized.module.agent_stdout("scan", table, timeout=300))[table]
+        assert (scan.used, scan.oflow_used) == (stats.used, info.oentries)
+
+
+# ---------------------------------------------------------------- not enough pages
+
+def _hold_pages(guest: Guest, lab: Lab, count: int) -> None:
+    """Take `count` 1 GiB pages away from the agent with files of another user."""
+    tool = guesttools.install(guest, "hugemap", lab.cache)
+    mount_1g(guest)
+    for i in range(count):
+        guest.check(f"{tool} {HUGETLB_1G}/held{i} {GIB}", timeout=120)
+
+
+@pytest.mark.hugepages(size="1G", count=2)
+@pytest.mark.parametrize(("held", "fallback", "outcome", "backends"), [
+    (1, 1, view.Outcome.PARTIAL, {"flow": "hugepage", "bridge": "btable"}),
+    (2, 1, view.Outcome.HUGEPAGE_FAILURE_FALLBACK_IN_USE, {"flow": "btable", "bridge": "btable"}),
+    (1, 0, view.Outcome.REFUSED, {"flow": "none", "bridge": "none"}),
+], ids=["one-page-short-fallback", "no-pages-fallback", "one-page-short-no-fallback"])
+def test_not_enough_huge_pages_obeys_the_fallback_policy(
+        guest: Guest, lab: Lab, vrhp: GuestModule, held: int, fallback: int,
+        outcome: view.Outcome, backends: dict[str, str],
+        record_property: pytest.RecordProperty) -> None:
+    total, _ = hugepage_pool(guest)
+    _hold_pages(guest, lab, held)
+    assert hugepage_pool(guest) == (total, total - held)
+    vrhp.load(mem="hugepage", fallback=fallback)
+    mark = guest.canary("short-of-pages")
+    result = vrhp.agent("setup")
+    assert result.exit_status == outcome.agent_exit_code, result.stderr
+    setup = view.parse_setup(result.stdout)
+    record_property("backend", "+".join(f"{k}={v}" for k, v in sorted(backends.items())))
+    assert (setup.outcome, setup.outcome_code) == (outcome, outcome.value)
+    info = vrhp.info()
+    assert {name: t.backend for name, t in info.tables.items()} == backends
+    assert info.last_outcome is outcome
+    dmesg = guest.dmesg_since(mark)
+    assert f"vrhp: HP_CONFIG: {outcome.name}" in dmesg
+    # the agent maps flow first: it gets the free page (if any), bridge goes short
+    unmapped = ["bridge"] if held == 1 else ["flow", "bridge"]
+    assert "not enough free huge pages?" in result.stderr
+    for name in ("flow", "bridge"):
+        table = setup.tables[name]
+        assert table.mapped is (name not in unmapped), name
+        if name in unmapped:
+            assert table.map_error == "ENOMEM"
+            assert f"vrhp: {name} table: the agent sent no huge-page segment" in dmesg
+    if outcome is view.Outcome.REFUSED:
+        assert "vrhp: bridge table: no usable huge pages and fallback=0: refusing" in dmesg
+        assert "falling back" not in dmesg
+        assert "setup failed: REFUSED" in result.stderr
+        assert info.state == "uninit" and not info.segments
+        assert agent_refuses(vrhp, "stats", "flow", status=2)
+        return
+    assert f"setup degraded: {outcome.name}" in result.stderr
+    for name in unmapped:
+        assert f"vrhp: {name} table: falling back to btable" in dmesg
+        assert setup.tables[name].action == "fallback"
+        sizes = view.TableSizes(info.tables[name].entries, info.tables[name].oentries,
+                                info.tables[name].entry_size)
+        assert info.tables[name].nr_chunks == sizes.btable_chunks
+        fill = vrhp.fill(name, 10_000, seed=3)
+        assert fill.inserted == 10_000, f"{name} on btable fallback does not work"
+
+
+# ---------------------------------------------------------------- invalid parameters
+
+INVALID = [
+    ({"flow_entries": 0}, "flow_entries=0 invalid"),
+    ({"flow_entries": 1022}, "flow_entries=1022 invalid"),
+    ({"oflow_entries": 6}, "oflow_entries=6 invalid"),
+    ({"oflow_entries": -8}, "oflow_entries=-8 invalid"),
+    ({"bridge_entries": 3}, "bridge_entries=3 invalid"),
+    ({"bridge_oentries": 0}, "bridge_oentries=0 invalid"),
+    ({"flow_entries": 2**64 - 4}, f"flow_entries={2**64 - 4} too large"),
+    ({"flow_entries": 2**32}, f"flow_entries={2**32} oflow_entries=858993664: more than"),
+    ({"bridge_entries": 2**61, "bridge_oentries": 2**61},
+     f"bridge_entries={2**61} bridge_oentries={2**61}: table size overflows 64 bits"),
+    ({"mem": "bogus"}, "mem=bogus invalid"),
+    ({"flow_entries": "lots"}, "`lots' invalid for parameter `flow_entries'"),
+]
+
+
+@pytest.mark.parametrize(("params", "message"), INVALID,
+                         ids=["-".join(f"{k}={v}" for k, v in p.items()) for p, _ in INVALID])
+def test_invalid_parameter_refused_with_einval_naming_it(
+        guest: Guest, vrhp: GuestModule, params: dict[str, object], message: str) -> None:
+    before = meminfo(guest)
+    mark = guest.canary("invalid-param")
+    result = vrhp.insmod(**params)
+    assert not result.ok
+    assert "Invalid argument" in result.stderr, result.stderr
+    assert re.search(re.escape(message), guest.dmesg_since(mark)), message
+    assert not vrhp.loaded()
+    assert guest.run("ls /dev/vrhp /dev/vrhp_flow /dev/vrhp_bridge 2>/dev/null").stdout == ""
+    after = meminfo(guest)
+    for counter in ("HugePages_Total", "HugePages_Free", "HugePages_Rsvd"):
+        assert after[counter] == before[counter], counter
+    # a refused insmod must not keep even one 4 MiB btable chunk
+    assert abs(after["MemFree"] - before["MemFree"]) < 4096, (before["MemFree"],
+                                                              after["MemFree"])
+
+
+# ---------------------------------------------------------------- 2 MiB pages
+
+PAGES_2M = {"flow": 77, "bridge": 10}   # ceil(161,222,656 / 2 MiB), ceil(20,189,184 / 2 MiB)
+
+
+@pytest.mark.hugepages(size="2M", count=PAGES_2M["flow"] + PAGES_2M["bridge"])
+def test_default_tables_on_2m_pages(guest: Guest, vrhp: GuestModule,
+                                    record_property: pytest.RecordProperty) -> None:
+    record_property("backend", "hugepage-2M")
+    vrhp.load(mem="hugepage")
+    setup = vrhp.setup()      # no 1 GiB pool: the agent picks 2 MiB pages itself
+    assert (setup.outcome, setup.page_size) == (view.Outcome.SUCCESS, MIB2), setup
+    assert setup.mount == "/dev/hugepages2M"
+    info = vrhp.info()
+    for seg in info.segments:
+        table = info.tables[seg.table]
+        assert (seg.page_size, seg.nr_hpages) == (MIB2, PAGES_2M[seg.table])
+        assert seg.len == PAGES_2M[seg.table] * MIB2 >= table.file_bytes > seg.len - MIB2
+        assert seg.vmapped, "several 2 MiB pages must be vmapped"
+        pattern = view.parse_pattern(vrhp.agent_stdout("pattern", seg.table, 77, timeout=600))
+        assert (pattern.bytes_checked, pattern.mismatched_bytes) == (table.table_bytes, 0)
+        vrhp.agent_stdout("pattern", seg.table, 0, timeout=600)
+        fill = vrhp.fill(seg.table, table.entries + table.oentries, seed=5)
+        assert fill.full and table.entries < fill.inserted
+    total, free = hugepage_pool(guest, 2048)
+    assert total - free == PAGES_2M["flow"] + PAGES_2M["bridge"]

@@ -1,0 +1,62 @@
+"""Helpers of the vrhp qualification suites: agent refusals, dumps, lookups, mounts."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+from lab import vrhp as view
+from lab.guest import Guest, Result
+from lab.kmod import GuestModule
+
+HUGETLB_1G = "/dev/hugepages1G"
+
+
+def agent_refuses(module: GuestModule, *args: str | int, status: int) -> Result:
+    """Run the agent and require exit `status` with a message on stderr, never a crash."""
+    result = module.agent(*args)
+    assert result.exit_status == status, (
+        f"vrhp-agent {' '.join(map(str, args))} exited {result.exit_status}, want {status}: "
+        f"{result.stderr.strip()[-400:]}")
+    assert result.stderr.startswith("vrhp-agent: "), result.stderr
+    return result
+
+
+def dump_to(module: GuestModule, table: str, path: str) -> tuple[int, str]:
+    """`dump TABLE` into a guest file; returns (lines, sha256) of it."""
+    module.guest.check(f"{shlex.quote(module.agent_path)} dump {table} > {path}", timeout=300)
+    lines, digest = module.guest.check(f"wc -l < {path}; sha256sum {path}").split()[:2]
+    return int(lines), digest
+
+
+def lookup_all(module: GuestModule, table: str, path: str) -> view.LookupResult:
+    """Every line of a dump file looked up through the loaded module."""
+    result = module.agent("lookup", table, path, timeout=300)
+    assert result.exit_status in (0, 2), result.stderr
+    return view.parse_lookup(result.stdout)
+
+
+def mount_1g(guest: Guest) -> None:
+    """The agent's 1 GiB hugetlbfs mount, mounted now (the agent reuses it)."""
+    guest.check(f"mkdir -p {HUGETLB_1G}; grep -q ' {HUGETLB_1G} hugetlbfs' /proc/mounts || "
+                f"mount -t hugetlbfs -o pagesize=1G none {HUGETLB_1G}")
+
+
+@dataclass
+class LoadedTables:
+    """vrhp loaded with some parameters and set up by the agent, shared by a class."""
+
+    module: GuestModule
+    guest: Guest
+    params: dict[str, object]
+    setup: view.SetupOutcome
+    info: view.Info
+
+
+def meminfo(guest: Guest) -> dict[str, int]:
+    """/proc/meminfo in kB (or pages for the HugePages_ counters)."""
+    out: dict[str, int] = {}
+    for line in guest.check("cat /proc/meminfo").splitlines():
+        name, _, value = line.partition(":")
+        out[name] = int(value.split()[0])
+    return out
