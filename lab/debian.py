@@ -82,6 +82,7 @@ exec switch_root /newroot /sbin/init
 
 READY_UNIT = """[Unit]
 Description=hplab readiness mark on the console once sshd listens
+DefaultDependencies=no
 After=ssh.service
 Requires=ssh.service
 
@@ -92,6 +93,19 @@ ExecStart=/bin/sh -c 'echo "{ready}" > /dev/console'
 [Install]
 WantedBy=multi-user.target
 """.replace("{ready}", READY_MARK)
+
+# sshd needs only the root filesystem (mounted read-write by stage 1), the network (set
+# by stage 1) and the journal socket: starting it ahead of basic.target halves the time
+# to SSH under TCG. The config test before every start is dropped, the image's is fixed.
+SSH_DROPIN = """[Unit]
+DefaultDependencies=no
+After=systemd-journald.socket
+Conflicts=shutdown.target
+Before=shutdown.target
+
+[Service]
+ExecStartPre=
+"""
 
 SSHD_CONFIG = """HostKey /etc/ssh/ssh_host_ed25519_key
 PermitRootLogin prohibit-password
@@ -107,7 +121,8 @@ def image_key(kernel: Kernel, suite: str) -> str:
     """Everything that shapes the image: suite, packages, kernel, scripts, busybox."""
     return digest(BUILDER_VERSION, "debian", suite, ",".join(PACKAGES),
                   ",".join(ROOT_MODULES), kernel.release, kernel.package_version, INIT,
-                  READY_UNIT, SSHD_CONFIG, FSTAB, ",".join(MASKED_UNITS), str(HEADROOM),
+                  READY_UNIT, SSH_DROPIN, SSHD_CONFIG, FSTAB, ",".join(MASKED_UNITS),
+                  str(HEADROOM),
                   file_digest(BUSYBOX))
 
 
@@ -163,6 +178,8 @@ def configure(root: Path) -> None:
     for unit in MASKED_UNITS:
         _mask(root, unit)
     (etc / "ssh" / "sshd_config.d" / "hplab.conf").write_text(SSHD_CONFIG)
+    (system / "ssh.service.d").mkdir(exist_ok=True)
+    (system / "ssh.service.d" / "hplab.conf").write_text(SSH_DROPIN)
     for archive in (root / "var" / "cache" / "apt" / "archives").glob("*.deb"):
         archive.unlink()
 

@@ -23,6 +23,7 @@ QEMU = Path("/usr/bin/qemu-system-x86_64")
 HUGETLBFS_1G = Path("/dev/hugepages1G")
 BANNER_PAUSE = 0.4  # seconds between connection attempts to the SSH port (BannerProbe)
 BANNER_WINDOW = 5  # attempts watched at once
+BANNER_PATIENCE = 10.0  # seconds one connection waits for the banner once the guest is up
 RAM_BACKEND = "hplab.ram"
 TRANSIENT_ERRORS = ("Could not set up host forwarding rule", "cannot acquire state change lock",
                     "Address already in use")
@@ -203,19 +204,24 @@ class BannerProbe:
     BANNER_WINDOW are watched together, so a banner is seen within a fraction of a
     second of the server starting, and a server slow to send it still has
     BANNER_PAUSE x BANNER_WINDOW seconds (at most BANNER_WINDOW sessions at once).
+    When the guest has its address already, one connection at a time is enough (and
+    spares a busy guest the extra sessions): `pause` long, `window` 1. A refused or
+    closed connection is replaced at once.
     """
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, pause: float = 0.0, window: int = 0) -> None:
         self.port = port
+        self.pause = pause or BANNER_PAUSE
+        self.window = window or BANNER_WINDOW
         self.socks: list[socket.socket] = []
         self.next_open = 0.0
 
     def _open(self) -> None:
         now = time.monotonic()
-        if now < self.next_open:
+        if self.socks and now < self.next_open:
             return
-        self.next_open = now + BANNER_PAUSE
-        if len(self.socks) >= BANNER_WINDOW:
+        self.next_open = now + self.pause
+        if len(self.socks) >= self.window:
             self.socks.pop(0).close()
         try:
             sock = socket.create_connection(("127.0.0.1", self.port), timeout=BANNER_PAUSE)
@@ -295,7 +301,7 @@ def wait_ssh_banner(port: int, deadline: float, alive: Callable[[], bool], node:
             _check_boot(node, port, console, started, deadline, alive,
                         f"ready mark {ready_mark!r} on the console")
             time.sleep(BANNER_PAUSE / 4)
-    probe = BannerProbe(port)
+    probe = BannerProbe(port) if ready_mark is None else BannerProbe(port, BANNER_PATIENCE, 1)
     try:
         while not probe.poll(BANNER_PAUSE / 2):
             _check_boot(node, port, console, started, deadline, alive,

@@ -142,6 +142,7 @@ def test_configure_makes_a_lab_guest(tmp_path: Path) -> None:
     ready = (system / "hplab-ready.service").read_text()
     assert "After=ssh.service" in ready and images.READY_MARK in ready
     assert (system / "multi-user.target.wants" / "hplab-ready.service").is_symlink()
+    assert "DefaultDependencies=no" in (system / "ssh.service.d" / "hplab.conf").read_text()
     assert (system / "multi-user.target.wants" / "ssh.service").is_symlink()
     assert not (system / "timers.target.wants" / "apt-daily.timer").exists()
     assert not (system / "getty.target.wants" / "getty@tty1.service").is_symlink()
