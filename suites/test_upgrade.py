@@ -1,0 +1,211 @@
+"""Module upgrade, migration and rollback keep every flow and bridge entry.
+
+Each test populates both tables (N flows and M bridge entries, N, M >= 100k), dumps
+them through the agent's mapping, swaps the module in one guest-side command (rmmod,
+insmod, agent setup with the same files) and proves the tables survived: the dump is
+identical, every dumped entry is found by the new module's hash lookup, and the
+generation advanced. The time the module was absent is recorded per upgrade, as a
+JUnit property and in ``artifacts/upgrade-times-<node>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+
+import pytest
+from vrhp_support import HUGETLB_1G, dump_to, lookup_all
+
+from lab import vrhp as view
+from lab.engine import Lab
+from lab.guest import Guest
+from lab.kmod import GuestModule
+
+pytestmark = [pytest.mark.lab, pytest.mark.hugepages(size="1G", count=2)]
+
+FLOWS = 120_000
+BRIDGES = 120_000
+TABLES = ("flow", "bridge")
+Variant = Callable[..., GuestModule]
+
+
+@dataclass(frozen=True)
+class SwapTimes:
+    """Seconds, measured inside the guest (/proc/uptime, 10 ms resolution)."""
+
+    rmmod_s: float
+    insmod_s: float
+    setup_s: float
+
+    @property
+    def module_absent_s(self) -> float:
+        """From rmmod's start until the new module is loaded."""
+        return round(self.rmmod_s + self.insmod_s, 2)
+
+    @property
+    def tables_unavailable_s(self) -> float:
+        """From rmmod's start until the agent handed the tables to the new module."""
+        return round(self.rmmod_s + self.insmod_s + self.setup_s, 2)
+
+
+@dataclass(frozen=True)
+class Swapped:
+    times: SwapTimes
+    setup_status: int
+    setup_stdout: str
+    setup_stderr: str
+
+
+@pytest.fixture(scope="module")
+def upgrade_times(lab: Lab, node_name: str) -> Iterator[dict[str, dict[str, float]]]:
+    times: dict[str, dict[str, float]] = {}
+    yield times
+    if times:
+        path = lab.artifacts_dir / f"upgrade-times-{node_name}.json"
+        path.write_text(json.dumps(times, indent=1))
+
+
+def _populate(module: GuestModule) -> dict[str, tuple[int, str]]:
+    """Fill both tables, dump them to /tmp/before-<table>; (lines, sha256) per table."""
+    for table, count, seed in (("flow", FLOWS, 31), ("bridge", BRIDGES, 32)):
+        fill = module.fill(table, count, seed=seed)
+        assert fill.inserted == count >= 100_000, fill
+    dumps = {t: dump_to(module, t, f"/tmp/before-{t}") for t in TABLES}
+    assert dumps["flow"][0] == FLOWS and dumps["bridge"][0] == BRIDGES
+    return dumps
+
+
+def _swap(guest: Guest, new: GuestModule, *setup_args: str, **params: object) -> Swapped:
+    """rmmod, insmod the new build, run its agent's setup: one command in the guest."""
+    args = " ".join(f"{k}={shlex.quote(str(v))}" for k, v in params.items())
+    script = (
+        "up() { cut -d' ' -f1 /proc/uptime; }; "
+        "t0=$(up); rmmod vrhp || exit 10; t1=$(up); "
+        f"insmod {new.ko} {args} || exit 11; t2=$(up); "
+        f"{shlex.quote(new.agent_path)} setup {' '.join(setup_args)} "
+        "> /tmp/swap-setup.json 2> /tmp/swap-setup.err; rc=$?; t3=$(up); "
+        "echo $t0 $t1 $t2 $t3 $rc")
+    result = guest.run(script, timeout=300)
+    assert result.ok, f"module swap failed ({result.exit_status}): {result.stderr}"
+    t0, t1, t2, t3, rc = result.stdout.split()
+    times = SwapTimes(round(float(t1) - float(t0), 2), round(float(t2) - float(t1), 2),
+                      round(float(t3) - float(t2), 2))
+    return Swapped(times, int(rc), guest.read("/tmp/swap-setup.json"),
+                   guest.read("/tmp/swap-setup.err"))
+
+
+def _record(name: str, swapped: Swapped, record_property: pytest.RecordProperty,
+            upgrade_times: dict[str, dict[str, float]]) -> None:
+    record_property("module_absent_s", swapped.times.module_absent_s)
+    record_property("tables_unavailable_s", swapped.times.tables_unavailable_s)
+    upgrade_times[name] = {**asdict(swapped.times),
+                           "module_absent_s": swapped.times.module_absent_s,
+                           "tables_unavailable_s": swapped.times.tables_unavailable_s}
+
+
+def _assert_adopted(module: GuestModule, swapped: Swapped, generation: int,
+                    before: dict[str, tuple[int, str]]) -> None:
+    """The new module adopted both tables unchanged, and finds every entry."""
+    assert swapped.setup_status == 0, swapped.setup_stderr
+    setup = view.parse_setup(swapped.setup_stdout)
+    assert setup.outcome is view.Outcome.SUCCESS, setup
+    for table in TABLES:
+        assert (setup.tables[table].action, setup.tables[table].generation) == (
+            "adopted", generation), table
+    info = module.info()
+    assert info.module_version == module.build.version
+    assert {t: info.tables[t].generation for t in TABLES} == {t: generation for t in TABLES}
+    for table in TABLES:
+        assert dump_to(module, table, f"/tmp/after-{table}") == before[table], \
+            f"{table} dump differs after the swap"
+        found = lookup_all(module, table, f"/tmp/before-{table}")
+        assert (found.lines, found.found, found.missing, found.mismatched) == (
+            before[table][0], before[table][0], 0, 0), found
+    stats = view.parse_stats(module.agent_stdout("stats"))
+    assert (stats["flow"].used, stats["bridge"].used) == (FLOWS, BRIDGES)
+
+
+def _header_digest(guest: Guest, path: str) -> str:
+    return guest.check(f"dd if={path} bs=4096 count=1 2>/dev/null | sha256sum").split()[0]
+
+
+def test_hugepage_v1_to_v2_keeps_every_entry(
+        guest: Guest, vrhp_variant: Variant, record_property: pytest.RecordProperty,
+        upgrade_times: dict[str, dict[str, float]]) -> None:
+    v1, v2 = vrhp_variant(1, 1), vrhp_variant(2, 1)
+    record_property("backend", "hugepage")
+    v1.load(mem="hugepage")
+    assert v1.setup().outcome is view.Outcome.SUCCESS
+    before = _populate(v1)
+    swapped = _swap(guest, v2)
+    _record("hugepage v1 -> v2", swapped, record_property, upgrade_times)
+    _assert_adopted(v2, swapped, 2, before)
+
+
+def test_btable_to_hugepage_by_migration_keeps_every_entry(
+        guest: Guest, vrhp_variant: Variant, record_property: pytest.RecordProperty,
+        upgrade_times: dict[str, dict[str, float]]) -> None:
+    v1 = vrhp_variant(1, 1)
+    record_property("backend", "btable->hugepage")
+    v1.load(mem="btable")
+    before = _populate(v1)
+    migrated = v1.agent_json("migrate", timeout=300)
+    info = v1.info()
+    for table in TABLES:
+        doc = migrated["tables"][table]
+        assert doc["path"] == f"{HUGETLB_1G}/{table}"
+        assert doc["bytes_copied"] == info.tables[table].file_bytes
+        assert doc["used"] == before[table][0]
+    swapped = _swap(guest, v1, mem="hugepage")
+    _record("btable -> hugepage (migrate)", swapped, record_property, upgrade_times)
+    _assert_adopted(v1, swapped, 2, before)
+    assert {s.table: s.path for s in v1.info().segments} == {
+        t: f"{HUGETLB_1G}/{t}" for t in TABLES}
+
+
+def test_incompatible_layout_is_refused_and_the_old_module_rolls_back(
+        guest: Guest, vrhp_variant: Variant, record_property: pytest.RecordProperty,
+        upgrade_times: dict[str, dict[str, float]]) -> None:
+    v1, v3 = vrhp_variant(1, 1), vrhp_variant(3, 2)
+    record_property("backend", "hugepage")
+    v1.load(mem="hugepage")
+    assert v1.setup().outcome is view.Outcome.SUCCESS
+    before = _populate(v1)
+    headers = {t: _header_digest(guest, f"{HUGETLB_1G}/{t}") for t in TABLES}
+    mark = guest.canary("layout-v3")
+
+    refused = _swap(guest, v3)
+    assert refused.setup_status == view.Outcome.LAYOUT_MISMATCH.agent_exit_code == 2
+    setup = view.parse_setup(refused.setup_stdout)
+    assert (setup.outcome, setup.outcome_code) == (view.Outcome.LAYOUT_MISMATCH, 6)
+    assert "setup failed: LAYOUT_MISMATCH" in refused.setup_stderr
+    for table in TABLES:
+        assert (setup.tables[table].action, setup.tables[table].error,
+                setup.tables[table].backend) == ("mismatch", "EPROTO", "none"), table
+    dmesg = guest.dmesg_since(mark)
+    for table in TABLES:
+        assert (f"vrhp: {table} table: file header layout_version 1, module expects 2: "
+                f"layout mismatch") in dmesg
+    info = v3.info()
+    assert (info.layout_version, info.state, info.segments) == (2, "uninit", [])
+    assert {t: _header_digest(guest, f"{HUGETLB_1G}/{t}") for t in TABLES} == headers, \
+        "the refused module wrote to the tables"
+
+    rolled_back = _swap(guest, v1)
+    _record("layout mismatch -> rollback to v1", rolled_back, record_property, upgrade_times)
+    _assert_adopted(v1, rolled_back, 2, before)
+
+
+def test_v2_to_v1_downgrade_with_the_same_layout_keeps_every_entry(
+        guest: Guest, vrhp_variant: Variant, record_property: pytest.RecordProperty,
+        upgrade_times: dict[str, dict[str, float]]) -> None:
+    v2, v1 = vrhp_variant(2, 1), vrhp_variant(1, 1)
+    record_property("backend", "hugepage")
+    v2.load(mem="hugepage")
+    assert v2.setup().outcome is view.Outcome.SUCCESS
+    before = _populate(v2)
+    swapped = _swap(guest, v1)
+    _record("hugepage v2 -> v1", swapped, record_property, upgrade_times)
+    _assert_adopted(v1, swapped, 2, before)
