@@ -97,6 +97,7 @@ class Lab:
         self._conns: dict[str, Any] = {}
         self._lock_handle: Any = None
         self._host_resources = ExitStack()
+        self.host_pages = 0  # host 1 GiB pages this run holds in the pool
         self.started_at = 0.0
 
     # -- preparation ----------------------------------------------------------------
@@ -139,6 +140,8 @@ class Lab:
             with self.bus.phase("host-pages", ",".join(n.name for n in backed),
                                 f"{pages} x 1G"):
                 self._host_resources.enter_context(virt.hugepage_pool(pages))
+            self.host_pages = pages
+            self._write_state("starting")  # reap gives the pages back if this process dies
 
     def _accel(self, node: Node, kernel: kernels.Kernel, image: images.Image) -> str:
         def probe() -> bool:
@@ -231,6 +234,7 @@ class Lab:
                 if rt.disk is not None:
                     rt.disk.unlink(missing_ok=True)
         self._host_resources.close()  # pages a kept VM still maps return when it exits
+        self.host_pages = 0
         if self.run_dir.exists():
             self._write_state("kept" if self.keep else "stopped")
             self._write_events()
@@ -259,6 +263,7 @@ class Lab:
     def _write_state(self, status: str) -> None:
         state = {"run_id": self.run_id, "status": status, "pid": os.getpid(),
                  "keep": self.keep, "topology": str(self.topology.path),
+                 "host_pages": self.host_pages,
                  "nodes": {name: rt.state() for name, rt in self.nodes.items()}}
         tmp = self.run_dir / f".{STATE_FILE}.tmp"
         tmp.write_text(json.dumps(state, indent=1))
@@ -301,6 +306,13 @@ def runs(base_dir: Path) -> list[RunRecord]:
     return records
 
 
+def leaked_host_pages(state: dict[str, Any]) -> int:
+    """Host 1 GiB pages a run whose owner died still holds in the pool."""
+    if state.get("status") not in ("starting", "running"):
+        return 0
+    return int(state.get("host_pages", 0))
+
+
 def reap(base_dir: Path, *, include_kept: bool = False, uri: str = "qemu:///system") -> list[str]:
     """Destroy domains and work files of runs whose owner is gone. Returns what it removed."""
     removed: list[str] = []
@@ -323,6 +335,10 @@ def reap(base_dir: Path, *, include_kept: bool = False, uri: str = "qemu:///syst
                 initrd.unlink()
             for disk in record.path.glob(f"*/{NODE_DISK}"):
                 disk.unlink()
+            leaked = leaked_host_pages(record.state)
+            if leaked:
+                virt.release_host_pages(leaked)
+                record.state["host_pages"] = 0
             if record.state.get("status") not in ("stopped", "reaped"):
                 record.state["status"] = "reaped"
                 (record.path / STATE_FILE).write_text(json.dumps(record.state, indent=1))

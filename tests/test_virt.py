@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from lab import virt
-from lab.engine import host_pages_needed, kernel_cmdline
+from lab.engine import host_pages_needed, kernel_cmdline, leaked_host_pages
 from lab.errors import HostError
 from lab.topology import parse
 
@@ -230,3 +230,15 @@ def test_host_without_gigantic_pages_is_refused(tmp_path: Path,
 ])
 def test_host_pages_needed_cover_all_guest_ram(text: str, pages: int) -> None:
     assert host_pages_needed(parse(text, Path("t.yaml")).nodes[0]) == pages
+
+
+@pytest.mark.parametrize(("state", "pages"), [
+    ({"status": "running", "host_pages": 2}, 2),
+    ({"status": "starting", "host_pages": 5}, 5),
+    ({"status": "stopped", "host_pages": 2}, 0),  # stop() gave them back
+    ({"status": "kept", "host_pages": 0}, 0),
+    ({"status": "running"}, 0),  # a run from before host pages were recorded
+])
+def test_reap_gives_back_only_pages_a_dead_run_still_holds(state: dict[str, object],
+                                                           pages: int) -> None:
+    assert leaked_host_pages(state) == pages
