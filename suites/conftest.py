@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -37,3 +37,16 @@ def class_module(request: pytest.FixtureRequest, lab: Lab, lab_session: LabSessi
     module = GuestModule(runtime.guest, vrhp_builds[key]).install()
     yield module
     kmod.reset_guest(runtime.guest)
+
+
+@pytest.fixture
+def record_property(request: pytest.FixtureRequest) -> Callable[[str, object], None]:
+    """pytest's record_property without its xunit2 warning.
+
+    Properties go to the test's user_properties, which the lab plugin writes to
+    results.json and pytest to JUnit (with junit_family xunit1/legacy).
+    """
+    def record(name: str, value: object) -> None:
+        request.node.user_properties.append((name, value))
+
+    return record

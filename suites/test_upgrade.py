@@ -33,7 +33,7 @@ Variant = Callable[..., GuestModule]
 
 @dataclass(frozen=True)
 class SwapTimes:
-    """Seconds, measured inside the guest (/proc/uptime, 10 ms resolution)."""
+    """Seconds, measured inside the guest (CLOCK_MONOTONIC through `vrhp-agent clock`)."""
 
     rmmod_s: float
     insmod_s: float
@@ -42,12 +42,12 @@ class SwapTimes:
     @property
     def module_absent_s(self) -> float:
         """From rmmod's start until the new module is loaded."""
-        return round(self.rmmod_s + self.insmod_s, 2)
+        return round(self.rmmod_s + self.insmod_s, 4)
 
     @property
     def tables_unavailable_s(self) -> float:
         """From rmmod's start until the agent handed the tables to the new module."""
-        return round(self.rmmod_s + self.insmod_s + self.setup_s, 2)
+        return round(self.rmmod_s + self.insmod_s + self.setup_s, 4)
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def _swap(guest: Guest, new: GuestModule, *setup_args: str, **params: object) ->
     """rmmod, insmod the new build, run its agent's setup: one command in the guest."""
     args = " ".join(f"{k}={shlex.quote(str(v))}" for k, v in params.items())
     script = (
-        "up() { cut -d' ' -f1 /proc/uptime; }; "
+        f"up() {{ {shlex.quote(new.agent_path)} clock; }}; "
         "t0=$(up); rmmod vrhp || exit 10; t1=$(up); "
         f"insmod {new.ko} {args} || exit 11; t2=$(up); "
         f"{shlex.quote(new.agent_path)} setup {' '.join(setup_args)} "
@@ -90,8 +90,8 @@ def _swap(guest: Guest, new: GuestModule, *setup_args: str, **params: object) ->
     result = guest.run(script, timeout=300)
     assert result.ok, f"module swap failed ({result.exit_status}): {result.stderr}"
     t0, t1, t2, t3, rc = result.stdout.split()
-    times = SwapTimes(round(float(t1) - float(t0), 2), round(float(t2) - float(t1), 2),
-                      round(float(t3) - float(t2), 2))
+    t = [int(v) / 1e9 for v in (t0, t1, t2, t3)]
+    times = SwapTimes(round(t[1] - t[0], 4), round(t[2] - t[1], 4), round(t[3] - t[2], 4))
     return Swapped(times, int(rc), guest.read("/tmp/swap-setup.json"),
                    guest.read("/tmp/swap-setup.err"))
 

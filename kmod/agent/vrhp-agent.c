@@ -1451,6 +1451,16 @@ static int cmd_lookup(int argc, char **argv)
 	return missing || mismatched ? 2 : 0;
 }
 
+/* CLOCK_MONOTONIC in ns: timestamps for scripts around rmmod/insmod (no module needed) */
+static int cmd_clock(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	printf("%" PRIu64 "\n", (uint64_t)(ts.tv_sec * 1000000000ull + ts.tv_nsec));
+	return 0;
+}
+
 static void usage(void)
 {
 	fprintf(stderr,
@@ -1472,6 +1482,7 @@ static void usage(void)
 		"  pattern flow|bridge SEED\n"
 		"  remap flow|bridge N\n"
 		"  lookup flow|bridge DUMPFILE\n"
+		"  clock\n"
 		"  bench [N [SEED]]\n");
 }
 
@@ -1516,6 +1527,8 @@ int main(int argc, char **argv)
 		return cmd_remap(argc, argv);
 	if (!strcmp(c, "lookup"))
 		return cmd_lookup(argc, argv);
+	if (!strcmp(c, "clock"))
+		return cmd_clock();
 	usage();
 	return 1;
 }

@@ -436,7 +436,8 @@ static int vrhp_seg_validate(struct vrhp_table *t, const struct vrhp_segment *s)
 		return -EINVAL;
 	}
 	if (!s->uaddr || s->uaddr & ~PAGE_MASK || s->len & ~PAGE_MASK || !s->len ||
-	    s->offset & ~PAGE_MASK || (s->offset & (s->page_size - 1)) != (s->uaddr & (s->page_size - 1))) {
+	    s->offset & ~PAGE_MASK ||
+	    (s->offset & (s->page_size - 1)) != (s->uaddr & (s->page_size - 1))) {
 		pr_err("%s segment: address 0x%llx / length %llu / file offset %llu not aligned to %lu bytes and to the %llu-byte pages\n",
 		       t->name, s->uaddr, s->len, s->offset, PAGE_SIZE, s->page_size);
 		return -EINVAL;
@@ -614,6 +615,12 @@ static long vrhp_hp_config(struct vrhp_hp_config __user *uarg)
 			goto out_free;
 		}
 		seg[s->table] = s;
+	}
+	if (seg[0] && seg[1] && seg[0]->uaddr < seg[1]->uaddr + seg[1]->len &&
+	    seg[1]->uaddr < seg[0]->uaddr + seg[0]->len) {
+		pr_err("HP_CONFIG: flow and bridge segments overlap\n");
+		ret = -EINVAL;
+		goto out_free;
 	}
 	reset = cfg->flags & VRHP_CFG_RESET;
 	memset(cfg->tables, 0, sizeof(cfg->tables));
