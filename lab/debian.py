@@ -45,7 +45,10 @@ MASKED_UNITS = ("apt-daily.timer", "apt-daily-upgrade.timer", "dpkg-db-backup.ti
                 "e2scrub_all.timer", "e2scrub_reap.service", "fstrim.timer",
                 "systemd-tmpfiles-clean.timer", "getty@tty1.service", "systemd-pstore.service",
                 "remote-fs.target", "getty-static.service", "serial-getty@ttyS0.service",
-                "systemd-binfmt.service", "modprobe@drm.service", "modprobe@dm_mod.service")
+                "systemd-binfmt.service", "modprobe@drm.service", "modprobe@dm_mod.service",
+                # no hugetlbfs mounted behind the tests' back (as in minimal): tools mount
+                # the page size they need where they expect it
+                "dev-hugepages.mount")
 
 INIT = """#!/bin/sh
 # hplab stage 1: mount the VM's root disk, give it the per-VM data and the network
