@@ -175,14 +175,17 @@ def test_btable_map_unmap_1000_times_leaves_no_warning(
                                   ("migrate",)],
                          ids=lambda a: "-".join(a))
 def test_agent_before_tables_exist_exits_with_a_message(
-        vrhp: GuestModule, args: tuple[str, ...]) -> None:
+        vrhp: GuestModule, args: tuple[str, ...], record_property: pytest.RecordProperty) -> None:
+    record_property("backend", "none (hugepage mode before setup)")
     vrhp.load(mem="hugepage")
     result = agent_refuses(vrhp, *args, status=2)
     assert ("does not exist" in result.stderr or "backend is none" in result.stderr), \
         result.stderr
 
 
-def test_agent_without_module_exits_with_a_message(vrhp: GuestModule) -> None:
+def test_agent_without_module_exits_with_a_message(
+        vrhp: GuestModule, record_property: pytest.RecordProperty) -> None:
+    record_property("backend", "none (module absent)")
     result = agent_refuses(vrhp, "setup", status=1)
     assert "/dev/vrhp: No such file or directory (is the vrhp module loaded?)" in result.stderr
 

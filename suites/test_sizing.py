@@ -76,10 +76,15 @@ def _case(sized: LoadedTables) -> Case:
 
 @pytest.mark.hugepages(size="1G", count=2)
 class TestSizing:
-    def test_setup_puts_both_tables_on_huge_pages(self, node: NodeRuntime, sized: LoadedTables,
-                                                 record_property: pytest.RecordProperty,
-                                                 ) -> None:
+    @pytest.fixture(autouse=True)
+    def _properties(self, node: NodeRuntime, sized: LoadedTables,
+                    record_property: pytest.RecordProperty) -> None:
         record_property("backend", "hugepage")
+        record_property("params", " ".join(f"{k}={v}" for k, v in sized.params.items())
+                        or "defaults")
+
+    def test_setup_puts_both_tables_on_huge_pages(self, node: NodeRuntime,
+                                                 sized: LoadedTables) -> None:
         assert sized.setup.outcome is view.Outcome.SUCCESS, sized.setup
         assert sized.setup.outcome_code == 0
         for name, table in sized.setup.tables.items():
@@ -229,6 +234,37 @@ def test_not_enough_huge_pages_obeys_the_fallback_policy(
         assert fill.inserted == 10_000, f"{name} on btable fallback does not work"
 
 
+@pytest.mark.hugepages(size="1G", count=2)
+def test_flow_short_of_pages_bridge_mapped_tables_stay_apart(
+        guest: Guest, lab: Lab, vrhp: GuestModule,
+        record_property: pytest.RecordProperty) -> None:
+    """Upstream's agent read the bridge mapping as the flow table in exactly this case."""
+    _hold_pages(guest, lab, 1)
+    vrhp.load(mem="hugepage", flow_entries=4_194_304)
+    result = vrhp.agent("setup")       # one file per table: flow needs 2 pages, 1 is free
+    assert result.exit_status == 3, result.stderr
+    setup = view.parse_setup(result.stdout)
+    record_property("backend", "flow=btable+bridge=hugepage")
+    assert setup.outcome is view.Outcome.PARTIAL
+    assert (setup.tables["flow"].mapped, setup.tables["flow"].map_error) == (False, "ENOMEM")
+    assert (setup.tables["bridge"].mapped, setup.tables["bridge"].action) == (True, "fresh")
+    info = vrhp.info()
+    assert (info.tables["flow"].backend, info.tables["flow"].nr_chunks) == ("btable", 308)
+    assert [(s.table, s.path) for s in info.segments] == [("bridge", f"{HUGETLB_1G}/bridge")]
+    flow = vrhp.agent_json("add", "flow", 1, "203.0.113.5", "198.51.100.5", 6, 1000, 80)
+    bridge = vrhp.agent_json("add", "bridge", 1, "02:00:00:00:00:05", 5, 5)
+    scan = view.parse_scan(vrhp.agent_stdout("scan", timeout=300))
+    assert {t: (s.backend, s.source, s.entries, s.used) for t, s in scan.items()} == {
+        "flow": ("btable", "/dev/vrhp_flow", 4_194_304, 1),
+        "bridge": ("hugepage", f"{HUGETLB_1G}/bridge", 262_144, 1)}
+    raw_flow = vrhp.agent_json("raw", "flow", flow["index"])
+    raw_bridge = vrhp.agent_json("raw", "bridge", bridge["index"])
+    assert raw_flow["source"] == "/dev/vrhp_flow" and raw_flow["entry_size"] == 256
+    assert raw_bridge["source"] == f"{HUGETLB_1G}/bridge" and raw_bridge["entry_size"] == 64
+    assert bytes.fromhex(raw_flow["hex"])[8:12] == bytes([203, 0, 113, 5])
+    assert bytes.fromhex(raw_bridge["hex"])[12:18] == bytes([2, 0, 0, 0, 0, 5])
+
+
 # ---------------------------------------------------------------- invalid parameters
 
 INVALID = [
@@ -250,7 +286,9 @@ INVALID = [
 @pytest.mark.parametrize(("params", "message"), INVALID,
                          ids=["-".join(f"{k}={v}" for k, v in p.items()) for p, _ in INVALID])
 def test_invalid_parameter_refused_with_einval_naming_it(
-        guest: Guest, vrhp: GuestModule, params: dict[str, object], message: str) -> None:
+        guest: Guest, vrhp: GuestModule, params: dict[str, object], message: str,
+        record_property: pytest.RecordProperty) -> None:
+    record_property("backend", "none (insmod refused)")
     before = meminfo(guest)
     mark = guest.canary("invalid-param")
     result = vrhp.insmod(**params)
