@@ -214,6 +214,12 @@ def cmd_repro(args: argparse.Namespace) -> int:
     return 1 if hugepage_failed or not steps else 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from lab.report import write_report
+    print(write_report(Path(args.run_dir)))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="hplab", description=__doc__)
     top.add_argument("--lab-dir", default=None,
@@ -293,6 +299,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--floor-mib", type=int, default=12, help="free memory never taken")
     p.add_argument("--kmod-source", default="kmod", help="vrhp sources (default: ./kmod)")
     p.set_defaults(func=cmd_repro)
+    p = sub.add_parser("report", help="(re)render a run directory's report.html")
+    p.add_argument("run_dir", help="a run directory, e.g. /var/tmp/hplab/runs/<run id>")
+    p.set_defaults(func=cmd_report)
     return top
 
 

@@ -18,6 +18,7 @@ from lab.events import EventBus, ProgressPrinter
 from lab.fragment import FragmentRun, GuestFragmenter
 from lab.guest import Guest
 from lab.paths import lab_dir
+from lab.report import write_report
 from lab.stress import FragmentSpec, Target
 from lab.topology import Node, Topology
 
@@ -111,6 +112,7 @@ class LabSession:
             self._lab = None
             (run_dir / "results.json").write_text(json.dumps(list(self.results.values()),
                                                              indent=1))
+            write_report(run_dir)
 
 
 SESSION = pytest.StashKey[LabSession]()

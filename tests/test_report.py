@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from lab import cli, report
+from lab.memory import MemorySnapshot
+
+DATA = Path(__file__).parent / "data" / "memory"
+
+
+def _event(phase: str, subject: str, state: str, at: float,
+           elapsed: float | None = None) -> dict[str, object]:
+    return {"phase": phase, "subject": subject, "state": state, "detail": "",
+            "elapsed": elapsed, "at": at}
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    run = tmp_path / "abcd1234"
+    (run / "artifacts").mkdir(parents=True)
+    events = [_event("create", "cn1", "start", 0.5), _event("create", "cn1", "end", 1.0, 0.5),
+              _event("boot", "cn1", "start", 1.0), _event("boot", "cn1", "end", 4.0, 3.0),
+              _event("boot", "cn2", "start", 1.0), _event("boot", "cn2", "fail", 9.0, 8.0)]
+    (run / "events.json").write_text(json.dumps(events))
+    results = [
+        {"nodeid": "suites/t.py::test_ok[cn1]", "outcome": "passed", "duration": 1.5,
+         "properties": {"outcome": "passed", "flow_fill": 123}},
+        {"nodeid": "suites/t.py::test_<b>bad</b>[cn2]", "outcome": "failed", "duration": 2.0,
+         "properties": {"outcome": "kernel-crash"}},
+    ]
+    (run / "results.json").write_text(json.dumps(results))
+    (run / "state.json").write_text(json.dumps({"run_id": "abcd1234"}))
+    snapshot = MemorySnapshot.from_command_output((DATA / "guest-6.1-clean.txt").read_text())
+    fragmented = MemorySnapshot.from_command_output(
+        (DATA / "guest-6.1-anon-pinned.txt").read_text())
+    fragment = {"profile": "anon-pinned", "seed": 7, "reached": True, "reason": None,
+                "elapsed_s": 15.9, "free_blocks_before": 471, "free_blocks_after": 0,
+                "probes": [{"gfp": "GFP_ATOMIC", "order": 10, "count": 4, "succeeded": 0,
+                            "zones": {}}],
+                "before": json.loads(snapshot.to_json()),
+                "after": json.loads(fragmented.to_json())}
+    (run / "artifacts" / "fragment-anon-pinned-cn1.json").write_text(json.dumps(fragment))
+    return run
+
+
+def _svgs(page: str) -> list[ET.Element]:
+    root = ET.fromstring(page.replace("<!DOCTYPE html>", ""))
+    return [e for e in root.iter() if e.tag.endswith("svg")]
+
+
+def test_report_holds_timeline_results_and_fragment_plots(run_dir: Path) -> None:
+    page = report.write_report(run_dir).read_text()
+    svgs = _svgs(page)
+    classes = [svg.get("class") for svg in svgs]
+    assert classes.count("plot timeline") == 1
+    # One buddy panel per zone of the snapshot (DMA and DMA32).
+    assert classes.count("plot buddy") == 2
+    assert "kernel-crash" in page and "flow_fill=123" in page
+    assert "test_&lt;b&gt;bad&lt;/b&gt;" in page
+    assert "boot cn2: 8.00s FAILED" in page
+    assert "<script" not in page and "http://" not in page.replace(
+        'xmlns="http://www.w3.org/2000/svg"', "")
+    assert 'href="artifacts/fragment-anon-pinned-cn1.json"' in page
+
+
+def test_timeline_places_phases_by_start_and_length(run_dir: Path) -> None:
+    bars = report.phase_bars(json.loads((run_dir / "events.json").read_text()))
+    assert bars == [("cn1", "create", 0.5, 0.5, False), ("cn1", "boot", 1.0, 3.0, False),
+                    ("cn2", "boot", 1.0, 8.0, True)]
+
+
+def test_fragment_summary_buddyinfo_is_plotted_per_zone(run_dir: Path) -> None:
+    summary = DATA / "fragment-summary-6.1-anon-pinned.json"
+    target = run_dir / "artifacts" / "fragment-summary-cn1.json"
+    target.write_text(summary.read_text())
+    section = report.fragment_section(target)
+    assert "zone DMA32" in section and "order 10 after: 0" in section
+    assert "order 10 before: 471" in section
+
+
+def test_empty_run_dir_renders_without_plots(tmp_path: Path) -> None:
+    page = report.render(tmp_path)
+    assert "No phase timings recorded" in page and "No test results recorded" in page
+    assert _svgs(page) == []
+
+
+def test_bad_json_names_the_file(run_dir: Path) -> None:
+    (run_dir / "results.json").write_text("{nope")
+    with pytest.raises(report.ReportError, match=r"results\.json: not JSON"):
+        report.render(run_dir)
+
+
+def test_missing_run_dir_is_a_clear_error(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["report", str(tmp_path / "absent")]) == 2
+    assert "absent: not a run directory" in capsys.readouterr().err
+
+
+def test_cli_report_writes_report_html(run_dir: Path) -> None:
+    assert cli.main(["report", str(run_dir)]) == 0
+    assert (run_dir / "report.html").stat().st_size > 0
