@@ -220,6 +220,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_repeat(args: argparse.Namespace) -> int:
+    from lab import repeat
+    pytest_args = list(args.pytest_args)
+    out = Path(args.out)
+    records, codes = repeat.run(args.times, pytest_args, out)
+    print(repeat.table(records))
+    repeat.write_json(records, codes, out / "repeat.json")
+    print(f"{out / 'repeat.json'}")
+    bad = ("failed", "error", "missing")
+    return 1 if any(o in bad for r in records for o in r.outcomes) else 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="hplab", description=__doc__)
     top.add_argument("--lab-dir", default=None,
@@ -302,11 +314,27 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="(re)render a run directory's report.html")
     p.add_argument("run_dir", help="a run directory, e.g. /var/tmp/hplab/runs/<run id>")
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("repeat", help="run pytest N times; per-test pass rate and durations")
+    p.add_argument("times", type=int, help="how many runs")
+    p.add_argument("--out", default="repeat-out", help="JUnit files and repeat.json go here")
+    p.add_argument("pytest_args", nargs="*", help="pytest arguments, after --")
+    p.set_defaults(func=cmd_repeat)
     return top
 
 
+def _split_repeat(argv: list[str]) -> tuple[list[str], list[str]]:
+    """`hplab repeat N -- ARGS`: ARGS go to pytest untouched, never to our parser."""
+    if "--" in argv and "repeat" in argv[: argv.index("--")]:
+        cut = argv.index("--")
+        return argv[:cut], argv[cut + 1:]
+    return argv, []
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    ours, pytest_args = _split_repeat(list(sys.argv[1:] if argv is None else argv))
+    args = parser().parse_args(ours)
+    if args.command == "repeat":
+        args.pytest_args = [*args.pytest_args, *pytest_args]
     try:
         return int(args.func(args))
     except LabError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -112,7 +113,10 @@ class LabSession:
             self._lab = None
             (run_dir / "results.json").write_text(json.dumps(list(self.results.values()),
                                                              indent=1))
-            write_report(run_dir)
+            try:
+                write_report(run_dir)
+            except (LabError, OSError) as exc:  # the report never hides the run's own outcome
+                print(f"hplab: no report for {run_dir}: {exc}", file=sys.stderr)
 
 
 SESSION = pytest.StashKey[LabSession]()
