@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -103,3 +105,21 @@ def test_missing_run_dir_is_a_clear_error(tmp_path: Path,
 def test_cli_report_writes_report_html(run_dir: Path) -> None:
     assert cli.main(["report", str(run_dir)]) == 0
     assert (run_dir / "report.html").stat().st_size > 0
+
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "chrome-headless-shell")
+
+
+def test_page_renders_with_its_plots_in_headless_chromium(run_dir: Path) -> None:
+    browser = next((shutil.which(name) for name in BROWSERS if shutil.which(name)), None)
+    if browser is None:
+        pytest.skip(f"no headless Chromium on this host (looked for {', '.join(BROWSERS)})")
+    page = report.write_report(run_dir)
+    common = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1200,1600"]
+    dom = subprocess.run([*common, "--dump-dom", page.as_uri()], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    assert dom.count('class="plot buddy"') == 2 and 'class="plot timeline"' in dom
+    shot = run_dir / "artifacts" / "report.png"
+    subprocess.run([*common, f"--screenshot={shot}", page.as_uri()], capture_output=True,
+                   timeout=120, check=True)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
