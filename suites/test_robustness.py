@@ -1,0 +1,153 @@
+"""Faults injected into real lab runs: each ends with a classified outcome, in bounded time,
+leaving no domain behind. Every case runs an inner pytest session on topologies/small.yaml."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from lab import engine, virt
+from lab.paths import lab_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = ROOT / "topologies" / "small.yaml"
+INNER_LIMIT_S = 300  # the inner session's own waits are far shorter under TCG
+
+INNER_HEAD = '''
+import os, signal, time
+from pathlib import Path
+from lab import virt
+
+def _mark(lab):
+    Path(os.environ["HPLAB_INNER_RUN"]).write_text(lab.run_id)
+'''
+
+FAULTS = {
+    "qemu-killed": '''
+def test_fault(lab, guest, node):
+    _mark(lab)
+    os.kill(virt.qemu_pid(node.domain), signal.SIGKILL)
+    guest.check("sleep 1; true")
+''',
+    "guest-panic": '''
+def test_fault(lab, guest, node):
+    _mark(lab)
+    guest.run("echo c > /proc/sysrq-trigger", check=False)
+    guest.check("true")
+''',
+    "sshd-killed": '''
+def test_fault(lab, guest, node):
+    _mark(lab)
+    guest.run("killall -9 dropbear sshd", check=False)
+    guest.check("true")
+''',
+    "pytest-killed": '''
+def test_fault(lab, guest, node):
+    _mark(lab)
+    time.sleep(600)
+''',
+}
+
+
+@dataclass
+class InnerRun:
+    run_id: str
+    run_dir: Path
+    returncode: int
+    seconds: float
+    junit: Path
+
+    def outcome_classes(self) -> list[str]:
+        results = json.loads((self.run_dir / "results.json").read_text())
+        return [r["properties"].get("outcome", "") for r in results]
+
+    def junit_classes(self) -> list[str]:
+        root = ET.parse(self.junit).getroot()
+        return [p.get("value", "") for p in root.iter("property") if p.get("name") == "outcome"]
+
+
+def _domains() -> str:
+    return subprocess.run(["virsh", "-c", "qemu:///system", "list", "--all", "--name"],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def _start_inner(tmp_path: Path, fault: str) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    test_file = tmp_path / f"test_inner_{fault.replace('-', '_')}.py"
+    test_file.write_text(INNER_HEAD + FAULTS[fault])
+    marker = tmp_path / "run_id"
+    junit = tmp_path / "junit.xml"
+    env = {**os.environ, "HPLAB_INNER_RUN": str(marker), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "lab.plugin", "-p", "no:cacheprovider", "-q",
+         "--rootdir", str(tmp_path), "--topology", str(SMALL), f"--junitxml={junit}",
+         str(test_file)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT)
+    return proc, marker, junit
+
+
+def _run_inner(tmp_path: Path, fault: str) -> InnerRun:
+    started = time.monotonic()
+    proc, marker, junit = _start_inner(tmp_path, fault)
+    try:
+        output, _ = proc.communicate(timeout=INNER_LIMIT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        output, _ = proc.communicate()
+        pytest.fail(f"inner session for {fault} hung beyond {INNER_LIMIT_S}s:\n"
+                    f"{output.decode(errors='replace')[-3000:]}")
+    seconds = time.monotonic() - started
+    assert marker.exists(), f"the inner test never ran:\n{output.decode(errors='replace')[-3000:]}"
+    run_id = marker.read_text()
+    return InnerRun(run_id, lab_dir(None) / "runs" / run_id, proc.returncode, seconds, junit)
+
+
+@pytest.mark.parametrize(("fault", "classes"), [
+    ("qemu-killed", {"infrastructure-ssh", "infrastructure"}),
+    ("guest-panic", {"kernel-crash"}),
+    ("sshd-killed", {"infrastructure-ssh"}),
+])
+def test_fault_ends_classified_and_leaves_nothing(
+        tmp_path: Path, fault: str, classes: set[str],
+        record_property: pytest.RecordProperty) -> None:
+    inner = _run_inner(tmp_path, fault)
+    outcomes = inner.outcome_classes()
+    record_property("fault", fault)
+    record_property("inner_outcome", ",".join(outcomes))
+    record_property("inner_seconds", round(inner.seconds, 1))
+    assert inner.returncode == 1
+    assert len(outcomes) == 1 and outcomes[0] in classes, outcomes
+    assert inner.junit_classes() == outcomes
+    assert virt.domain_name(inner.run_id, "cn1") not in _domains()
+    assert (inner.run_dir / "report.html").exists()
+
+
+def test_killed_pytest_is_reaped(tmp_path: Path, record_property: pytest.RecordProperty) -> None:
+    proc, marker, _ = _start_inner(tmp_path, "pytest-killed")
+    try:
+        deadline = time.monotonic() + INNER_LIMIT_S
+        while not marker.exists():
+            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+            assert time.monotonic() < deadline, "the inner test never started"
+            time.sleep(0.5)
+        domain = virt.domain_name(marker.read_text(), "cn1")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        assert domain in _domains(), "the domain should outlive a SIGKILLed pytest"
+        started = time.monotonic()
+        removed = engine.reap(lab_dir(None))
+        record_property("reap_seconds", round(time.monotonic() - started, 1))
+        assert domain in removed
+        assert domain not in _domains()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
