@@ -12,10 +12,13 @@ import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from lab import engine, virt
+from lab import engine, guesttools, virt
+from lab.engine import Lab
+from lab.guest import Guest
 from lab.paths import lab_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -151,3 +154,21 @@ def test_killed_pytest_is_reaped(tmp_path: Path, record_property: pytest.RecordP
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.lab
+def test_unprivileged_caller_gets_eperm_and_no_writable_mapping(
+        vrhp: Any, guest: Guest, lab: Lab, record_property: pytest.RecordProperty) -> None:
+    """Devices opened as root, then uid 65534: every control ioctl is EPERM, no open, and
+    the read-only table device refuses writable mappings."""
+    helper = guesttools.install(guest, "vrhp_unpriv", lab.cache)
+    vrhp.load(mem="btable")
+    answer = json.loads(guest.check(helper))
+    record_property("unprivileged", json.dumps(answer, sort_keys=True))
+    assert answer["uid"] == 65534
+    assert answer["root_info_errno"] == 0, "root itself was refused: the check proves nothing"
+    assert answer["ioctls"] and set(answer["ioctls"].values()) == {"EPERM"}, answer["ioctls"]
+    assert answer["open_ctl"] in ("EACCES", "EPERM")
+    assert answer["open_flow"] in ("EACCES", "EPERM")
+    assert answer["mmap_private_write"] != "OK"
+    assert answer["mmap_shared_write"] != "OK"
