@@ -19,6 +19,7 @@ import pytest
 from lab import engine, guesttools, virt
 from lab.engine import Lab
 from lab.guest import Guest
+from lab.kmod import hugepage_pool
 from lab.paths import lab_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -172,3 +173,33 @@ def test_unprivileged_caller_gets_eperm_and_no_writable_mapping(
     assert answer["open_flow"] in ("EACCES", "EPERM")
     assert answer["mmap_private_write"] != "OK"
     assert answer["mmap_shared_write"] != "OK"
+
+
+FUZZ_SEED = 20261122
+FUZZ_CALLS = 3000
+FUZZ_PROCS = 2
+
+
+@pytest.mark.lab
+def test_ioctl_fuzzer_leaves_the_module_answering_and_the_pool_whole(
+        vrhp: Any, guest: Guest, lab: Lab, record_property: pytest.RecordProperty) -> None:
+    """Seeded random ioctls from two processes at once; the console canary fails the test on
+    any Oops/BUG/WARNING. Afterwards the module answers, unloads, and the pool is whole."""
+    fuzzer = guesttools.install(guest, "vrhp_fuzz", lab.cache)
+    total_before, free_before = hugepage_pool(guest)
+    vrhp.load(mem="hugepage")
+    started = time.monotonic()
+    out = guest.check(f"{fuzzer} {FUZZ_SEED} {FUZZ_CALLS} {FUZZ_PROCS}", timeout=600)
+    procs = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    calls = sum(p["calls"] for p in procs)
+    record_property("fuzz_seed", FUZZ_SEED)
+    record_property("fuzz_calls", calls)
+    record_property("fuzz_ok", sum(p["ok"] for p in procs))
+    record_property("fuzz_errno", json.dumps([p["errno"] for p in procs]))
+    record_property("fuzz_seconds", round(time.monotonic() - started, 1))
+    assert len(procs) == FUZZ_PROCS and calls == FUZZ_CALLS * FUZZ_PROCS
+    info = vrhp.info()
+    assert info.mem == "hugepage"
+    vrhp.rmmod()
+    assert not vrhp.loaded()
+    assert hugepage_pool(guest) == (total_before, free_before)
