@@ -203,3 +203,24 @@ def test_ioctl_fuzzer_leaves_the_module_answering_and_the_pool_whole(
     vrhp.rmmod()
     assert not vrhp.loaded()
     assert hugepage_pool(guest) == (total_before, free_before)
+
+
+@pytest.mark.lab
+def test_rmmod_refused_while_a_table_is_mapped(vrhp: Any, guest: Guest, lab: Lab) -> None:
+    """A btable mapping outlives its fd: rmmod is refused while it exists, the module still
+    answers, and once the mapping is gone the module unloads."""
+    fuzzer = guesttools.install(guest, "vrhp_fuzz", lab.cache)
+    vrhp.load(mem="btable")
+    guest.check(f"{fuzzer} hold flow 60 > /tmp/hold.out 2>&1 & echo $! > /tmp/hold.pid; "
+                "for i in $(seq 50); do grep -q held /tmp/hold.out && break; sleep 0.1; done; "
+                "cat /tmp/hold.out")
+    try:
+        refused = guest.run("rmmod vrhp")
+        assert not refused.ok, "rmmod succeeded under a live mapping of the flow table"
+        assert vrhp.loaded()
+        info = vrhp.info()
+        assert info.mem == "btable"
+    finally:
+        guest.run("kill $(cat /tmp/hold.pid); sleep 0.5")
+    vrhp.rmmod()
+    assert not vrhp.loaded()

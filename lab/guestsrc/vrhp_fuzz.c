@@ -111,8 +111,32 @@ static int fuzz(int fd, unsigned long calls, unsigned char *anon, unsigned char 
 	return 0;
 }
 
+/* `vrhp_fuzz hold TABLE SECONDS`: map a btable table device read-only and keep it mapped. */
+static int hold(const char *table, unsigned seconds)
+{
+	char dev[64];
+	snprintf(dev, sizeof(dev), "/dev/vrhp_%s", table);
+	int fd = open(dev, O_RDONLY);
+	if (fd < 0) {
+		perror(dev);
+		return 2;
+	}
+	void *p = mmap(NULL, 4096, PROT_READ, MAP_SHARED, fd, 0);
+	if (p == MAP_FAILED) {
+		perror("mmap");
+		return 2;
+	}
+	close(fd);	/* only the mapping keeps the table now */
+	printf("{\"held\": \"%s\"}\n", dev);
+	fflush(stdout);
+	sleep(seconds);
+	return *(volatile unsigned char *)p == 0xff ? 0 : 0;
+}
+
 int main(int argc, char **argv)
 {
+	if (argc == 4 && strcmp(argv[1], "hold") == 0)
+		return hold(argv[2], (unsigned)atoi(argv[3]));
 	if (argc != 4) {
 		fprintf(stderr, "usage: %s SEED CALLS PROCS\n", argv[0]);
 		return 2;
