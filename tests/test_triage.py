@@ -99,3 +99,22 @@ def test_classify_console_findings_win() -> None:
     assert triage.classify(None, crash, skipped=False) == "kernel-crash"
     assert triage.classify(AssertionError(), hang, skipped=False) == "hang"
     assert triage.classify(None, [], skipped=True) == "precondition-unreachable"
+
+
+SYSRQ_CRASH = """\
+[   20.100000] sysrq: Trigger a crash
+[   20.100100] Kernel panic - not syncing: sysrq triggered crash
+[   20.100200] CPU: 0 PID: 140 Comm: sh Not tainted 6.1.0-56-amd64 #1 Debian 6.1.158-1
+[   20.100300] Call Trace:
+[   20.100400]  <TASK>
+[   20.100500]  panic+0x118/0x2f0
+"""
+
+
+def test_sysrq_crash_is_a_kernel_crash_even_when_ssh_broke_too() -> None:
+    findings = triage.scan_console(SYSRQ_CRASH)
+    assert [f.kind for f in findings] == ["panic"]
+    assert "Call Trace:" in findings[0].excerpt
+    lost = GuestError("cn1: SSH connection lost")
+    assert triage.classify(lost, findings, skipped=False) == "kernel-crash"
+    assert triage.classify(lost, [], skipped=False) == "infrastructure-ssh"
