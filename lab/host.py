@@ -39,6 +39,7 @@ PACKAGES: dict[str, str] = {
     "xz-utils": "/usr/bin/xz",
     "zstd": "/usr/bin/zstd",
     "procps": "/usr/bin/pgrep",
+    "chromium": "/usr/bin/chromium",  # renders the run report in its test
 }
 URI = "qemu:///system"
 READY_TIMEOUT = 60.0
