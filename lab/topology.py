@@ -113,6 +113,20 @@ def max_gigantic_pages(memory: int) -> int:
     return 1 if gib >= 3 else 0
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 class _Checker:
     """Reads one mapping of a topology file and reports errors with their location."""
 
@@ -128,7 +142,8 @@ class _Checker:
 
     def fail(self, key: str, message: str) -> NoReturn:
         location = f"{self.path}: {self.where}" if self.where else f"{self.path}:"
-        subject = f" {self.prefix}{key}" if key else ""
+        field_name = f"{self.prefix}{key}" if key else self.prefix.rstrip(".")
+        subject = f" {field_name}" if field_name else ""
         raise TopologyError(f"{location}{subject} {message}")
 
     def choice(self, key: str, options: tuple[str, ...], default: str) -> str:
@@ -233,7 +248,7 @@ def _node(path: Path, index: int, raw: object, defaults: dict[str, Any]) -> Node
 def parse(text: str, path: Path, overrides: dict[str, Any] | None = None) -> Topology:
     """Validate a topology document. `overrides` replace defaults (e.g. the kernel)."""
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""

@@ -22,9 +22,7 @@ NINE_NODES = "nodes: [" + ", ".join(f"{{name: cn{i}}}" for i in range(9)) + "]"
      "hugepages.count asks for"),
     ("nodes: [{name: cn1, hugepages: {size: 1G, count: true}}]", "hugepages.count"),
     ("nodes: [{name: cn1, hugepages: {size: 1G, count: '1'}}]", "hugepages.count"),
-    pytest.param("nodes: [{name: cn1, hugepages: [1G, 1]}]", "hugepages", marks=pytest.mark.xfail(
-        strict=True, reason="lab/topology.py says \"node 'cn1': must be a mapping, got list\" "
-        "without naming the field hugepages")),
+    ("nodes: [{name: cn1, hugepages: [1G, 1]}]", "node 'cn1': hugepages must be a mapping"),
     ("nodes: [{name: cn1, vcpus: true}]", "vcpus must be an integer"),
     ("nodes: [{name: cn1, vcpus: 1.5}]", "vcpus must be an integer"),
     ("nodes: [{name: cn1, vcpus: -1}]", "vcpus must be between 1 and 16"),
@@ -41,9 +39,8 @@ NINE_NODES = "nodes: [" + ", ".join(f"{{name: cn{i}}}" for i in range(9)) + "]"
     (NINE_NODES, "nodes has 9 entries; at most 8 are supported"),
     ("nodes: {name: cn1}", "nodes must be a non-empty list"),
     ("", "t.yaml: must be a mapping"),
-    pytest.param("nodes: [{name: cn1, name: cn2}]", "name", marks=pytest.mark.xfail(
-        strict=True, reason="PyYAML keeps the last of duplicate keys silently; lab/topology.py "
-        "would need a loader that refuses them")),
+    ("nodes: [{name: cn1, name: cn2}]", "line 1 is not valid YAML: key 'name' appears twice"),
+    ("nodes:\n- name: cn1\n  hugepages: {size: 1G, size: 2M}", "line 3"),
 ])
 def test_hostile_topology_gets_one_clear_line(text: str, message: str) -> None:
     with pytest.raises(TopologyError) as info:
