@@ -13,7 +13,7 @@ from lab import image as images
 from lab import kernel as kernels
 from lab import topology as topologies
 from lab import virt
-from lab.engine import Lab, RunRecord, kernel_cmdline, reap, runs
+from lab.engine import NODE_DISK, Lab, RunRecord, kernel_cmdline, reap, runs
 from lab.errors import LabError
 from lab.events import EventBus, ProgressPrinter
 from lab.paths import cache_dir, lab_dir
@@ -61,13 +61,14 @@ def _dry_run(topology: topologies.Topology, base: Path) -> int:
     for node in topology.nodes:
         kernel = kernels.fetch(node.kernel, cache)
         image = images.build(node.image, kernel, cache)
+        node_dir = base / "runs" / "DRYRUN" / node.name
         spec = virt.DomainSpec(name=virt.domain_name("DRYRUN", node.name), run_id="DRYRUN",
                                node=node.name, memory_mib=node.memory_mib, vcpus=node.vcpus,
                                accel=node.accel if node.accel != "auto" else "tcg",
-                               kernel=kernel.vmlinuz, initrd=image.path,
-                               cmdline=kernel_cmdline(node),
-                               console=base / "runs" / "DRYRUN" / node.name / "console.log",
-                               ssh_port=0, hugepage_backing=node.backing == "hugepages-1G")
+                               kernel=kernel.vmlinux, initrd=image.path,
+                               cmdline=kernel_cmdline(node), console=node_dir / "console.log",
+                               ssh_port=0, hugepage_backing=node.backing == "hugepages-1G",
+                               disk=node_dir / NODE_DISK if image.disk else None)
         print(virt.domain_xml(spec))
     return 0
 
@@ -89,6 +90,8 @@ def cmd_down(args: argparse.Namespace) -> int:
         (record.path / "state.json").write_text(json.dumps(record.state, indent=1))
         for key in ("id_ed25519", "id_ed25519.pub"):
             (record.path / key).unlink(missing_ok=True)
+        for disk in record.path.glob(f"*/{NODE_DISK}"):
+            disk.unlink()
     return 0
 
 

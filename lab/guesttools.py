@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from lab.guest import Guest
@@ -19,22 +20,30 @@ def source(name: str) -> Path:
     return path
 
 
-def build(name: str, cache: Path) -> Path:
-    """A static binary of lab/guestsrc/NAME.c, cached by its source and flags."""
+def build(name: str, cache: Path, include_dirs: Sequence[Path] = ()) -> Path:
+    """A static binary of lab/guestsrc/NAME.c, cached by its source, the headers it can
+    include from `include_dirs` and the flags."""
     src = source(name)
-    key = digest(src.read_bytes(), " ".join(CFLAGS))
+    for directory in include_dirs:
+        if not directory.is_dir():
+            raise FileNotFoundError(f"guest tool {name!r}: include directory {directory} "
+                                    "does not exist")
+    headers = sorted(h for d in include_dirs for h in d.glob("*.h"))
+    includes = [f"-I{d}" for d in include_dirs]
+    key = digest(src.read_bytes(), *(h.read_bytes() for h in headers), " ".join(CFLAGS))
     out = cache / "tools" / f"{name}-{key}"
     with locked(cache / "tools" / f".{name}.lock"):
         if not out.exists():
             tmp = out.with_suffix(".tmp")
-            run(["gcc", *CFLAGS, "-o", tmp, src])
+            run(["gcc", *CFLAGS, *includes, "-o", tmp, src])
             tmp.rename(out)
     return out
 
 
-def install(guest: Guest, name: str, cache: Path, remote_dir: str = "/usr/local/bin") -> str:
+def install(guest: Guest, name: str, cache: Path, remote_dir: str = "/usr/local/bin",
+            include_dirs: Sequence[Path] = ()) -> str:
     """Build NAME and copy it into the guest; returns its path there."""
-    binary = build(name, cache)
+    binary = build(name, cache, include_dirs)
     remote = f"{remote_dir}/{name}"
     guest.check(f"mkdir -p {remote_dir}")
     guest.put(binary, remote, mode=0o755)

@@ -22,7 +22,6 @@ KMOD_SOURCE = Path(__file__).resolve().parent.parent / "kmod"
 SOURCE_SUFFIXES = (".c", ".h", "Kbuild", "Makefile")
 REMOTE_DIR = "/opt/vrhp"
 MODULE_NAME = "vrhp"
-HUGETLB_DIRS = ("/dev/hugepages1G", "/dev/hugepages2M")  # the agent's default mounts
 
 
 @dataclass(frozen=True)
@@ -199,8 +198,8 @@ def hugepage_pool(guest: Guest, size_kib: int = 1048576) -> tuple[int, int]:
 
 
 def reset_guest(guest: Guest, timeout: float = 30.0) -> None:
-    """Unload vrhp and remove the agent's huge-page files: the pool is whole again."""
+    """Unload vrhp and remove the files of every hugetlbfs mount: the pool is whole again."""
     guest.run("pkill -x vrhp-agent; true")
     GuestModule.unload(guest, timeout)
-    files = " ".join(f"{d}/*" for d in HUGETLB_DIRS)
-    guest.run(f"rm -f {files} 2>/dev/null; true")
+    guest.run("awk '$3 == \"hugetlbfs\" {print $2}' /proc/mounts | "
+              "while read -r dir; do rm -f \"$dir\"/* 2>/dev/null; done; true")

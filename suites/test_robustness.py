@@ -21,6 +21,7 @@ from lab.engine import Lab
 from lab.guest import Guest
 from lab.kmod import hugepage_pool
 from lab.paths import lab_dir
+from lab.plugin import LabSession
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ROOT / "topologies" / "small.yaml"
@@ -157,12 +158,19 @@ def test_killed_pytest_is_reaped(tmp_path: Path, record_property: pytest.RecordP
             proc.wait()
 
 
+@pytest.fixture
+def uapi(lab_session: LabSession) -> tuple[Path, ...]:
+    """Where the guest tools that speak vrhp's ioctls find its UAPI header."""
+    return (lab_session.kmod_source / "include",)
+
+
 @pytest.mark.lab
 def test_unprivileged_caller_gets_eperm_and_no_writable_mapping(
-        vrhp: Any, guest: Guest, lab: Lab, record_property: pytest.RecordProperty) -> None:
+        vrhp: Any, guest: Guest, lab: Lab, uapi: tuple[Path, ...],
+        record_property: pytest.RecordProperty) -> None:
     """Devices opened as root, then uid 65534: every control ioctl is EPERM, no open, and
     the read-only table device refuses writable mappings."""
-    helper = guesttools.install(guest, "vrhp_unpriv", lab.cache)
+    helper = guesttools.install(guest, "vrhp_unpriv", lab.cache, include_dirs=uapi)
     vrhp.load(mem="btable")
     answer = json.loads(guest.check(helper))
     record_property("unprivileged", json.dumps(answer, sort_keys=True))
@@ -182,10 +190,11 @@ FUZZ_PROCS = 2
 
 @pytest.mark.lab
 def test_ioctl_fuzzer_leaves_the_module_answering_and_the_pool_whole(
-        vrhp: Any, guest: Guest, lab: Lab, record_property: pytest.RecordProperty) -> None:
+        vrhp: Any, guest: Guest, lab: Lab, uapi: tuple[Path, ...],
+        record_property: pytest.RecordProperty) -> None:
     """Seeded random ioctls from two processes at once; the console canary fails the test on
     any Oops/BUG/WARNING. Afterwards the module answers, unloads, and the pool is whole."""
-    fuzzer = guesttools.install(guest, "vrhp_fuzz", lab.cache)
+    fuzzer = guesttools.install(guest, "vrhp_fuzz", lab.cache, include_dirs=uapi)
     total_before, free_before = hugepage_pool(guest)
     vrhp.load(mem="hugepage")
     started = time.monotonic()
@@ -206,10 +215,11 @@ def test_ioctl_fuzzer_leaves_the_module_answering_and_the_pool_whole(
 
 
 @pytest.mark.lab
-def test_rmmod_refused_while_a_table_is_mapped(vrhp: Any, guest: Guest, lab: Lab) -> None:
+def test_rmmod_refused_while_a_table_is_mapped(vrhp: Any, guest: Guest, lab: Lab,
+                                               uapi: tuple[Path, ...]) -> None:
     """A btable mapping outlives its fd: rmmod is refused while it exists, the module still
     answers, and once the mapping is gone the module unloads."""
-    fuzzer = guesttools.install(guest, "vrhp_fuzz", lab.cache)
+    fuzzer = guesttools.install(guest, "vrhp_fuzz", lab.cache, include_dirs=uapi)
     vrhp.load(mem="btable")
     guest.check(f"{fuzzer} hold flow 60 > /tmp/hold.out 2>&1 & echo $! > /tmp/hold.pid; "
                 "for i in $(seq 50); do grep -q held /tmp/hold.out && break; sleep 0.1; done; "

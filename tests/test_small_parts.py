@@ -88,6 +88,20 @@ def test_guest_tool_builds_static(tmp_path: Path) -> None:
         guesttools.source("nope")
 
 
+def test_guest_tool_cache_follows_the_headers_it_includes(tmp_path: Path) -> None:
+    uapi = Path(__file__).parents[1] / "kmod" / "include"
+    include = tmp_path / "include"
+    include.mkdir()
+    header = include / "vrhp_uapi.h"
+    header.write_bytes((uapi / "vrhp_uapi.h").read_bytes())
+    first = guesttools.build("vrhp_unpriv", tmp_path / "cache", [include])
+    assert guesttools.build("vrhp_unpriv", tmp_path / "cache", [include]) == first
+    header.write_text(header.read_text() + "\n/* changed */\n")
+    assert guesttools.build("vrhp_unpriv", tmp_path / "cache", [include]) != first
+    with pytest.raises(FileNotFoundError, match=r"include directory .*missing"):
+        guesttools.build("vrhp_unpriv", tmp_path / "cache", [tmp_path / "missing"])
+
+
 def test_hugepage_marker_shortfall() -> None:
     node = parse("nodes: [{name: cn1, hugepages: {size: 1G, count: 1}}]", Path("t")).nodes[0]
     mark = pytest.mark.hugepages(size="1G", count=2).mark

@@ -14,7 +14,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "../../kmod/include/vrhp_uapi.h"
+#include "vrhp_uapi.h"  /* -I kmod/include */
 
 static const unsigned long CMDS[] = {
 	VRHP_IOC_INFO, VRHP_IOC_HP_CONFIG, VRHP_IOC_FLOW_ADD, VRHP_IOC_FLOW_DEL,

@@ -11,7 +11,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "../../kmod/include/vrhp_uapi.h"
+#include "vrhp_uapi.h"  /* -I kmod/include */
 
 #define NOBODY 65534
 
