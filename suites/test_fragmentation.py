@@ -12,20 +12,16 @@ import re
 from collections.abc import Callable
 
 import pytest
+from vrhp_support import STRAY_BLOCKS, assert_fragmented, atomic_order10_outside_dma
 
 from lab import vrhp as view
 from lab.engine import NodeRuntime
 from lab.fragment import FragmentRun, GuestFragmenter
 from lab.guest import Guest
 from lab.kmod import GuestModule
-from lab.stress import ProbeSpec
 
 pytestmark = [pytest.mark.lab, pytest.mark.hugepages(size="1G", count=2)]
 
-# A 4 MiB block can stray into ZONE_DMA (16 MiB, never fragmented by user memory) and
-# a single order-10 block can be freed between the fragmenter's check and the probe.
-STRAY_BLOCKS = 2
-PROBE_COUNT = 64
 ENOMEM = "Cannot allocate memory"
 BTABLE_FAILURE = re.compile(
     r"vrhp: (flow|bridge) table: btable allocation failed: got (\d+) of (\d+) 4 MiB chunks")
@@ -44,12 +40,6 @@ def _fragment(fragmented: Callable[..., FragmentRun], profile: str) -> FragmentR
             pytest.fail(message)
         pytest.skip(message)
     return run
-
-
-def _atomic_order10(fragmenter: GuestFragmenter, run: FragmentRun, tag: str) -> int:
-    probe = fragmenter.probe(ProbeSpec(order=10, count=PROBE_COUNT, gfp="atomic", tag=tag))
-    run.probes.append(probe)
-    return probe.outside_dma
 
 
 def _btable_refused(guest: Guest, module: GuestModule) -> tuple[str, int, int]:
@@ -86,10 +76,7 @@ def test_insert_at_any_time(profile: str, guest: Guest, node: NodeRuntime, vrhp:
                             record_property: Callable[[str, object], None]) -> None:
     run = _fragment(fragmented, profile)
     record_property("fragment_seconds", run.summary.elapsed_s)
-    strays = _atomic_order10(fragmenter, run, f"{profile}-before")
-    assert strays <= STRAY_BLOCKS, (
-        f"{strays} of {PROBE_COUNT} GFP_ATOMIC order-10 allocations succeeded outside "
-        f"ZONE_DMA after {profile}: the guest is not fragmented")
+    assert_fragmented(fragmenter, run, f"{profile}-before")
 
     table, got, wanted = _btable_refused(guest, vrhp)
     record_property("btable_failure", f"{table} {got}/{wanted} chunks")
@@ -111,5 +98,5 @@ def test_insert_at_any_time(profile: str, guest: Guest, node: NodeRuntime, vrhp:
     stats = view.parse_stats(vrhp.agent_stdout("stats"))
     assert {name: stats[name].used for name in inserted} == inserted
 
-    still = _atomic_order10(fragmenter, run, f"{profile}-after")
+    still = atomic_order10_outside_dma(fragmenter, run, f"{profile}-after")
     assert still <= STRAY_BLOCKS, "the guest defragmented during the test: proof is void"

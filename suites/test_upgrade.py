@@ -16,10 +16,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 import pytest
-from vrhp_support import HUGETLB_1G, dump_to, lookup_all
+from vrhp_support import HUGETLB_1G, assert_fragmented, dump_to, lookup_all
 
 from lab import vrhp as view
 from lab.engine import Lab
+from lab.fragment import FragmentRun, GuestFragmenter
 from lab.guest import Guest
 from lab.kmod import GuestModule
 
@@ -163,6 +164,29 @@ def test_btable_to_hugepage_by_migration_keeps_every_entry(
     _assert_adopted(v1, swapped, 2, before)
     assert {s.table: s.path for s in v1.info().segments} == {
         t: f"{HUGETLB_1G}/{t}" for t in TABLES}
+
+
+def test_btable_to_hugepage_by_migration_in_a_fragmented_guest(
+        guest: Guest, vrhp_variant: Variant, fragmenter: GuestFragmenter,
+        fragmented: Callable[..., FragmentRun], record_property: pytest.RecordProperty,
+        upgrade_times: dict[str, dict[str, float]]) -> None:
+    """The seed's case: a btable module loaded while memory was young, the host fragments
+    over time, and the upgrade to huge pages still keeps every entry."""
+    v1 = vrhp_variant(1, 1)
+    record_property("backend", "btable->hugepage")
+    v1.load(mem="btable")
+    before = _populate(v1)
+    run = fragmented("anon-pinned")
+    assert run.summary.reached, (
+        f"fragmentation target not reached: {run.summary.free_blocks_after} order-10 "
+        f"blocks free outside ZONE_DMA ({run.summary.reason})")
+    record_property("fragment_seconds", run.summary.elapsed_s)
+    assert_fragmented(fragmenter, run, "upgrade")
+    v1.agent_json("migrate", timeout=300)
+    swapped = _swap(guest, v1, mem="hugepage")
+    _record("btable -> hugepage (migrate, fragmented)", swapped, record_property,
+            upgrade_times)
+    _assert_adopted(v1, swapped, 2, before)
 
 
 def test_incompatible_layout_is_refused_and_the_old_module_rolls_back(

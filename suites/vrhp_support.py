@@ -1,4 +1,5 @@
-"""Helpers of the vrhp qualification suites: agent refusals, dumps, lookups, mounts."""
+"""Helpers of the vrhp qualification suites: agent refusals, dumps, lookups, mounts,
+the fragmentation check."""
 
 from __future__ import annotations
 
@@ -6,10 +7,31 @@ import shlex
 from dataclasses import dataclass
 
 from lab import vrhp as view
+from lab.fragment import FragmentRun, GuestFragmenter
 from lab.guest import Guest, Result
 from lab.kmod import GuestModule
+from lab.stress import ProbeSpec
 
 HUGETLB_1G = "/dev/hugepages1G"
+# A 4 MiB block can stray into ZONE_DMA (16 MiB, never fragmented by user memory) and
+# a single order-10 block can be freed between the fragmenter's check and the probe.
+STRAY_BLOCKS = 2
+PROBE_COUNT = 64
+
+
+def atomic_order10_outside_dma(fragmenter: GuestFragmenter, run: FragmentRun, tag: str) -> int:
+    """GFP_ATOMIC order-10 allocations that succeed outside ZONE_DMA now (kept in `run`)."""
+    probe = fragmenter.probe(ProbeSpec(order=10, count=PROBE_COUNT, gfp="atomic", tag=tag))
+    run.probes.append(probe)
+    return probe.outside_dma
+
+
+def assert_fragmented(fragmenter: GuestFragmenter, run: FragmentRun, tag: str) -> None:
+    """The probe confirms what the fragmenter reached: no order-10 block to be had."""
+    strays = atomic_order10_outside_dma(fragmenter, run, tag)
+    assert strays <= STRAY_BLOCKS, (
+        f"{strays} of {PROBE_COUNT} GFP_ATOMIC order-10 allocations succeeded outside "
+        f"ZONE_DMA after {run.spec.profile}: the guest is not fragmented")
 
 
 def agent_refuses(module: GuestModule, *args: str | int, status: int) -> Result:
