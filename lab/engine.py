@@ -11,7 +11,7 @@ import os
 import secrets
 import shutil
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from lab.timeouts import Timeouts
 from lab.topology import Node, Topology
 
 CREATE_ATTEMPTS = 3
+LIBVIRT_RECONNECT_S = 60.0  # a restarted libvirtd answers after ~8 s here (host prepare)
 STATE_FILE = "state.json"
 OWNER_LOCK = "owner.lock"
 WORK_FILES = ("id_ed25519", "id_ed25519.pub")
@@ -102,7 +103,15 @@ class Lab:
 
     # -- preparation ----------------------------------------------------------------
     def _conn(self, uri: str) -> Any:
-        if uri not in self._conns:
+        """The run's connection to `uri`; a new one when the daemon restarted under it."""
+        conn = self._conns.get(uri)
+        if conn is not None and not virt.alive(conn):
+            with self.bus.phase("libvirt", uri, "connection lost (daemon restarted?)") as t:
+                self._conns[uri] = virt.connect(uri, wait_s=LIBVIRT_RECONNECT_S)
+                t.info("reconnected")
+            with suppress(Exception):
+                conn.close()
+        elif conn is None:
             self._conns[uri] = virt.connect(uri)
         return self._conns[uri]
 
@@ -194,10 +203,10 @@ class Lab:
         raise AssertionError("unreachable")
 
     def _wait_ready(self, rt: NodeRuntime, created: float) -> None:
-        conn = self._conn(rt.node.uri)
         with self.bus.phase("boot", rt.node.name, "waiting for the SSH banner"):
             virt.wait_ssh_banner(rt.port, created + rt.timeouts.ssh_banner,
-                                 lambda: virt.is_active(conn, rt.domain), rt.node.name,
+                                 lambda: virt.is_active(self._conn(rt.node.uri), rt.domain),
+                                 rt.node.name,
                                  rt.console, created, ready_mark=images.READY_MARK)
         with self.bus.phase("ssh", rt.node.name):
             guest = Guest(rt.node.name, rt.port, self.run_dir / "id_ed25519",

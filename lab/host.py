@@ -95,6 +95,25 @@ def start_daemons() -> list[str]:
     return started
 
 
+def restart_libvirtd() -> float:
+    """Restart libvirtd under whatever runs it; seconds until it answers again.
+
+    Running QEMU domains survive: the new daemon reattaches to them.
+    """
+    started = time.monotonic()
+    if Path("/run/systemd/system").exists():
+        subprocess.run(["systemctl", "restart", "libvirtd.service"], check=True)
+    else:
+        subprocess.run(["pkill", "-TERM", "-x", "libvirtd"], check=False)
+        deadline = started + READY_TIMEOUT
+        while daemon_running("libvirtd"):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"libvirtd did not exit within {READY_TIMEOUT:.0f}s of SIGTERM")
+            time.sleep(0.1)
+    start_daemons()
+    return time.monotonic() - started
+
+
 def kvm_node_ok() -> bool:
     """/dev/kvm as udev sets it on Debian (root:kvm 0660), or absent.
 

@@ -129,16 +129,46 @@ def domain_xml(spec: DomainSpec) -> str:
 """
 
 
-def connect(uri: str):  # type: ignore[no-untyped-def]
-    """A libvirt connection, with an error that says how to start libvirt."""
+def connect(uri: str, wait_s: float = 0.0):  # type: ignore[no-untyped-def]
+    """A libvirt connection, with an error that says how to start libvirt.
+
+    `wait_s` rides out a daemon that is restarting: the open is retried until then.
+    """
     import libvirt
 
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return libvirt.open(uri)
+        except libvirt.libvirtError as exc:
+            if time.monotonic() >= deadline:
+                waited = f" (retried for {wait_s:.0f}s)" if wait_s else ""
+                raise HostError(f"cannot connect to libvirt at {uri}{waited}: {exc}; "
+                                "run 'hplab host prepare' (as root) to start it") from None
+            time.sleep(0.5)
+
+
+def alive(conn) -> bool:  # type: ignore[no-untyped-def]
+    """Whether a libvirt connection still reaches its daemon (False after a restart)."""
+    import libvirt
+
     try:
-        return libvirt.open(uri)
+        return bool(conn.isAlive()) and conn.getLibVersion() > 0
+    except libvirt.libvirtError:
+        return False
+
+
+def _lookup(conn, name: str):  # type: ignore[no-untyped-def]
+    """The domain `name`, or None when libvirt says there is none; other errors raise."""
+    import libvirt
+
+    try:
+        return conn.lookupByName(name)
     except libvirt.libvirtError as exc:
-        raise HostError(f"cannot connect to libvirt at {uri}: {exc}; "
-                        "run 'hplab host prepare' (as root) to start it") from None
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return None
+        raise LabError(f"libvirt: looking up domain {name}: {exc}") from None
 
 
 def create(conn, spec: DomainSpec):  # type: ignore[no-untyped-def]
@@ -158,9 +188,8 @@ def destroy(conn, name: str) -> bool:  # type: ignore[no-untyped-def]
     """Destroy a domain by name; True if it existed."""
     import libvirt
 
-    try:
-        dom = conn.lookupByName(name)
-    except libvirt.libvirtError:
+    dom = _lookup(conn, name)
+    if dom is None:
         return False
     persistent = dom.isPersistent()
     try:
@@ -179,12 +208,8 @@ def lab_domains(conn) -> list[str]:  # type: ignore[no-untyped-def]
 
 
 def is_active(conn, name: str) -> bool:  # type: ignore[no-untyped-def]
-    import libvirt
-
-    try:
-        return bool(conn.lookupByName(name).isActive())
-    except libvirt.libvirtError:
-        return False
+    dom = _lookup(conn, name)
+    return dom is not None and bool(dom.isActive())
 
 
 def console_tail(path: Path, lines: int = 30) -> str:

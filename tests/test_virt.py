@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import virt
+from lab import engine, virt
 from lab.engine import host_pages_needed, kernel_cmdline, leaked_host_pages
 from lab.errors import HostError
 from lab.topology import parse
@@ -242,3 +242,36 @@ def test_host_pages_needed_cover_all_guest_ram(text: str, pages: int) -> None:
 def test_reap_gives_back_only_pages_a_dead_run_still_holds(state: dict[str, object],
                                                            pages: int) -> None:
     assert leaked_host_pages(state) == pages
+
+
+class _FakeConn:
+    def __init__(self, name: str) -> None:
+        self.name, self.closed = name, False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_lab_reconnects_when_the_daemon_restarted(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    opened: list[_FakeConn] = []
+    waits: list[float] = []
+
+    def connect(uri: str, wait_s: float = 0.0) -> _FakeConn:
+        waits.append(wait_s)
+        opened.append(_FakeConn(f"{uri}#{len(opened)}"))
+        return opened[-1]
+
+    monkeypatch.setattr(virt, "connect", connect)
+    monkeypatch.setattr(virt, "alive", lambda conn: conn is not opened[0])
+    lab = engine.Lab(parse("nodes: [{name: cn1}]", Path("t.yaml")), tmp_path)
+    events: list[str] = []
+    lab.bus.subscribe(lambda event: events.append(f"{event.phase} {event.detail}"))
+
+    first = lab._conn("qemu:///system")
+    assert first is opened[0]
+    again = lab._conn("qemu:///system")  # opened[0] is no longer alive
+    assert again is opened[1] and first.closed
+    assert lab._conn("qemu:///system") is opened[1]
+    assert waits == [0.0, engine.LIBVIRT_RECONNECT_S]
+    assert any("reconnected" in e for e in events), events
