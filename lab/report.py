@@ -96,6 +96,8 @@ def results_table(results: list[dict[str, Any]]) -> str:
         colour = OUTCOME_COLOURS.get(outcome_class, "#f9f2f4")
         shown = ", ".join(f"{html.escape(str(k))}={html.escape(str(v))}"
                           for k, v in props.items())
+        if result.get("reason"):
+            shown = f"{html.escape(str(result['reason']))}<br/>{shown}"
         rows.append(f'<tr style="background:{colour}"><td>{html.escape(result["nodeid"])}</td>'
                     f'<td>{html.escape(str(result.get("outcome", "")))}</td>'
                     f'<td class="class">{html.escape(outcome_class)}</td>'
@@ -116,8 +118,21 @@ def _zone_free(snapshot: Any) -> dict[str, list[int]]:
     return {}
 
 
-def buddy_svg(title: str, before: dict[str, list[int]], after: dict[str, list[int]]) -> str:
-    """Grouped bars per order (log scale), before and after, one panel per zone."""
+def _migratetype_free(snapshot: Any) -> dict[str, list[int]]:
+    """Free blocks per order per 'zone migratetype' (pagetypeinfo), when the snapshot has it."""
+    if not (isinstance(snapshot, dict) and "files" in snapshot):
+        return {}
+    parsed = MemorySnapshot.from_json(json.dumps(snapshot))
+    if parsed.pagetypeinfo is None:
+        return {}
+    return {f"{f.zone} {f.migratetype}": list(f.free) for f in parsed.pagetypeinfo.free
+            if any(f.free)}
+
+
+def buddy_svg(title: str, before: dict[str, list[int]], after: dict[str, list[int]],
+              what: str = "zone") -> str:
+    """Grouped bars per order (log scale), before and after, one panel per zone (or other
+    key named by `what`)."""
     panels = []
     for zone in dict.fromkeys([*before, *after]):
         b, a = before.get(zone, []), after.get(zone, [])
@@ -125,9 +140,10 @@ def buddy_svg(title: str, before: dict[str, list[int]], after: dict[str, list[in
         top = max([*b, *a, 1])
         log_top = math.log10(top + 1)
         width, height, left = 44 * orders + 60, 180, 50
-        parts = [f'<svg class="plot buddy" xmlns="http://www.w3.org/2000/svg" width="{width}" '
+        kind = "buddy" if what == "zone" else what
+        parts = [f'<svg class="plot {kind}" xmlns="http://www.w3.org/2000/svg" width="{width}" '
                  f'height="{height + 40}"><text x="{left}" y="14" font-size="12">'
-                 f'{html.escape(title)} zone {html.escape(zone)} (log scale)</text>']
+                 f'{html.escape(title)} {what} {html.escape(zone)} (log scale)</text>']
         for order in range(orders):
             for k, (values, colour) in enumerate(((b, "#1f77b4"), (a, "#ff7f0e"))):
                 value = values[order] if order < len(values) else 0
@@ -165,7 +181,10 @@ def fragment_section(path: Path) -> str:
             f"{', ' + html.escape(str(data['reason'])) if data.get('reason') else ''}, "
             f"{data.get('elapsed_s')} s, free order-10 blocks {data.get('free_blocks_before')}"
             f" -> {data.get('free_blocks_after')}</p>")
-    return head + buddy_svg(path.stem, before, after) + probes_table(data.get("probes") or [])
+    by_type = buddy_svg(path.stem, _migratetype_free(data.get("before")),
+                        _migratetype_free(data.get("after")), what="migratetype")
+    return (head + buddy_svg(path.stem, before, after) + by_type
+            + probes_table(data.get("probes") or []))
 
 
 def render(run_dir: Path) -> str:

@@ -16,6 +16,7 @@ from lab.engine import Lab, NodeRuntime
 from lab.errors import LabError
 from lab.events import EventBus
 from lab.fragment import FragmentRun, GuestFragmenter
+from lab.report import write_report
 from lab.stress import DEFAULT_FLOOR_MIB, FragmentSpec, Target
 from lab.vrhp import Outcome, bridge_sizes, flow_sizes
 
@@ -170,4 +171,7 @@ def run(request: ReproRequest, base_dir: Path, bus: EventBus) -> tuple[Path, lis
             (lab.run_dir / "results.json").write_text(
                 json.dumps([s.result() for s in steps], indent=1))
         lab.stop()
+        if lab.run_dir.exists():
+            with bus.phase("report", node, str(lab.run_dir / "report.html")):
+                write_report(lab.run_dir)
     return lab.run_dir, steps

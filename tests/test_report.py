@@ -59,8 +59,16 @@ def test_report_holds_timeline_results_and_fragment_plots(run_dir: Path) -> None
     svgs = _svgs(page)
     classes = [svg.get("class") for svg in svgs]
     assert classes.count("plot timeline") == 1
-    # One buddy panel per zone of the snapshot (DMA and DMA32).
+    # One buddy panel per zone of the snapshot (DMA and DMA32), one per zone and
+    # migratetype with free blocks before or after.
     assert classes.count("plot buddy") == 2
+    fragment = json.loads((run_dir / "artifacts" / "fragment-anon-pinned-cn1.json").read_text())
+    panels = {f"{f.zone} {f.migratetype}"
+              for side in ("before", "after")
+              for f in MemorySnapshot.from_json(json.dumps(fragment[side])).pagetypeinfo.free
+              if any(f.free)}
+    assert len(panels) >= 3
+    assert classes.count("plot migratetype") == len(panels)
     assert "kernel-crash" in page and "flow_fill=123" in page
     assert "test_&lt;b&gt;bad&lt;/b&gt;" in page
     assert "boot cn2: 8.00s FAILED" in page
