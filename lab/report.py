@@ -208,7 +208,8 @@ def render(run_dir: Path) -> str:
             f'<li><a href="artifacts/{html.escape(n)}">{html.escape(n)}</a></li>'
             for n in artifacts) + "</ul>")
     style = ("body{font-family:sans-serif;margin:1em}table{border-collapse:collapse;margin:.5em 0}"
-             "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}svg{display:block}")
+             "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}svg{display:block}"
+             "svg.buddy,svg.migratetype{display:inline-block;margin-right:1em}")
     title = html.escape(str(run_id))
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'/><title>hplab {title}</title>"
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
