@@ -199,10 +199,11 @@ def _module_params(check: _Checker, value: object) -> dict[str, str]:
     return params
 
 
-def _node(path: Path, index: int, raw: object, defaults: dict[str, Any]) -> Node:
+def _node(path: Path, index: int, raw: object, defaults: dict[str, Any],
+          overrides: dict[str, Any]) -> Node:
     name_hint = raw.get("name") if isinstance(raw, dict) else None
     where = f"node {name_hint!r}:" if isinstance(name_hint, str) else f"nodes[{index}]:"
-    merged = {**defaults, **raw} if isinstance(raw, dict) else raw
+    merged = {**defaults, **raw, **overrides} if isinstance(raw, dict) else raw
     check = _Checker(path, where, merged, NODE_KEYS)
     data = check.data
     name = data.get("name")
@@ -246,7 +247,8 @@ def _node(path: Path, index: int, raw: object, defaults: dict[str, Any]) -> Node
 
 
 def parse(text: str, path: Path, overrides: dict[str, Any] | None = None) -> Topology:
-    """Validate a topology document. `overrides` replace defaults (e.g. the kernel)."""
+    """Validate a topology document. `overrides` (e.g. the kernel) win over every node's
+    own value and the defaults."""
     try:
         raw = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
@@ -260,13 +262,14 @@ def parse(text: str, path: Path, overrides: dict[str, Any] | None = None) -> Top
         top.fail("name", f"must match [a-z][a-z0-9_-]{{0,31}}, got {name!r}")
     defaults_raw = top.data.get("defaults") or {}
     _Checker(path, "defaults:", defaults_raw, DEFAULT_KEYS)
-    defaults = {**defaults_raw, **(overrides or {})}
+    defaults = dict(defaults_raw)
     nodes_raw = top.data.get("nodes")
     if not isinstance(nodes_raw, list) or not nodes_raw:
         top.fail("nodes", "must be a non-empty list of nodes")
     if len(nodes_raw) > MAX_NODES:
         top.fail("nodes", f"has {len(nodes_raw)} entries; at most {MAX_NODES} are supported")
-    nodes = tuple(_node(path, i, raw_node, defaults) for i, raw_node in enumerate(nodes_raw))
+    nodes = tuple(_node(path, i, raw_node, defaults, overrides or {})
+                  for i, raw_node in enumerate(nodes_raw))
     seen: set[str] = set()
     for node in nodes:
         if node.name in seen:

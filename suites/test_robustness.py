@@ -55,6 +55,13 @@ def test_fault(lab, guest, node):
     guest.run("killall -9 dropbear sshd", check=False)
     guest.check("true")
 ''',
+    "libvirtd-restarted": '''
+def test_fault(lab, guest, node):
+    _mark(lab)
+    from lab import host
+    print(f"libvirtd answered again after {host.restart_libvirtd():.1f}s")
+    guest.check("true")
+''',
     "pytest-killed": '''
 def test_fault(lab, guest, node):
     _mark(lab)
@@ -70,6 +77,7 @@ class InnerRun:
     returncode: int
     seconds: float
     junit: Path
+    output: str
 
     def outcome_classes(self) -> list[str]:
         results = json.loads((self.run_dir / "results.json").read_text())
@@ -85,7 +93,14 @@ def _domains() -> str:
                           capture_output=True, text=True, check=True).stdout
 
 
-def _start_inner(tmp_path: Path, fault: str) -> tuple[subprocess.Popen[bytes], Path, Path]:
+@pytest.fixture(scope="module")
+def inner_kernel(lab_session: LabSession) -> str:
+    """The inner sessions boot the kernel the outer session's topology runs."""
+    return lab_session.topology.nodes[0].kernel
+
+
+def _start_inner(tmp_path: Path, fault: str,
+                 kernel: str) -> tuple[subprocess.Popen[bytes], Path, Path]:
     test_file = tmp_path / f"test_inner_{fault.replace('-', '_')}.py"
     test_file.write_text(INNER_HEAD + FAULTS[fault])
     marker = tmp_path / "run_id"
@@ -93,15 +108,16 @@ def _start_inner(tmp_path: Path, fault: str) -> tuple[subprocess.Popen[bytes], P
     env = {**os.environ, "HPLAB_INNER_RUN": str(marker), "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-p", "lab.plugin", "-p", "no:cacheprovider", "-q",
-         "--rootdir", str(tmp_path), "--topology", str(SMALL), f"--junitxml={junit}",
+         "--rootdir", str(tmp_path), "--topology", str(SMALL), "--kernel", kernel,
+         f"--junitxml={junit}",
          str(test_file)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT)
     return proc, marker, junit
 
 
-def _run_inner(tmp_path: Path, fault: str) -> InnerRun:
+def _run_inner(tmp_path: Path, fault: str, kernel: str) -> InnerRun:
     started = time.monotonic()
-    proc, marker, junit = _start_inner(tmp_path, fault)
+    proc, marker, junit = _start_inner(tmp_path, fault, kernel)
     try:
         output, _ = proc.communicate(timeout=INNER_LIMIT_S)
     except subprocess.TimeoutExpired:
@@ -112,31 +128,39 @@ def _run_inner(tmp_path: Path, fault: str) -> InnerRun:
     seconds = time.monotonic() - started
     assert marker.exists(), f"the inner test never ran:\n{output.decode(errors='replace')[-3000:]}"
     run_id = marker.read_text()
-    return InnerRun(run_id, lab_dir(None) / "runs" / run_id, proc.returncode, seconds, junit)
+    return InnerRun(run_id, lab_dir(None) / "runs" / run_id, proc.returncode, seconds, junit,
+                    output.decode(errors="replace"))
 
 
-@pytest.mark.parametrize(("fault", "classes"), [
-    ("qemu-killed", {"infrastructure-ssh", "infrastructure"}),
-    ("guest-panic", {"kernel-crash"}),
-    ("sshd-killed", {"infrastructure-ssh"}),
+@pytest.mark.parametrize(("fault", "classes", "returncode"), [
+    ("qemu-killed", {"infrastructure-ssh", "infrastructure"}, 1),
+    ("guest-panic", {"kernel-crash"}, 1),
+    ("sshd-killed", {"infrastructure-ssh"}, 1),
+    # the guest never notices; the lab reconnects and still tears its domain down
+    ("libvirtd-restarted", {"passed"}, 0),
 ])
 def test_fault_ends_classified_and_leaves_nothing(
-        tmp_path: Path, fault: str, classes: set[str],
+        tmp_path: Path, fault: str, classes: set[str], returncode: int, inner_kernel: str,
         record_property: pytest.RecordProperty) -> None:
-    inner = _run_inner(tmp_path, fault)
+    inner = _run_inner(tmp_path, fault, inner_kernel)
     outcomes = inner.outcome_classes()
     record_property("fault", fault)
     record_property("inner_outcome", ",".join(outcomes))
     record_property("inner_seconds", round(inner.seconds, 1))
-    assert inner.returncode == 1
+    assert inner.returncode == returncode, inner.output[-3000:]
     assert len(outcomes) == 1 and outcomes[0] in classes, outcomes
     assert inner.junit_classes() == outcomes
     assert virt.domain_name(inner.run_id, "cn1") not in _domains()
     assert (inner.run_dir / "report.html").exists()
+    if fault == "libvirtd-restarted":
+        events = json.loads((inner.run_dir / "events.json").read_text())
+        assert any(e["phase"] == "libvirt" and e["detail"] == "reconnected" for e in events), \
+            "the lab never noticed the restart: the fault was not injected"
 
 
-def test_killed_pytest_is_reaped(tmp_path: Path, record_property: pytest.RecordProperty) -> None:
-    proc, marker, _ = _start_inner(tmp_path, "pytest-killed")
+def test_killed_pytest_is_reaped(tmp_path: Path, inner_kernel: str,
+                                 record_property: pytest.RecordProperty) -> None:
+    proc, marker, _ = _start_inner(tmp_path, "pytest-killed", inner_kernel)
     try:
         deadline = time.monotonic() + INNER_LIMIT_S
         while not marker.exists():

@@ -44,6 +44,14 @@ def test_defaults_section_and_override() -> None:
     assert {n.kernel for n in topo.nodes} == {"debian:6.12"}
 
 
+def test_kernel_override_wins_over_a_node_s_own_kernel() -> None:
+    text = "nodes: [{name: a, kernel: 'debian:6.1'}, {name: b}]\n"
+    topo = topology.parse(text, Path("p.yaml"), {"kernel": "debian:6.12"})
+    assert [n.kernel for n in topo.nodes] == ["debian:6.12", "debian:6.12"]
+    with pytest.raises(TopologyError, match="node 'a': kernel must be"):
+        topology.parse(text, Path("p.yaml"), {"kernel": "debian:5.10"})
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("nodes: [{name: cn1, hugepages: {size: 1G, count: 0}}]",
      "t.yaml: node 'cn1': hugepages.count must be >= 1, got 0"),
