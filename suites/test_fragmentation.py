@@ -74,6 +74,7 @@ def test_insert_at_any_time(profile: str, guest: Guest, node: NodeRuntime, vrhp:
                             fragmenter: GuestFragmenter,
                             fragmented: Callable[..., FragmentRun],
                             record_property: Callable[[str, object], None]) -> None:
+    record_property("backend", "btable (refused), hugepage")
     run = _fragment(fragmented, profile)
     record_property("fragment_seconds", run.summary.elapsed_s)
     assert_fragmented(fragmenter, run, f"{profile}-before")

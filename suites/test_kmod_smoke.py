@@ -19,8 +19,9 @@ DEFAULT_SIZES = {"flow": view.flow_sizes(), "bridge": view.bridge_sizes()}
 
 
 @pytest.fixture
-def tables(vrhp: GuestModule) -> GuestModule:
+def tables(vrhp: GuestModule, record_property: pytest.RecordProperty) -> GuestModule:
     """vrhp loaded in hugepage mode with both tables set up by the agent."""
+    record_property("backend", "hugepage")
     vrhp.load(mem="hugepage")
     setup = vrhp.setup()
     assert setup.outcome is view.Outcome.SUCCESS, setup
