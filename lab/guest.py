@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import logging
 import shlex
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from lab.errors import GuestError, HostKeyMismatch
 
 log = logging.getLogger(__name__)
 TRANSIENT_ATTEMPTS = 3
+WATCHDOG_GRACE = 2.0  # seconds past a command's bound before the connection is dropped
 T = TypeVar("T")
 
 @dataclass(frozen=True)
@@ -92,9 +94,42 @@ class Guest:
             self._client = None
 
     def run(self, command: str, *, timeout: float | None = None, check: bool = False) -> Result:
-        """Run a shell command; raise GuestError if it outlives `timeout` (or fails, with check)."""
+        """Run a shell command; raise GuestError if it outlives `timeout` (or fails, with check).
+
+        The bound holds even when the guest stops answering altogether (a frozen guest
+        never confirms the channel): a watchdog then drops the connection, which wakes
+        every blocked SSH call.
+        """
         limit = timeout if timeout is not None else self.command_timeout
-        channel = self._retry("open a session", lambda: self._transport().open_session())
+        expired = threading.Event()
+
+        def give_up() -> None:
+            expired.set()
+            self.close()
+
+        watchdog = threading.Timer(limit + WATCHDOG_GRACE, give_up)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            result = self._run(command, limit)
+        except (GuestError, paramiko.SSHException, EOFError, OSError) as exc:
+            if expired.is_set():
+                raise GuestError(f"{self.node}: command did not finish within {limit:.0f}s "
+                                 f"(no answer from the guest): {command[:200]}") from None
+            if isinstance(exc, GuestError):
+                raise
+            raise GuestError(f"{self.node}: SSH failed while running {command[:200]}: "
+                             f"{exc or type(exc).__name__}") from None
+        finally:
+            watchdog.cancel()
+        if check and not result.ok:
+            raise GuestError(f"{self.node}: `{command[:200]}` exited {result.exit_status}: "
+                             f"{result.stderr.strip()[-800:] or result.stdout.strip()[-800:]}")
+        return result
+
+    def _run(self, command: str, limit: float) -> Result:
+        channel = self._retry("open a session",
+                              lambda: self._transport().open_session(timeout=limit))
         transport = self._transport()
         channel.settimeout(1.0)
         channel.exec_command(command)
@@ -118,11 +153,7 @@ class Guest:
             time.sleep(0.01)
         status = channel.recv_exit_status()
         channel.close()
-        result = Result(status, out.decode(errors="replace"), err.decode(errors="replace"))
-        if check and not result.ok:
-            raise GuestError(f"{self.node}: `{command[:200]}` exited {status}: "
-                             f"{result.stderr.strip()[-800:] or result.stdout.strip()[-800:]}")
-        return result
+        return Result(status, out.decode(errors="replace"), err.decode(errors="replace"))
 
     def check(self, command: str, *, timeout: float | None = None) -> str:
         return self.run(command, timeout=timeout, check=True).stdout

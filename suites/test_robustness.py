@@ -55,6 +55,12 @@ def test_fault(lab, guest, node):
     guest.run("killall -9 dropbear sshd", check=False)
     guest.check("true")
 ''',
+    "guest-frozen": '''
+def test_fault(lab, guest, node):
+    _mark(lab)
+    virt.connect(node.node.uri).lookupByName(node.domain).suspend()
+    guest.check("true", timeout=15)
+''',
     "libvirtd-restarted": '''
 def test_fault(lab, guest, node):
     _mark(lab)
@@ -136,6 +142,8 @@ def _run_inner(tmp_path: Path, fault: str, kernel: str) -> InnerRun:
     ("qemu-killed", {"infrastructure-ssh", "infrastructure"}, 1),
     ("guest-panic", {"kernel-crash"}, 1),
     ("sshd-killed", {"infrastructure-ssh"}, 1),
+    # vCPUs paused: no console, no SSH answer; the command's bound ends it
+    ("guest-frozen", {"hang"}, 1),
     # the guest never notices; the lab reconnects and still tears its domain down
     ("libvirtd-restarted", {"passed"}, 0),
 ])
