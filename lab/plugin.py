@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sys
 from collections.abc import Iterator
@@ -180,8 +181,25 @@ def _dmesg_sections(session: LabSession, marks: dict[str, str]) -> list[tuple[st
         except LabError as exc:
             text = f"(dmesg unavailable: {exc})"
         if text.strip():
-            sections.append((f"dmesg {name}", text))
+            sections.append((name, text))
     return sections
+
+
+def _save_dmesg(lab: Lab, nodeid: str, node: str, text: str) -> str:
+    """The test's dmesg as an artifact; returns its path relative to the run directory."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", nodeid).strip("_")[-120:]
+    path = lab.artifacts_dir / "dmesg" / f"{name}-{node}.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return str(path.relative_to(lab.run_dir))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Mark every node's kernel log before the test's fixtures run."""
+    session = item.config.stash[SESSION]
+    if session.running is not None:
+        item.stash[CANARIES] = _canaries(session, item)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -195,10 +213,16 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         findings = session.console_findings()
         if report.when == "setup" and report.passed:
             item.stash[TAINT_BEFORE] = session.taints()
-            item.stash[CANARIES] = _canaries(session, item)
+            if not item.stash.get(CANARIES, {}):  # the lab booted in this test's setup
+                item.stash[CANARIES] = _canaries(session, item)
+        elif report.when == "teardown":
+            # setup after the canary, the call and the teardown (rmmod, resets)
+            for node, text in _dmesg_sections(session, item.stash.get(CANARIES, {})):
+                report.sections.append((f"dmesg {node}", text))
+                saved = (f"dmesg_{node}", _save_dmesg(session.running, item.nodeid, node, text))
+                item.user_properties.append(saved)
+                report.user_properties.append(saved)
         elif report.when == "call":
-            for title, text in _dmesg_sections(session, item.stash.get(CANARIES, {})):
-                report.sections.append((title, text))
             before = item.stash.get(TAINT_BEFORE, {})
             for name, after in session.taints().items():
                 new = triage.unexpected_taint(before.get(name, after), after)

@@ -86,6 +86,12 @@ def timings_table(events: list[dict[str, Any]]) -> str:
             f"{rows}</table>")
 
 
+def _property_value(value: object) -> str:
+    """A property as HTML: artifact paths become links."""
+    text = html.escape(str(value))
+    return f'<a href="{text}">{text}</a>' if str(value).startswith("artifacts/") else text
+
+
 def results_table(results: list[dict[str, Any]]) -> str:
     if not results:
         return "<p>No test results recorded.</p>"
@@ -94,7 +100,7 @@ def results_table(results: list[dict[str, Any]]) -> str:
         props = dict(result.get("properties") or {})
         outcome_class = str(props.pop("outcome", result.get("outcome", "")))
         colour = OUTCOME_COLOURS.get(outcome_class, "#f9f2f4")
-        shown = ", ".join(f"{html.escape(str(k))}={html.escape(str(v))}"
+        shown = ", ".join(f"{html.escape(str(k))}={_property_value(v)}"
                           for k, v in props.items())
         if result.get("reason"):
             shown = f"{html.escape(str(result['reason']))}<br/>{shown}"

@@ -30,7 +30,8 @@ def run_dir(tmp_path: Path) -> Path:
     (run / "events.json").write_text(json.dumps(events))
     results = [
         {"nodeid": "suites/t.py::test_ok[cn1]", "outcome": "passed", "duration": 1.5,
-         "properties": {"outcome": "passed", "flow_fill": 123}},
+         "properties": {"outcome": "passed", "flow_fill": 123,
+                        "dmesg_cn1": "artifacts/dmesg/t.py_test_ok_cn1_-cn1.txt"}},
         {"nodeid": "suites/t.py::test_<b>bad</b>[cn2]", "outcome": "failed", "duration": 2.0,
          "properties": {"outcome": "kernel-crash"}},
     ]
@@ -70,6 +71,7 @@ def test_report_holds_timeline_results_and_fragment_plots(run_dir: Path) -> None
     assert len(panels) >= 3
     assert classes.count("plot migratetype") == len(panels)
     assert "kernel-crash" in page and "flow_fill=123" in page
+    assert '<a href="artifacts/dmesg/t.py_test_ok_cn1_-cn1.txt">' in page
     assert "test_&lt;b&gt;bad&lt;/b&gt;" in page
     assert "boot cn2: 8.00s FAILED" in page
     assert "<script" not in page and "http://" not in page.replace(
