@@ -13,7 +13,7 @@ from lab import image as images
 from lab import kernel as kernels
 from lab import topology as topologies
 from lab import virt
-from lab.engine import NODE_DISK, Lab, RunRecord, kernel_cmdline, reap, runs
+from lab.engine import NODE_DISK, Lab, RunRecord, kernel_cmdline, reap, remove_work_files, runs
 from lab.errors import LabError
 from lab.events import EventBus, ProgressPrinter
 from lab.paths import cache_dir, lab_dir
@@ -88,10 +88,7 @@ def cmd_down(args: argparse.Namespace) -> int:
             print(f"destroyed {node['domain']} ({name})")
         record.state["status"] = "stopped"
         (record.path / "state.json").write_text(json.dumps(record.state, indent=1))
-        for key in ("id_ed25519", "id_ed25519.pub"):
-            (record.path / key).unlink(missing_ok=True)
-        for disk in record.path.glob(f"*/{NODE_DISK}"):
-            disk.unlink()
+        remove_work_files(record.path)
     return 0
 
 

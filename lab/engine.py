@@ -33,6 +33,7 @@ STATE_FILE = "state.json"
 OWNER_LOCK = "owner.lock"
 WORK_FILES = ("id_ed25519", "id_ed25519.pub")
 NODE_DISK = "disk.qcow2"
+NODE_INITRD = "initrd.cpio.gz"
 
 
 def kernel_cmdline(node: Node) -> str:
@@ -133,7 +134,7 @@ class Lab:
         node_dir = self.run_dir / node.name
         node_dir.mkdir()
         node_dir.chmod(0o755)
-        initrd = images.node_initrd(image, node_dir / "initrd.cpio.gz", hostname=node.name,
+        initrd = images.node_initrd(image, node_dir / NODE_INITRD, hostname=node.name,
                                     authorized_key=(self.run_dir / "id_ed25519.pub").read_text())
         disk = images.node_disk(image, node_dir / NODE_DISK)
         return NodeRuntime(node=node, kernel=kernel, image=image, accel=accel,
@@ -236,12 +237,7 @@ class Lab:
                         virt.destroy(self._conn(rt.node.uri), rt.domain)
                 except Exception as exc:  # every node is torn down even if one fails
                     errors.append(f"{rt.domain}: {exc}")
-            for name in WORK_FILES:
-                (self.run_dir / name).unlink(missing_ok=True)
-            for rt in self.nodes.values():
-                rt.initrd.unlink(missing_ok=True)
-                if rt.disk is not None:
-                    rt.disk.unlink(missing_ok=True)
+            remove_work_files(self.run_dir)
         self._host_resources.close()  # pages a kept VM still maps return when it exits
         self.host_pages = 0
         if self.run_dir.exists():
@@ -322,6 +318,16 @@ def leaked_host_pages(state: dict[str, Any]) -> int:
     return int(state.get("host_pages", 0))
 
 
+def remove_work_files(run_dir: Path) -> None:
+    """What a run needs only while its VMs live: keys, per-VM initrds and disks."""
+    for name in WORK_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    for initrd in run_dir.glob(f"*/{NODE_INITRD}"):
+        initrd.unlink()
+    for disk in run_dir.glob(f"*/{NODE_DISK}"):
+        disk.unlink()
+
+
 def reap(base_dir: Path, *, include_kept: bool = False, uri: str = "qemu:///system") -> list[str]:
     """Destroy domains and work files of runs whose owner is gone. Returns what it removed."""
     removed: list[str] = []
@@ -338,12 +344,7 @@ def reap(base_dir: Path, *, include_kept: bool = False, uri: str = "qemu:///syst
             for name in sorted(domains & live_domains):
                 virt.destroy(conn, name)
                 removed.append(name)
-            for name in WORK_FILES:
-                (record.path / name).unlink(missing_ok=True)
-            for initrd in record.path.glob("*/initrd.cpio.gz"):
-                initrd.unlink()
-            for disk in record.path.glob(f"*/{NODE_DISK}"):
-                disk.unlink()
+            remove_work_files(record.path)
             leaked = leaked_host_pages(record.state)
             if leaked:
                 virt.release_host_pages(leaked)
