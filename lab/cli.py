@@ -13,7 +13,16 @@ from lab import image as images
 from lab import kernel as kernels
 from lab import topology as topologies
 from lab import virt
-from lab.engine import NODE_DISK, Lab, RunRecord, kernel_cmdline, reap, remove_work_files, runs
+from lab.engine import (
+    NODE_DISK,
+    NODE_INITRD,
+    Lab,
+    RunRecord,
+    kernel_cmdline,
+    reap,
+    remove_work_files,
+    runs,
+)
 from lab.errors import LabError
 from lab.events import EventBus, ProgressPrinter
 from lab.paths import cache_dir, lab_dir
@@ -65,7 +74,7 @@ def _dry_run(topology: topologies.Topology, base: Path) -> int:
         spec = virt.DomainSpec(name=virt.domain_name("DRYRUN", node.name), run_id="DRYRUN",
                                node=node.name, memory_mib=node.memory_mib, vcpus=node.vcpus,
                                accel=node.accel if node.accel != "auto" else "tcg",
-                               kernel=kernel.vmlinux, initrd=image.path,
+                               kernel=kernel.vmlinux, initrd=node_dir / NODE_INITRD,
                                cmdline=kernel_cmdline(node), console=node_dir / "console.log",
                                ssh_port=0, hugepage_backing=node.backing == "hugepages-1G",
                                disk=node_dir / NODE_DISK if image.disk else None)

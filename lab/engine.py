@@ -107,11 +107,12 @@ class Lab:
         """The run's connection to `uri`; a new one when the daemon restarted under it."""
         conn = self._conns.get(uri)
         if conn is not None and not virt.alive(conn):
+            del self._conns[uri]
+            with suppress(Exception):
+                conn.close()
             with self.bus.phase("libvirt", uri, "connection lost (daemon restarted?)") as t:
                 self._conns[uri] = virt.connect(uri, wait_s=LIBVIRT_RECONNECT_S)
                 t.info("reconnected")
-            with suppress(Exception):
-                conn.close()
         elif conn is None:
             self._conns[uri] = virt.connect(uri)
         return self._conns[uri]
@@ -323,9 +324,9 @@ def remove_work_files(run_dir: Path) -> None:
     for name in WORK_FILES:
         (run_dir / name).unlink(missing_ok=True)
     for initrd in run_dir.glob(f"*/{NODE_INITRD}"):
-        initrd.unlink()
+        initrd.unlink(missing_ok=True)
     for disk in run_dir.glob(f"*/{NODE_DISK}"):
-        disk.unlink()
+        disk.unlink(missing_ok=True)
 
 
 def reap(base_dir: Path, *, include_kept: bool = False, uri: str = "qemu:///system") -> list[str]:

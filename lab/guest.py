@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -62,7 +63,8 @@ class Guest:
         return self._client
 
     def _transport_alive(self) -> bool:
-        transport = self._client.get_transport() if self._client else None
+        client = self._client
+        transport = client.get_transport() if client else None
         return bool(transport and transport.is_active())
 
     def _connect(self) -> paramiko.SSHClient:
@@ -97,21 +99,24 @@ class Guest:
         """Run a shell command; raise GuestError if it outlives `timeout` (or fails, with check).
 
         The bound holds even when the guest stops answering altogether (a frozen guest
-        never confirms the channel): a watchdog then drops the connection, which wakes
-        every blocked SSH call.
+        never confirms the channel): a watchdog then closes this command's connection,
+        which wakes every blocked SSH call; the next command connects afresh.
         """
         limit = timeout if timeout is not None else self.command_timeout
+        client = self.client  # connecting is bounded by connect_timeout, not by `limit`
+        deadline = time.monotonic() + limit
         expired = threading.Event()
 
         def give_up() -> None:
             expired.set()
-            self.close()
+            with suppress(Exception):
+                client.close()
 
         watchdog = threading.Timer(limit + WATCHDOG_GRACE, give_up)
         watchdog.daemon = True
         watchdog.start()
         try:
-            result = self._run(command, limit)
+            result = self._run(client, command, limit, deadline)
         except (GuestError, paramiko.SSHException, EOFError, OSError) as exc:
             if expired.is_set():
                 raise GuestError(f"{self.node}: command did not finish within {limit:.0f}s "
@@ -122,19 +127,25 @@ class Guest:
                              f"{exc or type(exc).__name__}") from None
         finally:
             watchdog.cancel()
+            watchdog.join()
         if check and not result.ok:
             raise GuestError(f"{self.node}: `{command[:200]}` exited {result.exit_status}: "
                              f"{result.stderr.strip()[-800:] or result.stdout.strip()[-800:]}")
         return result
 
-    def _run(self, command: str, limit: float) -> Result:
-        channel = self._retry("open a session",
-                              lambda: self._transport().open_session(timeout=limit))
-        transport = self._transport()
+    def _run(self, client: paramiko.SSHClient, command: str, limit: float,
+             deadline: float) -> Result:
+        def transport() -> paramiko.Transport:
+            current = client.get_transport()
+            if current is None:
+                raise GuestError(f"{self.node}: no SSH transport")
+            return current
+
+        channel = self._retry("open a session", lambda: transport().open_session(
+            timeout=max(deadline - time.monotonic(), 0.1)))
         channel.settimeout(1.0)
         channel.exec_command(command)
         out, err = bytearray(), bytearray()
-        deadline = time.monotonic() + limit
         while True:
             while channel.recv_ready():
                 out += channel.recv(65536)
@@ -147,7 +158,7 @@ class Guest:
                 channel.close()
                 raise GuestError(f"{self.node}: command did not finish within {limit:.0f}s: "
                                  f"{command[:200]}")
-            if transport.is_active() is False:
+            if transport().is_active() is False:
                 raise GuestError(f"{self.node}: SSH connection lost while running: "
                                  f"{command[:200]}")
             time.sleep(0.01)
@@ -158,18 +169,15 @@ class Guest:
     def check(self, command: str, *, timeout: float | None = None) -> str:
         return self.run(command, timeout=timeout, check=True).stdout
 
-    def _transport(self) -> paramiko.Transport:
-        transport = self.client.get_transport()
-        if transport is None:
-            raise GuestError(f"{self.node}: no SSH transport")
-        return transport
-
     def _retry(self, what: str, action: Callable[[], T]) -> T:
         """Retry an idempotent SSH step that the server refused in passing (dropbear
         sometimes closes a fresh channel while the previous one is torn down)."""
         for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
             try:
                 return action()
+            except TimeoutError:
+                raise GuestError(f"{self.node}: could not {what}: no answer from the guest "
+                                 f"within {self.command_timeout:.0f}s") from None
             except (paramiko.SSHException, EOFError) as exc:
                 if attempt == TRANSIENT_ATTEMPTS or not self._transport_alive():
                     raise GuestError(f"{self.node}: could not {what} after {attempt} "
@@ -185,6 +193,8 @@ class Guest:
         if self._sftp is None or self._sftp.get_channel() is None \
                 or self._sftp.get_channel().closed:  # type: ignore[union-attr]
             self._sftp = self.client.open_sftp()
+            # a guest that stops answering fails a transfer instead of blocking it forever
+            self._sftp.get_channel().settimeout(self.command_timeout)  # type: ignore[union-attr]
         return self._sftp
 
     def put(self, local: Path, remote: str, mode: int | None = None) -> None:

@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from lab.errors import HostError
+
 # Debian package -> a file that proves it is installed.
 PACKAGES: dict[str, str] = {
     "qemu-system-x86": "/usr/bin/qemu-system-x86_64",
@@ -98,7 +100,8 @@ def start_daemons() -> list[str]:
 def restart_libvirtd() -> float:
     """Restart libvirtd under whatever runs it; seconds until it answers again.
 
-    Running QEMU domains survive: the new daemon reattaches to them.
+    Running QEMU domains survive: the new daemon reattaches to them. Every client of the
+    host's daemon sees its connection drop, so only one lab session may run at a time.
     """
     started = time.monotonic()
     if Path("/run/systemd/system").exists():
@@ -108,9 +111,12 @@ def restart_libvirtd() -> float:
         deadline = started + READY_TIMEOUT
         while daemon_running("libvirtd"):
             if time.monotonic() > deadline:
-                raise SystemExit(f"libvirtd did not exit within {READY_TIMEOUT:.0f}s of SIGTERM")
+                raise HostError(f"libvirtd did not exit within {READY_TIMEOUT:.0f}s of SIGTERM")
             time.sleep(0.1)
-    start_daemons()
+    try:
+        start_daemons()
+    except SystemExit as exc:
+        raise HostError(f"libvirtd restart: {exc}") from None
     return time.monotonic() - started
 
 

@@ -7,6 +7,7 @@ Impossible combinations are refused here, before anything boots.
 from __future__ import annotations
 
 import re
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -119,7 +120,13 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[object] = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`, flattened later
+                continue
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"a mapping key must be a plain value, got {key!r}",
+                    key_node.start_mark)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark)
@@ -256,6 +263,11 @@ def parse(text: str, path: Path, overrides: dict[str, Any] | None = None) -> Top
         line = f" line {mark.line + 1}" if mark is not None else ""
         raise TopologyError(f"{path}:{line} is not valid YAML: "
                             f"{getattr(exc, 'problem', exc)}") from None
+    kernel_override = (overrides or {}).get("kernel")
+    if kernel_override is not None and (not isinstance(kernel_override, str)
+                                        or not KERNEL_SPEC.match(kernel_override)):
+        raise TopologyError(f"kernel override (--kernel) must be debian:6.1, debian:6.12 or "
+                            f"an exact Debian release, got {kernel_override!r}")
     top = _Checker(path, "", raw, TOP_KEYS)
     name = top.data.get("name", path.stem)
     if not isinstance(name, str) or not TOPOLOGY_NAME.match(name):

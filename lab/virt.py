@@ -191,14 +191,16 @@ def destroy(conn, name: str) -> bool:  # type: ignore[no-untyped-def]
     dom = _lookup(conn, name)
     if dom is None:
         return False
-    persistent = dom.isPersistent()
     try:
+        persistent = dom.isPersistent()
         dom.destroy()
-    except libvirt.libvirtError:
+        if persistent:
+            dom.undefine()
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return True  # it went away on its own (a transient domain that crashed)
         if is_active(conn, name):
-            raise
-    if persistent:
-        dom.undefine()
+            raise LabError(f"libvirt: destroying domain {name}: {exc}") from None
     return True
 
 
@@ -208,8 +210,17 @@ def lab_domains(conn) -> list[str]:  # type: ignore[no-untyped-def]
 
 
 def is_active(conn, name: str) -> bool:  # type: ignore[no-untyped-def]
+    import libvirt
+
     dom = _lookup(conn, name)
-    return dom is not None and bool(dom.isActive())
+    if dom is None:
+        return False
+    try:
+        return bool(dom.isActive())
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return False
+        raise LabError(f"libvirt: domain {name}: {exc}") from None
 
 
 def console_tail(path: Path, lines: int = 30) -> str:

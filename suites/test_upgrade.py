@@ -14,6 +14,7 @@ import json
 import shlex
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import pytest
 from vrhp_support import HUGETLB_1G, assert_fragmented, dump_to, lookup_all
@@ -128,6 +129,17 @@ def _assert_adopted(module: GuestModule, swapped: Swapped, generation: int,
     assert (stats["flow"].used, stats["bridge"].used) == (FLOWS, BRIDGES)
 
 
+def _assert_migrated(module: GuestModule, migrated: dict[str, Any],
+                     before: dict[str, tuple[int, str]]) -> None:
+    """`migrate` copied every byte of each btable table, header included, to its file."""
+    info = module.info()
+    for table in TABLES:
+        doc = migrated["tables"][table]
+        assert doc["path"] == f"{HUGETLB_1G}/{table}"
+        assert doc["bytes_copied"] == info.tables[table].file_bytes
+        assert doc["used"] == before[table][0]
+
+
 def _header_digest(guest: Guest, path: str) -> str:
     return guest.check(f"dd if={path} bs=4096 count=1 2>/dev/null | sha256sum").split()[0]
 
@@ -152,13 +164,7 @@ def test_btable_to_hugepage_by_migration_keeps_every_entry(
     record_property("backend", "btable->hugepage")
     v1.load(mem="btable")
     before = _populate(v1)
-    migrated = v1.agent_json("migrate", timeout=300)
-    info = v1.info()
-    for table in TABLES:
-        doc = migrated["tables"][table]
-        assert doc["path"] == f"{HUGETLB_1G}/{table}"
-        assert doc["bytes_copied"] == info.tables[table].file_bytes
-        assert doc["used"] == before[table][0]
+    _assert_migrated(v1, v1.agent_json("migrate", timeout=300), before)
     swapped = _swap(guest, v1, mem="hugepage")
     _record("btable -> hugepage (migrate)", swapped, record_property, upgrade_times)
     _assert_adopted(v1, swapped, 2, before)
@@ -182,7 +188,7 @@ def test_btable_to_hugepage_by_migration_in_a_fragmented_guest(
         f"blocks free outside ZONE_DMA ({run.summary.reason})")
     record_property("fragment_seconds", run.summary.elapsed_s)
     assert_fragmented(fragmenter, run, "upgrade")
-    v1.agent_json("migrate", timeout=300)
+    _assert_migrated(v1, v1.agent_json("migrate", timeout=300), before)
     swapped = _swap(guest, v1, mem="hugepage")
     _record("btable -> hugepage (migrate, fragmented)", swapped, record_property,
             upgrade_times)

@@ -48,8 +48,21 @@ def test_kernel_override_wins_over_a_node_s_own_kernel() -> None:
     text = "nodes: [{name: a, kernel: 'debian:6.1'}, {name: b}]\n"
     topo = topology.parse(text, Path("p.yaml"), {"kernel": "debian:6.12"})
     assert [n.kernel for n in topo.nodes] == ["debian:6.12", "debian:6.12"]
-    with pytest.raises(TopologyError, match="node 'a': kernel must be"):
+    with pytest.raises(TopologyError, match=r"kernel override \(--kernel\) must be"):
         topology.parse(text, Path("p.yaml"), {"kernel": "debian:5.10"})
+
+
+def test_anchors_and_merge_keys_still_load() -> None:
+    text = ("base: &base {vcpus: 1, memory: 5G, hugepages: {size: 1G, count: 2}}\n"
+            "nodes:\n- {<<: *base, name: a}\n- {<<: *base, name: b, vcpus: 2}\n")
+    topo = topology.parse(text.replace("base: &base", "defaults: &base"), Path("p.yaml"))
+    assert [(n.name, n.vcpus, n.hugepages.count if n.hugepages else 0) for n in topo.nodes] == [
+        ("a", 1, 2), ("b", 2, 2)]
+
+
+def test_unhashable_key_is_one_clear_line() -> None:
+    with pytest.raises(TopologyError, match="line 1 is not valid YAML: a mapping key must be"):
+        topology.parse("{[a]: 1}\n", Path("p.yaml"))
 
 
 @pytest.mark.parametrize(("text", "message"), [
