@@ -55,6 +55,7 @@ class Guest:
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
         self.transient_retries = 0
+        self.silent = False  # the last command got no answer within its bound
 
     @property
     def client(self) -> paramiko.SSHClient:
@@ -103,6 +104,8 @@ class Guest:
         which wakes every blocked SSH call; the next command connects afresh.
         """
         limit = timeout if timeout is not None else self.command_timeout
+        if self.silent:  # it stopped answering before: connect-sized patience until it does
+            limit = min(limit, self.connect_timeout)
         client = self.client  # connecting is bounded by connect_timeout, not by `limit`
         deadline = time.monotonic() + limit
         expired = threading.Event()
@@ -115,10 +118,12 @@ class Guest:
         watchdog = threading.Timer(limit + WATCHDOG_GRACE, give_up)
         watchdog.daemon = True
         watchdog.start()
+        started: list[bool] = []  # set once the guest accepted the command
         try:
-            result = self._run(client, command, limit, deadline)
+            result = self._run(client, command, limit, deadline, started)
         except (GuestError, paramiko.SSHException, EOFError, OSError) as exc:
-            if expired.is_set():
+            if expired.is_set() or (not started and time.monotonic() >= deadline):
+                self.silent = True
                 raise GuestError(f"{self.node}: command did not finish within {limit:.0f}s "
                                  f"(no answer from the guest): {command[:200]}") from None
             if isinstance(exc, GuestError):
@@ -128,13 +133,14 @@ class Guest:
         finally:
             watchdog.cancel()
             watchdog.join()
+        self.silent = False
         if check and not result.ok:
             raise GuestError(f"{self.node}: `{command[:200]}` exited {result.exit_status}: "
                              f"{result.stderr.strip()[-800:] or result.stdout.strip()[-800:]}")
         return result
 
     def _run(self, client: paramiko.SSHClient, command: str, limit: float,
-             deadline: float) -> Result:
+             deadline: float, started: list[bool]) -> Result:
         def transport() -> paramiko.Transport:
             current = client.get_transport()
             if current is None:
@@ -145,6 +151,7 @@ class Guest:
             timeout=max(deadline - time.monotonic(), 0.1)))
         channel.settimeout(1.0)
         channel.exec_command(command)
+        started.append(True)
         out, err = bytearray(), bytearray()
         while True:
             while channel.recv_ready():
