@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 
 import pytest
-from vrhp_support import STRAY_BLOCKS, assert_fragmented, atomic_order10_outside_dma
+from vrhp_support import PROBE_COUNT, STRAY_BLOCKS, atomic_order10_outside_dma
 
 from lab import vrhp as view
 from lab.engine import NodeRuntime
@@ -40,6 +40,19 @@ def _fragment(fragmented: Callable[..., FragmentRun], profile: str) -> FragmentR
             pytest.fail(message)
         pytest.skip(message)
     return run
+
+
+def _assert_still_fragmented(fragmenter: GuestFragmenter, run: FragmentRun, profile: str,
+                             tag: str) -> None:
+    """The probe confirms the target; a profile other than anon-pinned whose state did not
+    hold (the kernel reclaimed what it built) is skipped with what the probe found."""
+    strays = atomic_order10_outside_dma(fragmenter, run, tag)
+    if strays > STRAY_BLOCKS and profile != REQUIRED_PROFILE:
+        pytest.skip(f"fragmentation by {profile} did not hold: {strays} of {PROBE_COUNT} "
+                    f"GFP_ATOMIC order-10 allocations succeeded outside ZONE_DMA ({tag})")
+    assert strays <= STRAY_BLOCKS, (
+        f"{strays} of {PROBE_COUNT} GFP_ATOMIC order-10 allocations succeeded outside "
+        f"ZONE_DMA after {profile}: the guest is not fragmented")
 
 
 def _btable_refused(guest: Guest, module: GuestModule) -> tuple[str, int, int]:
@@ -77,7 +90,7 @@ def test_insert_at_any_time(profile: str, guest: Guest, node: NodeRuntime, vrhp:
     record_property("backend", "btable (refused), hugepage")
     run = _fragment(fragmented, profile)
     record_property("fragment_seconds", run.summary.elapsed_s)
-    assert_fragmented(fragmenter, run, f"{profile}-before")
+    _assert_still_fragmented(fragmenter, run, profile, f"{profile}-before")
 
     table, got, wanted = _btable_refused(guest, vrhp)
     record_property("btable_failure", f"{table} {got}/{wanted} chunks")
@@ -99,5 +112,4 @@ def test_insert_at_any_time(profile: str, guest: Guest, node: NodeRuntime, vrhp:
     stats = view.parse_stats(vrhp.agent_stdout("stats"))
     assert {name: stats[name].used for name in inserted} == inserted
 
-    still = atomic_order10_outside_dma(fragmenter, run, f"{profile}-after")
-    assert still <= STRAY_BLOCKS, "the guest defragmented during the test: proof is void"
+    _assert_still_fragmented(fragmenter, run, profile, f"{profile}-after")

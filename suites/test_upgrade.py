@@ -183,8 +183,10 @@ def test_btable_to_hugepage_by_migration_in_a_fragmented_guest(
     record_property("backend", "btable->hugepage")
     v1.load(mem="btable")
     before = _populate(v1)
-    # the dumps' tmpfs pages are movable: compaction would build order-10 blocks from them
-    guest.check("rm -f /tmp/before-flow /tmp/before-bridge")
+    # dumps (this test's and earlier tests') are movable tmpfs pages: compaction would
+    # build order-10 blocks from them, so none may exist while the guest is fragmented
+    guest.check("rm -f /tmp/before-* /tmp/after-* /tmp/restart-*; sync; "
+                "echo 3 > /proc/sys/vm/drop_caches")
     run = fragmented("anon-pinned")
     assert run.summary.reached, (
         f"fragmentation target not reached: {run.summary.free_blocks_after} order-10 "
