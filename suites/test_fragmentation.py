@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 
 import pytest
-from vrhp_support import PROBE_COUNT, STRAY_BLOCKS, atomic_order10_outside_dma
+from vrhp_support import fragmentation_lost
 
 from lab import vrhp as view
 from lab.engine import NodeRuntime
@@ -46,13 +46,10 @@ def _assert_still_fragmented(fragmenter: GuestFragmenter, run: FragmentRun, prof
                              tag: str) -> None:
     """The probe confirms the target; a profile other than anon-pinned whose state did not
     hold (the kernel reclaimed what it built) is skipped with what the probe found."""
-    strays = atomic_order10_outside_dma(fragmenter, run, tag)
-    if strays > STRAY_BLOCKS and profile != REQUIRED_PROFILE:
-        pytest.skip(f"fragmentation by {profile} did not hold: {strays} of {PROBE_COUNT} "
-                    f"GFP_ATOMIC order-10 allocations succeeded outside ZONE_DMA ({tag})")
-    assert strays <= STRAY_BLOCKS, (
-        f"{strays} of {PROBE_COUNT} GFP_ATOMIC order-10 allocations succeeded outside "
-        f"ZONE_DMA after {profile}: the guest is not fragmented")
+    lost = fragmentation_lost(fragmenter, run, tag)
+    if lost and profile != REQUIRED_PROFILE:
+        pytest.skip(f"fragmentation by {profile} did not hold: {lost}")
+    assert lost is None, f"the guest is not fragmented: {lost}"
 
 
 def _btable_refused(guest: Guest, module: GuestModule) -> tuple[str, int, int]:

@@ -17,14 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import pytest
-from vrhp_support import (
-    HUGETLB_1G,
-    PROBE_COUNT,
-    STRAY_BLOCKS,
-    atomic_order10_outside_dma,
-    dump_to,
-    lookup_all,
-)
+from vrhp_support import HUGETLB_1G, dump_to, fragmentation_lost, lookup_all
 
 from lab import vrhp as view
 from lab.engine import Lab
@@ -199,10 +192,9 @@ def test_btable_to_hugepage_by_migration_in_a_fragmented_guest(
         f"fragmentation target not reached: {run.summary.free_blocks_after} order-10 "
         f"blocks free outside ZONE_DMA ({run.summary.reason})")
     record_property("fragment_seconds", run.summary.elapsed_s)
-    strays = atomic_order10_outside_dma(fragmenter, run, "upgrade")
-    if strays > STRAY_BLOCKS:  # movable memory left by earlier suites let compaction rebuild
-        pytest.skip(f"precondition unreachable: after anon-pinned {strays} of {PROBE_COUNT} "
-                    "GFP_ATOMIC order-10 allocations still succeed outside ZONE_DMA")
+    lost = fragmentation_lost(fragmenter, run, "upgrade")
+    if lost:  # movable memory left by earlier suites let compaction rebuild blocks
+        pytest.skip(f"precondition unreachable: {lost}")
     _assert_migrated(v1, v1.agent_json("migrate", timeout=300), before)
     swapped = _swap(guest, v1, mem="hugepage")
     _record("btable -> hugepage (migrate, fragmented)", swapped, record_property,

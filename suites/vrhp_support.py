@@ -19,11 +19,15 @@ STRAY_BLOCKS = 2
 PROBE_COUNT = 64
 
 
-def atomic_order10_outside_dma(fragmenter: GuestFragmenter, run: FragmentRun, tag: str) -> int:
-    """GFP_ATOMIC order-10 allocations that succeed outside ZONE_DMA now (kept in `run`)."""
+def fragmentation_lost(fragmenter: GuestFragmenter, run: FragmentRun, tag: str) -> str | None:
+    """None while the order-10 probe confirms what the fragmenter reached; otherwise what
+    the probe found (the probe is kept in `run`)."""
     probe = fragmenter.probe(ProbeSpec(order=10, count=PROBE_COUNT, gfp="atomic", tag=tag))
     run.probes.append(probe)
-    return probe.outside_dma
+    if probe.outside_dma <= STRAY_BLOCKS:
+        return None
+    return (f"{probe.outside_dma} of {PROBE_COUNT} GFP_ATOMIC order-10 allocations succeeded "
+            f"outside ZONE_DMA after {run.spec.profile} ({tag})")
 
 
 def agent_refuses(module: GuestModule, *args: str | int, status: int) -> Result:
