@@ -73,13 +73,16 @@ class NodeRuntime:
     guest: Guest | None = None
     timeouts: Timeouts = field(default_factory=Timeouts)
     boot_seconds: float = 0.0
+    boots: int = 0
+    console_from: int = 0  # where the current boot's output starts in `console`
 
     def state(self) -> dict[str, Any]:
         return {"domain": self.domain, "port": self.port, "uri": self.node.uri,
                 "accel": self.accel, "kernel": self.kernel.release,
                 "image": self.image.kind, "host_key": self.image.host_key,
                 "backing": self.node.backing,
-                "console": str(self.console), "boot_seconds": round(self.boot_seconds, 2)}
+                "console": str(self.console), "boot_seconds": round(self.boot_seconds, 2),
+                "boots": self.boots}
 
 
 class Lab:
@@ -192,6 +195,7 @@ class Lab:
                 console=rt.console, ssh_port=rt.port,
                 hugepage_backing=rt.node.backing == "hugepages-1G", disk=rt.disk)
             (rt.console.parent / "domain.xml").write_text(virt.domain_xml(spec))
+            rt.console_from = rt.console.stat().st_size if rt.console.exists() else 0
             try:
                 with self.bus.phase("create", rt.node.name, f"{rt.accel}, port {rt.port}"):
                     virt.create(conn, spec)
@@ -209,7 +213,8 @@ class Lab:
             virt.wait_ssh_banner(rt.port, created + rt.timeouts.ssh_banner,
                                  lambda: virt.is_active(self._conn(rt.node.uri), rt.domain),
                                  rt.node.name,
-                                 rt.console, created, ready_mark=images.READY_MARK)
+                                 rt.console, created, ready_mark=images.READY_MARK,
+                                 console_from=rt.console_from)
         with self.bus.phase("ssh", rt.node.name):
             guest = Guest(rt.node.name, rt.port, self.run_dir / "id_ed25519",
                           rt.image.host_key, connect_timeout=rt.timeouts.ssh_connect,
@@ -217,6 +222,25 @@ class Lab:
             guest.check("true")
         rt.guest = guest
         rt.boot_seconds = time.monotonic() - created
+        rt.boots += 1
+
+    def reboot(self, name: str) -> float:
+        """Destroy node `name` and boot it again: memory no test has touched, a new root
+        disk overlay, a new SSH port, the same console file. Returns the boot seconds."""
+        rt = self.nodes.get(name)
+        if rt is None:
+            raise LabError(f"node {name!r} is not in lab {self.run_id} "
+                           f"(nodes: {', '.join(self.nodes)})")
+        if rt.guest is not None:
+            rt.guest.close()
+            rt.guest = None
+        with self.bus.phase("reboot", name, f"boot {rt.boots + 1}"):
+            virt.destroy(self._conn(rt.node.uri), rt.domain)
+            if rt.disk is not None:
+                rt.disk = images.node_disk(rt.image, rt.disk)
+            self._wait_ready(rt, self._create(rt))
+        self._write_state("running")
+        return rt.boot_seconds
 
     def guest(self, name: str) -> Guest:
         rt = self.nodes.get(name)

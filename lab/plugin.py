@@ -41,6 +41,7 @@ class LabSession:
         self._lab: Lab | None = None
         self._failure: BaseException | None = None
         self.watches: dict[str, triage.ConsoleWatch] = {}
+        self.untouched: set[str] = set()  # nodes booted since the last test ended
         self.results: dict[str, dict[str, object]] = {}
 
     @property
@@ -64,9 +65,19 @@ class LabSession:
                 self._failure = exc
                 raise
             self._lab = lab
+            self.untouched = set(lab.nodes)
             self.watches = {name: triage.ConsoleWatch(rt.console)
                             for name, rt in lab.nodes.items()}
         return self._lab
+
+    def fresh(self, name: str) -> float | None:
+        """Reboot node `name` unless no test has run on it since it booted; the boot
+        seconds, or None when it was already fresh."""
+        if name in self.untouched:
+            return None
+        seconds = self.lab().reboot(name)
+        self.untouched.add(name)
+        return seconds
 
     @property
     def running(self) -> Lab | None:
@@ -216,6 +227,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             if not item.stash.get(CANARIES, {}):  # the lab booted in this test's setup
                 item.stash[CANARIES] = _canaries(session, item)
         elif report.when == "teardown":
+            session.untouched.clear()
             # setup after the canary, the call and the teardown (rmmod, resets)
             for node, text in _dmesg_sections(session, item.stash.get(CANARIES, {})):
                 report.sections.append((f"dmesg {node}", text))
@@ -280,6 +292,14 @@ def node(request: pytest.FixtureRequest, lab_session: LabSession, node_name: str
     if reason:
         pytest.skip(reason)
     runtime = lab_session.lab().nodes[node_name]
+    if request.node.get_closest_marker("fresh_guest"):
+        seconds = lab_session.fresh(node_name)
+        if seconds is not None:
+            assert runtime.guest is not None
+            request.node.user_properties.append(("reboot_seconds", round(seconds, 2)))
+            canaries = request.node.stash.get(CANARIES, {})
+            if node_name in canaries:  # the old boot's log is gone with it
+                canaries[node_name] = runtime.guest.canary(request.node.name[:80])
     request.node.user_properties.extend([("node", node_name),
                                          ("kernel", runtime.kernel.release),
                                          ("accel", runtime.accel)])

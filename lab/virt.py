@@ -114,9 +114,9 @@ def domain_xml(spec: DomainSpec) -> str:
   <on_crash>destroy</on_crash>
   <devices>
     <emulator>{QEMU}</emulator>
-    <serial type='file'><source path={quoteattr(str(spec.console))} append='off'/>
+    <serial type='file'><source path={quoteattr(str(spec.console))} append='on'/>
       <target port='0'/></serial>
-    <console type='file'><source path={quoteattr(str(spec.console))} append='off'/>
+    <console type='file'><source path={quoteattr(str(spec.console))} append='on'/>
       <target type='serial' port='0'/></console>
     <controller type='usb' model='none'/>
     <memballoon model='none'/>{_disk_xml(spec.disk)}
@@ -304,11 +304,12 @@ def _check_boot(node: str, port: int, console: Path, started: float, deadline: f
 
 
 class ConsoleMark:
-    """Whether a line has appeared on a console file, reading only what is new."""
+    """Whether a line has appeared on a console file after `offset`, reading only what
+    is new (a rebooted node appends its boot to the same file)."""
 
-    def __init__(self, console: Path, mark: str) -> None:
+    def __init__(self, console: Path, mark: str, offset: int = 0) -> None:
         self.console, self.mark = console, mark.encode()
-        self.offset, self.tail = 0, b""
+        self.offset, self.tail = offset, b""
 
     def seen(self) -> bool:
         try:
@@ -324,15 +325,17 @@ class ConsoleMark:
 
 
 def wait_ssh_banner(port: int, deadline: float, alive: Callable[[], bool], node: str,
-                    console: Path, started: float, ready_mark: str | None = None) -> None:
+                    console: Path, started: float, ready_mark: str | None = None,
+                    console_from: int = 0) -> None:
     """Wait for the SSH banner on 127.0.0.1:port (user networking accepts TCP early).
 
-    With `ready_mark`, nothing connects before the guest printed it on its console:
+    With `ready_mark`, nothing connects before the guest printed it on its console
+    (after byte `console_from`, where this boot's output starts):
     every connection QEMU's user network accepts before the guest has an address is
     delivered to the guest's sshd later, and a storm of them slows its first minutes.
     """
     if ready_mark is not None:
-        mark = ConsoleMark(console, ready_mark)
+        mark = ConsoleMark(console, ready_mark, console_from)
         while not mark.seen():
             _check_boot(node, port, console, started, deadline, alive,
                         f"ready mark {ready_mark!r} on the console")

@@ -173,28 +173,29 @@ def test_btable_to_hugepage_by_migration_keeps_every_entry(
         t: f"{HUGETLB_1G}/{t}" for t in TABLES}
 
 
+@pytest.mark.fresh_guest
 def test_btable_to_hugepage_by_migration_in_a_fragmented_guest(
         guest: Guest, vrhp_variant: Variant, fragmenter: GuestFragmenter,
         fragmented: Callable[..., FragmentRun], record_property: pytest.RecordProperty,
         upgrade_times: dict[str, dict[str, float]]) -> None:
     """The seed's case: a btable module loaded while memory was young, the host fragments
-    over time, and the upgrade to huge pages still keeps every entry."""
+    over time, and the upgrade to huge pages still keeps every entry.
+
+    The guest is freshly booted: movable memory earlier tests left behind (page cache,
+    tmpfs files) is what compaction rebuilds order-10 blocks from."""
     v1 = vrhp_variant(1, 1)
     record_property("backend", "btable->hugepage")
     v1.load(mem="btable")
     before = _populate(v1)
-    # dumps (this test's and earlier tests') are movable tmpfs pages: compaction would
-    # build order-10 blocks from them, so none may exist while the guest is fragmented
-    guest.check("rm -f /tmp/before-* /tmp/after-* /tmp/restart-*; sync; "
-                "echo 3 > /proc/sys/vm/drop_caches")
+    # the dumps are movable tmpfs pages: none may exist while the guest is fragmented
+    guest.check("rm -f /tmp/before-*; sync; echo 3 > /proc/sys/vm/drop_caches")
     run = fragmented("anon-pinned")
     assert run.summary.reached, (
         f"fragmentation target not reached: {run.summary.free_blocks_after} order-10 "
         f"blocks free outside ZONE_DMA ({run.summary.reason})")
     record_property("fragment_seconds", run.summary.elapsed_s)
     lost = fragmentation_lost(fragmenter, run, "upgrade")
-    if lost:  # movable memory left by earlier suites let compaction rebuild blocks
-        pytest.skip(f"precondition unreachable: {lost}")
+    assert lost is None, lost
     _assert_migrated(v1, v1.agent_json("migrate", timeout=300), before)
     swapped = _swap(guest, v1, mem="hugepage")
     _record("btable -> hugepage (migrate, fragmented)", swapped, record_property,

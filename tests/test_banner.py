@@ -133,3 +133,13 @@ def test_a_missing_console_mark_times_out_naming_it(tmp_path: Path) -> None:
     with pytest.raises(BootError, match="no ready mark 'hplab-init: ready' on the console"):
         virt.wait_ssh_banner(virt.free_port(), start + 0.5, lambda: True, "cn1",
                              tmp_path / "console.log", start, ready_mark="hplab-init: ready")
+
+
+def test_a_rebooted_node_waits_for_its_own_ready_mark(tmp_path: Path) -> None:
+    console = tmp_path / "console.log"
+    console.write_text("boot 1\nhplab-init: ready\n")
+    mark = virt.ConsoleMark(console, "hplab-init: ready", console.stat().st_size)
+    assert not mark.seen()
+    with console.open("a") as handle:
+        handle.write("boot 2\nhplab-init: ready\n")
+    assert mark.seen()

@@ -111,3 +111,34 @@ def test_hugepage_marker_shortfall() -> None:
     assert plugin.hugepage_shortfall(node, None) is None
     bare = parse("nodes: [{name: cn2}]", Path("t")).nodes[0]
     assert "has no huge pages" in (plugin.hugepage_shortfall(bare, mark) or "")
+
+
+class _Config:
+    rootpath = Path("/src")
+
+    def __init__(self, lab_dir: Path) -> None:
+        self.options = {"lab_dir": str(lab_dir), "keep_vms": False, "kmod_source": "kmod"}
+
+    def getoption(self, name: str) -> object:
+        return self.options[name]
+
+
+class _RebootingLab:
+    def __init__(self) -> None:
+        self.rebooted: list[str] = []
+
+    def reboot(self, name: str) -> float:
+        self.rebooted.append(name)
+        return 3.5
+
+
+def test_fresh_guest_reboots_only_a_node_a_test_has_used(tmp_path: Path) -> None:
+    session = plugin.LabSession(_Config(tmp_path))  # type: ignore[arg-type]
+    lab = _RebootingLab()
+    session._lab = lab  # type: ignore[assignment]
+    session.untouched = {"cn1", "cn2"}  # just booted
+    assert session.fresh("cn1") is None and lab.rebooted == []
+    session.untouched.clear()  # a test ended
+    assert session.fresh("cn1") == 3.5 and lab.rebooted == ["cn1"]
+    assert session.fresh("cn1") is None  # a second fixture of the same test
+    assert lab.rebooted == ["cn1"]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -7,7 +8,9 @@ import pytest
 
 from lab import engine, virt
 from lab.engine import host_pages_needed, kernel_cmdline, leaked_host_pages
-from lab.errors import HostError
+from lab.errors import HostError, LabError
+from lab.image import Image
+from lab.kernel import Kernel
 from lab.topology import parse
 
 QEMU_NS = "{http://libvirt.org/schemas/domain/qemu/1.0}"
@@ -33,6 +36,7 @@ def test_tcg_domain_xml() -> None:
         assert root.findtext(event) == "destroy"
     assert root.find("devices/graphics") is None
     assert root.find("devices/serial/source").get("path") == "/r/cn1/console.log"
+    assert root.find("devices/serial/source").get("append") == "on"  # a reboot appends
     args = [a.get("value") for a in root.iter(f"{QEMU_NS}arg")]
     netdev = args[args.index("-netdev") + 1]
     assert netdev == "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:40022-:22"
@@ -275,3 +279,51 @@ def test_lab_reconnects_when_the_daemon_restarted(tmp_path: Path,
     assert lab._conn("qemu:///system") is opened[1]
     assert waits == [0.0, engine.LIBVIRT_RECONNECT_S]
     assert any("reconnected" in e for e in events), events
+
+
+class _FakeGuest:
+    def __init__(self, node: str, port: int, *args: object, **kwargs: object) -> None:
+        self.node, self.port, self.closed = node, port, False
+
+    def check(self, command: str) -> str:
+        return ""
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_reboot_boots_a_new_domain_after_the_old_one_is_gone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(virt, "connect", lambda uri, wait_s=0.0: _FakeConn(uri))
+    monkeypatch.setattr(virt, "alive", lambda conn: True)
+    monkeypatch.setattr(virt, "destroy", lambda conn, name: calls.append(f"destroy {name}"))
+    monkeypatch.setattr(virt, "create", lambda conn, spec: calls.append(f"create {spec.name}"))
+    monkeypatch.setattr(engine.images, "node_disk",
+                        lambda image, out: calls.append(f"overlay {out.name}") or out)
+    banners: list[int] = []
+    monkeypatch.setattr(virt, "wait_ssh_banner",
+                        lambda *a, console_from=0, **k: banners.append(console_from))
+    monkeypatch.setattr(engine, "Guest", _FakeGuest)
+    lab = engine.Lab(parse("nodes: [{name: cn1}]", Path("t.yaml")), tmp_path)
+    lab.run_dir.mkdir(parents=True)
+    console = lab.run_dir / "console.log"
+    console.write_text("first boot\nhplab-init: ready\n")
+    old = _FakeGuest("cn1", 40000)
+    rt = engine.NodeRuntime(
+        node=lab.topology.nodes[0], kernel=Kernel("debian:6.1", "6.1.0-x", "1", tmp_path),
+        image=Image("minimal", "k", tmp_path / "img", "ssh-ed25519 AAAA"), accel="tcg",
+        domain="hplab-x-cn1", console=console, initrd=tmp_path / "initrd",
+        disk=tmp_path / "disk.qcow2", guest=old, boots=1)  # type: ignore[arg-type]
+    lab.nodes["cn1"] = rt
+
+    lab.reboot("cn1")
+
+    assert old.closed
+    assert calls == ["destroy hplab-x-cn1", "overlay disk.qcow2", "create hplab-x-cn1"]
+    assert banners == [console.stat().st_size]  # the old ready mark is not this boot's
+    assert isinstance(rt.guest, _FakeGuest) and rt.guest is not old
+    assert rt.guest.port == rt.port and rt.boots == 2
+    assert json.loads((lab.run_dir / engine.STATE_FILE).read_text())["nodes"]["cn1"]["boots"] == 2
+    with pytest.raises(LabError, match="node 'cn9' is not in lab"):
+        lab.reboot("cn9")
