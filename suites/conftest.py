@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from vrhp_support import RecordProperty
 
 from lab import kmod
 from lab.engine import Lab
@@ -40,7 +41,7 @@ def class_module(request: pytest.FixtureRequest, lab: Lab, lab_session: LabSessi
 
 
 @pytest.fixture
-def record_property(request: pytest.FixtureRequest) -> Callable[[str, object], None]:
+def record_property(request: pytest.FixtureRequest) -> RecordProperty:
     """pytest's record_property without its xunit2 warning.
 
     Properties go to the test's user_properties, which the lab plugin writes to

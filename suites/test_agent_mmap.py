@@ -11,7 +11,7 @@ under the module's pinned pages.
 from __future__ import annotations
 
 import pytest
-from vrhp_support import HUGETLB_1G, agent_refuses, dump_to
+from vrhp_support import HUGETLB_1G, RecordProperty, agent_refuses, dump_to
 
 from lab import vrhp as view
 from lab.guest import Guest
@@ -69,7 +69,7 @@ def _assert_entries_in_mapping(module: GuestModule, flows: list[dict[str, int]],
 
 
 @pytest.fixture
-def hugepage_tables(vrhp: GuestModule, record_property: pytest.RecordProperty) -> GuestModule:
+def hugepage_tables(vrhp: GuestModule, record_property: RecordProperty) -> GuestModule:
     vrhp.load(mem="hugepage")
     setup = vrhp.setup()
     assert setup.outcome is view.Outcome.SUCCESS, setup
@@ -78,7 +78,7 @@ def hugepage_tables(vrhp: GuestModule, record_property: pytest.RecordProperty) -
 
 
 @pytest.fixture
-def btable_tables(vrhp: GuestModule, record_property: pytest.RecordProperty) -> GuestModule:
+def btable_tables(vrhp: GuestModule, record_property: RecordProperty) -> GuestModule:
     vrhp.load(mem="btable")
     record_property("backend", "btable")
     return vrhp
@@ -99,7 +99,7 @@ def test_ioctl_entries_appear_byte_for_byte_in_the_hugetlbfs_mapping(
 
 
 def test_entries_aged_by_the_agent_are_gone_for_the_module(
-        hugepage_tables: GuestModule, record_property: pytest.RecordProperty) -> None:
+        hugepage_tables: GuestModule, record_property: RecordProperty) -> None:
     module = hugepage_tables
     for table in ("flow", "bridge"):
         assert module.fill(table, 20_000, seed=21).inserted == 20_000
@@ -155,7 +155,7 @@ def test_btable_mapping_refuses_write_access(btable_tables: GuestModule, table: 
 @pytest.mark.parametrize("table", ["flow", "bridge"])
 def test_btable_map_unmap_1000_times_leaves_no_warning(
         guest: Guest, btable_tables: GuestModule, table: str,
-        record_property: pytest.RecordProperty) -> None:
+        record_property: RecordProperty) -> None:
     btable_tables.fill(table, 5000, seed=4)
     mark = guest.canary(f"remap-{table}")
     remap = view.parse_remap(btable_tables.agent_stdout("remap", table, 1000, timeout=600))
@@ -175,7 +175,7 @@ def test_btable_map_unmap_1000_times_leaves_no_warning(
                                   ("migrate",)],
                          ids=lambda a: "-".join(a))
 def test_agent_before_tables_exist_exits_with_a_message(
-        vrhp: GuestModule, args: tuple[str, ...], record_property: pytest.RecordProperty) -> None:
+        vrhp: GuestModule, args: tuple[str, ...], record_property: RecordProperty) -> None:
     record_property("backend", "none (hugepage mode before setup)")
     vrhp.load(mem="hugepage")
     result = agent_refuses(vrhp, *args, status=2)
@@ -184,7 +184,7 @@ def test_agent_before_tables_exist_exits_with_a_message(
 
 
 def test_agent_without_module_exits_with_a_message(
-        vrhp: GuestModule, record_property: pytest.RecordProperty) -> None:
+        vrhp: GuestModule, record_property: RecordProperty) -> None:
     record_property("backend", "none (module absent)")
     result = agent_refuses(vrhp, "setup", status=1)
     assert "/dev/vrhp: No such file or directory (is the vrhp module loaded?)" in result.stderr
@@ -195,7 +195,7 @@ def test_agent_without_module_exits_with_a_message(
                                   ("pattern", "flow", "1")], ids=lambda a: "-".join(a))
 def test_table_size_zero_is_refused_not_crashed_on(
         vrhp: GuestModule, mem: str, args: tuple[str, ...],
-        record_property: pytest.RecordProperty) -> None:
+        record_property: RecordProperty) -> None:
     """The upstream agent asserted table_size_ != 0 and died; this one refuses."""
     record_property("backend", mem)
     vrhp.load(mem=mem, fault_zero_size=1)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shlex
 
 import pytest
-from vrhp_support import HUGETLB_1G, meminfo
+from vrhp_support import HUGETLB_1G, RecordProperty, meminfo
 
 from lab import vrhp as view
 from lab.guest import Guest
@@ -19,7 +19,7 @@ DEFAULT_SIZES = {"flow": view.flow_sizes(), "bridge": view.bridge_sizes()}
 
 
 @pytest.fixture
-def tables(vrhp: GuestModule, record_property: pytest.RecordProperty) -> GuestModule:
+def tables(vrhp: GuestModule, record_property: RecordProperty) -> GuestModule:
     """vrhp loaded in hugepage mode with both tables set up by the agent."""
     record_property("backend", "hugepage")
     vrhp.load(mem="hugepage")
@@ -48,7 +48,7 @@ def test_setup_places_each_table_on_its_own_1g_page(tables: GuestModule) -> None
 
 @pytest.mark.parametrize("table", ["flow", "bridge"])
 def test_fill_until_full_then_scan_agrees_with_stats(tables: GuestModule, table: str,
-                                                     record_property: pytest.RecordProperty,
+                                                     record_property: RecordProperty,
                                                      ) -> None:
     sizes = DEFAULT_SIZES[table]
     fill = tables.fill(table, sizes.total_entries, seed=7)
@@ -90,7 +90,7 @@ LEAK_SLACK_KB = {"MemFree": 16384, "SUnreclaim": 1024, "VmallocUsed": 1024}
 
 @pytest.mark.parametrize("mem", ["btable", "hugepage"])
 def test_load_use_unload_loop_leaks_nothing(mem: str, guest: Guest, vrhp: GuestModule,
-                                            record_property: pytest.RecordProperty) -> None:
+                                            record_property: RecordProperty) -> None:
     """Each pass: an insmod refused with EINVAL, a load, (hugepage) setup, fills of both
     tables, rmmod and file removal. Kernel memory and the pool end where they started."""
     ko, agent = shlex.quote(vrhp.ko), shlex.quote(vrhp.agent_path)

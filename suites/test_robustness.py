@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from vrhp_support import RecordProperty
 
 from lab import engine, guesttools, virt
 from lab.engine import Lab
@@ -149,7 +150,7 @@ def _run_inner(tmp_path: Path, fault: str, kernel: str) -> InnerRun:
 ])
 def test_fault_ends_classified_and_leaves_nothing(
         tmp_path: Path, fault: str, classes: set[str], returncode: int, inner_kernel: str,
-        record_property: pytest.RecordProperty) -> None:
+        record_property: RecordProperty) -> None:
     inner = _run_inner(tmp_path, fault, inner_kernel)
     outcomes = inner.outcome_classes()
     record_property("fault", fault)
@@ -167,7 +168,7 @@ def test_fault_ends_classified_and_leaves_nothing(
 
 
 def test_killed_pytest_is_reaped(tmp_path: Path, inner_kernel: str,
-                                 record_property: pytest.RecordProperty) -> None:
+                                 record_property: RecordProperty) -> None:
     proc, marker, _ = _start_inner(tmp_path, "pytest-killed", inner_kernel)
     try:
         deadline = time.monotonic() + INNER_LIMIT_S
@@ -199,7 +200,7 @@ def uapi(lab_session: LabSession) -> tuple[Path, ...]:
 @pytest.mark.lab
 def test_unprivileged_caller_gets_eperm_and_no_writable_mapping(
         vrhp: Any, guest: Guest, lab: Lab, uapi: tuple[Path, ...],
-        record_property: pytest.RecordProperty) -> None:
+        record_property: RecordProperty) -> None:
     """Devices opened as root, then uid 65534: every control ioctl is EPERM, no open, and
     the read-only table device refuses writable mappings."""
     helper = guesttools.install(guest, "vrhp_unpriv", lab.cache, include_dirs=uapi)
@@ -223,7 +224,7 @@ FUZZ_PROCS = 2
 @pytest.mark.lab
 def test_ioctl_fuzzer_leaves_the_module_answering_and_the_pool_whole(
         vrhp: Any, guest: Guest, lab: Lab, uapi: tuple[Path, ...],
-        record_property: pytest.RecordProperty) -> None:
+        record_property: RecordProperty) -> None:
     """Seeded random ioctls from two processes at once; the console canary fails the test on
     any Oops/BUG/WARNING. Afterwards the module answers, unloads, and the pool is whole."""
     fuzzer = guesttools.install(guest, "vrhp_fuzz", lab.cache, include_dirs=uapi)

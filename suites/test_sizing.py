@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from vrhp_support import HUGETLB_1G, LoadedTables, agent_refuses, meminfo, mount_1g
+from vrhp_support import HUGETLB_1G, LoadedTables, RecordProperty, agent_refuses, meminfo, mount_1g
 
 from lab import guesttools
 from lab import vrhp as view
@@ -78,7 +78,7 @@ def _case(sized: LoadedTables) -> Case:
 class TestSizing:
     @pytest.fixture(autouse=True)
     def _properties(self, node: NodeRuntime, sized: LoadedTables,
-                    record_property: pytest.RecordProperty) -> None:
+                    record_property: RecordProperty) -> None:
         record_property("backend", "hugepage")
         record_property("params", " ".join(f"{k}={v}" for k, v in sized.params.items())
                         or "defaults")
@@ -125,7 +125,7 @@ class TestSizing:
     @pytest.mark.parametrize("table", ["flow", "bridge"])
     def test_kernel_writes_are_read_back_byte_for_byte_through_the_agent_mapping(
             self, node: NodeRuntime, sized: LoadedTables, table: str,
-            record_property: pytest.RecordProperty) -> None:
+            record_property: RecordProperty) -> None:
         """Pattern through page_address()/vmap(), read through the hugetlbfs mapping."""
         size = sized.info.tables[table].table_bytes
         written = view.parse_pattern(sized.module.agent_stdout("pattern", table, 0x5EED,
@@ -146,7 +146,7 @@ class TestSizing:
     @pytest.mark.parametrize("table", ["flow", "bridge"])
     def test_fill_until_full_then_one_more_insert_fails_enospc(
             self, node: NodeRuntime, sized: LoadedTables, table: str,
-            record_property: pytest.RecordProperty) -> None:
+            record_property: RecordProperty) -> None:
         info = sized.info.tables[table]
         total = info.entries + info.oentries
         fill = sized.module.fill(table, total, seed=11)
@@ -191,7 +191,7 @@ def _hold_pages(guest: Guest, lab: Lab, count: int) -> None:
 def test_not_enough_huge_pages_obeys_the_fallback_policy(
         guest: Guest, lab: Lab, vrhp: GuestModule, held: int, fallback: int,
         outcome: view.Outcome, backends: dict[str, str],
-        record_property: pytest.RecordProperty) -> None:
+        record_property: RecordProperty) -> None:
     total, _ = hugepage_pool(guest)
     _hold_pages(guest, lab, held)
     assert hugepage_pool(guest) == (total, total - held)
@@ -237,7 +237,7 @@ def test_not_enough_huge_pages_obeys_the_fallback_policy(
 @pytest.mark.hugepages(size="1G", count=2)
 def test_flow_short_of_pages_bridge_mapped_tables_stay_apart(
         guest: Guest, lab: Lab, vrhp: GuestModule,
-        record_property: pytest.RecordProperty) -> None:
+        record_property: RecordProperty) -> None:
     """Upstream's agent read the bridge mapping as the flow table in exactly this case."""
     _hold_pages(guest, lab, 1)
     vrhp.load(mem="hugepage", flow_entries=4_194_304)
@@ -267,7 +267,7 @@ def test_flow_short_of_pages_bridge_mapped_tables_stay_apart(
 
 # ---------------------------------------------------------------- invalid parameters
 
-INVALID = [
+INVALID: list[tuple[dict[str, int | str], str]] = [
     ({"flow_entries": 0}, "flow_entries=0 invalid"),
     ({"flow_entries": 1022}, "flow_entries=1022 invalid"),
     ({"oflow_entries": 6}, "oflow_entries=6 invalid"),
@@ -286,8 +286,8 @@ INVALID = [
 @pytest.mark.parametrize(("params", "message"), INVALID,
                          ids=["-".join(f"{k}={v}" for k, v in p.items()) for p, _ in INVALID])
 def test_invalid_parameter_refused_with_einval_naming_it(
-        guest: Guest, vrhp: GuestModule, params: dict[str, object], message: str,
-        record_property: pytest.RecordProperty) -> None:
+        guest: Guest, vrhp: GuestModule, params: dict[str, int | str], message: str,
+        record_property: RecordProperty) -> None:
     record_property("backend", "none (insmod refused)")
     before = meminfo(guest)
     mark = guest.canary("invalid-param")
@@ -313,7 +313,7 @@ PAGES_2M = {"flow": 77, "bridge": 10}   # ceil(161,222,656 / 2 MiB), ceil(20,189
 
 @pytest.mark.hugepages(size="2M", count=PAGES_2M["flow"] + PAGES_2M["bridge"])
 def test_default_tables_on_2m_pages(guest: Guest, vrhp: GuestModule,
-                                    record_property: pytest.RecordProperty) -> None:
+                                    record_property: RecordProperty) -> None:
     record_property("backend", "hugepage-2M")
     vrhp.load(mem="hugepage")
     setup = vrhp.setup()      # no 1 GiB pool: the agent picks 2 MiB pages itself

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import pytest
-from vrhp_support import HUGETLB_1G, dump_to, fragmentation_lost, lookup_all
+from vrhp_support import HUGETLB_1G, RecordProperty, dump_to, fragmentation_lost, lookup_all
 
 from lab import vrhp as view
 from lab.engine import Lab
@@ -98,7 +98,7 @@ def _swap(guest: Guest, new: GuestModule, *setup_args: str, **params: object) ->
                    guest.read("/tmp/swap-setup.err"))
 
 
-def _record(name: str, swapped: Swapped, record_property: pytest.RecordProperty,
+def _record(name: str, swapped: Swapped, record_property: RecordProperty,
             upgrade_times: dict[str, dict[str, float]]) -> None:
     record_property("module_absent_s", swapped.times.module_absent_s)
     record_property("tables_unavailable_s", swapped.times.tables_unavailable_s)
@@ -146,7 +146,7 @@ def _header_digest(guest: Guest, path: str) -> str:
 
 
 def test_hugepage_v1_to_v2_keeps_every_entry(
-        guest: Guest, vrhp_variant: Variant, record_property: pytest.RecordProperty,
+        guest: Guest, vrhp_variant: Variant, record_property: RecordProperty,
         upgrade_times: dict[str, dict[str, float]]) -> None:
     v1, v2 = vrhp_variant(1, 1), vrhp_variant(2, 1)
     record_property("backend", "hugepage")
@@ -159,7 +159,7 @@ def test_hugepage_v1_to_v2_keeps_every_entry(
 
 
 def test_btable_to_hugepage_by_migration_keeps_every_entry(
-        guest: Guest, vrhp_variant: Variant, record_property: pytest.RecordProperty,
+        guest: Guest, vrhp_variant: Variant, record_property: RecordProperty,
         upgrade_times: dict[str, dict[str, float]]) -> None:
     v1 = vrhp_variant(1, 1)
     record_property("backend", "btable->hugepage")
@@ -176,7 +176,7 @@ def test_btable_to_hugepage_by_migration_keeps_every_entry(
 @pytest.mark.fresh_guest
 def test_btable_to_hugepage_by_migration_in_a_fragmented_guest(
         guest: Guest, vrhp_variant: Variant, fragmenter: GuestFragmenter,
-        fragmented: Callable[..., FragmentRun], record_property: pytest.RecordProperty,
+        fragmented: Callable[..., FragmentRun], record_property: RecordProperty,
         upgrade_times: dict[str, dict[str, float]]) -> None:
     """The seed's case: a btable module loaded while memory was young, the host fragments
     over time, and the upgrade to huge pages still keeps every entry.
@@ -204,7 +204,7 @@ def test_btable_to_hugepage_by_migration_in_a_fragmented_guest(
 
 
 def test_incompatible_layout_is_refused_and_the_old_module_rolls_back(
-        guest: Guest, vrhp_variant: Variant, record_property: pytest.RecordProperty,
+        guest: Guest, vrhp_variant: Variant, record_property: RecordProperty,
         upgrade_times: dict[str, dict[str, float]]) -> None:
     v1, v3 = vrhp_variant(1, 1), vrhp_variant(3, 2)
     record_property("backend", "hugepage")
@@ -237,7 +237,7 @@ def test_incompatible_layout_is_refused_and_the_old_module_rolls_back(
 
 
 def test_v2_to_v1_downgrade_with_the_same_layout_keeps_every_entry(
-        guest: Guest, vrhp_variant: Variant, record_property: pytest.RecordProperty,
+        guest: Guest, vrhp_variant: Variant, record_property: RecordProperty,
         upgrade_times: dict[str, dict[str, float]]) -> None:
     v2, v1 = vrhp_variant(2, 1), vrhp_variant(1, 1)
     record_property("backend", "hugepage")

@@ -4,6 +4,7 @@ the fragmentation check."""
 from __future__ import annotations
 
 import shlex
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from lab import vrhp as view
@@ -17,6 +18,8 @@ HUGETLB_1G = "/dev/hugepages1G"
 # a single order-10 block can be freed between the fragmenter's check and the probe.
 STRAY_BLOCKS = 2
 PROBE_COUNT = 64
+
+RecordProperty = Callable[[str, object], None]  # the suites' record_property fixture
 
 
 def fragmentation_lost(fragmenter: GuestFragmenter, run: FragmentRun, tag: str) -> str | None:
@@ -66,7 +69,7 @@ class LoadedTables:
 
     module: GuestModule
     guest: Guest
-    params: dict[str, object]
+    params: Mapping[str, object]
     setup: view.SetupOutcome
     info: view.Info
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from lab import engine, virt
+from lab import image as image_module
 from lab.engine import host_pages_needed, kernel_cmdline, leaked_host_pages
 from lab.errors import HostError, LabError
 from lab.image import Image
@@ -25,18 +26,24 @@ def spec(**changes: object) -> virt.DomainSpec:
     return virt.DomainSpec(**base)  # type: ignore[arg-type]
 
 
+def element(root: ET.Element, path: str) -> ET.Element:
+    found = root.find(path)
+    assert found is not None, f"no <{path}> in the domain XML"
+    return found
+
+
 def test_tcg_domain_xml() -> None:
     root = ET.fromstring(virt.domain_xml(spec()))
     assert root.get("type") == "qemu"
     assert root.findtext("name") == "hplab-abcd1234-cn1"
-    assert root.find("cpu").attrib == {"mode": "maximum", "check": "none"}
+    assert element(root, "cpu").attrib == {"mode": "maximum", "check": "none"}
     assert root.findtext("os/kernel") == "/k/vmlinuz"
     assert root.findtext("os/cmdline") == "console=ttyS0 panic=-1"
     for event in ("on_poweroff", "on_reboot", "on_crash"):
         assert root.findtext(event) == "destroy"
     assert root.find("devices/graphics") is None
-    assert root.find("devices/serial/source").get("path") == "/r/cn1/console.log"
-    assert root.find("devices/serial/source").get("append") == "on"  # a reboot appends
+    assert element(root, "devices/serial/source").get("path") == "/r/cn1/console.log"
+    assert element(root, "devices/serial/source").get("append") == "on"  # a reboot appends
     args = [a.get("value") for a in root.iter(f"{QEMU_NS}arg")]
     netdev = args[args.index("-netdev") + 1]
     assert netdev == "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:40022-:22"
@@ -46,7 +53,7 @@ def test_tcg_domain_xml() -> None:
 def test_kvm_and_hugepage_backing() -> None:
     root = ET.fromstring(virt.domain_xml(spec(accel="kvm", hugepage_backing=True)))
     assert root.get("type") == "kvm"
-    assert root.find("cpu").get("mode") == "host-passthrough"
+    assert element(root, "cpu").get("mode") == "host-passthrough"
     args = [a.get("value") for a in root.iter(f"{QEMU_NS}arg")]
     backend = args[args.index("-object") + 1]
     assert backend == ("memory-backend-file,id=hplab.ram,size=3221225472,"
@@ -61,17 +68,17 @@ def test_unbacked_domain_leaves_ram_to_libvirt() -> None:
 
 def test_disk_is_a_qcow2_virtio_disk_on_a_fixed_slot() -> None:
     root = ET.fromstring(virt.domain_xml(spec(disk=Path("/r/cn1/disk.qcow2"))))
-    disk = root.find("devices/disk")
-    assert disk.find("driver").get("type") == "qcow2"
-    assert disk.find("source").get("file") == "/r/cn1/disk.qcow2"
-    assert disk.find("target").attrib == {"dev": "vda", "bus": "virtio"}
-    assert disk.find("address").get("slot") == "0x05"
+    disk = element(root, "devices/disk")
+    assert element(disk, "driver").get("type") == "qcow2"
+    assert element(disk, "source").get("file") == "/r/cn1/disk.qcow2"
+    assert element(disk, "target").attrib == {"dev": "vda", "bus": "virtio"}
+    assert element(disk, "address").get("slot") == "0x05"
     assert ET.fromstring(virt.domain_xml(spec())).find("devices/disk") is None
 
 
 def test_metadata_is_quoted() -> None:
     root = ET.fromstring(virt.domain_xml(spec(console=Path("/r/a'b&c/console.log"))))
-    assert root.find("devices/serial/source").get("path") == "/r/a'b&c/console.log"
+    assert element(root, "devices/serial/source").get("path") == "/r/a'b&c/console.log"
 
 
 def test_domain_names_carry_run_and_node() -> None:
@@ -299,8 +306,11 @@ def test_reboot_boots_a_new_domain_after_the_old_one_is_gone(
     monkeypatch.setattr(virt, "alive", lambda conn: True)
     monkeypatch.setattr(virt, "destroy", lambda conn, name: calls.append(f"destroy {name}"))
     monkeypatch.setattr(virt, "create", lambda conn, spec: calls.append(f"create {spec.name}"))
-    monkeypatch.setattr(engine.images, "node_disk",
-                        lambda image, out: calls.append(f"overlay {out.name}") or out)
+    def overlay(image: Image, out: Path) -> Path:
+        calls.append(f"overlay {out.name}")
+        return out
+
+    monkeypatch.setattr(image_module, "node_disk", overlay)
     banners: list[int] = []
     monkeypatch.setattr(virt, "wait_ssh_banner",
                         lambda *a, console_from=0, **k: banners.append(console_from))
