@@ -164,11 +164,11 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 TAINT_BEFORE = pytest.StashKey[dict[str, int]]()
-CANARIES = pytest.StashKey[dict[str, str]]()
+CANARIES = pytest.StashKey[dict[str, str | None]]()
 
 
-def _canaries(session: LabSession, item: pytest.Item) -> dict[str, str]:
-    marks = {}
+def _canaries(session: LabSession, item: pytest.Item) -> dict[str, str | None]:
+    marks: dict[str, str | None] = {}
     lab = session.running
     if lab is not None:
         for name, rt in lab.nodes.items():
@@ -180,7 +180,10 @@ def _canaries(session: LabSession, item: pytest.Item) -> dict[str, str]:
     return marks
 
 
-def _dmesg_sections(session: LabSession, marks: dict[str, str]) -> list[tuple[str, str]]:
+def _dmesg_sections(session: LabSession, marks: dict[str, str | None]
+                    ) -> list[tuple[str, str]]:
+    """Each node's kernel log since its mark; a node without a mark (booted during the
+    test) since its boot."""
     sections = []
     lab = session.running
     for name, mark in marks.items():
@@ -188,7 +191,7 @@ def _dmesg_sections(session: LabSession, marks: dict[str, str]) -> list[tuple[st
         if rt is None or rt.guest is None:
             continue
         try:
-            text = rt.guest.dmesg_since(mark)
+            text = rt.guest.dmesg_since(mark) if mark else rt.guest.check("dmesg")
         except LabError as exc:
             text = f"(dmesg unavailable: {exc})"
         if text.strip():
@@ -225,7 +228,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         if report.when == "setup" and report.passed:
             item.stash[TAINT_BEFORE] = session.taints()
             if not item.stash.get(CANARIES, {}):  # the lab booted in this test's setup
-                item.stash[CANARIES] = _canaries(session, item)
+                item.stash[CANARIES] = dict.fromkeys(session.running.nodes)
         elif report.when == "teardown":
             session.untouched.clear()
             # setup after the canary, the call and the teardown (rmmod, resets)
@@ -295,11 +298,9 @@ def node(request: pytest.FixtureRequest, lab_session: LabSession, node_name: str
     if request.node.get_closest_marker("fresh_guest"):
         seconds = lab_session.fresh(node_name)
         if seconds is not None:
-            assert runtime.guest is not None
             request.node.user_properties.append(("reboot_seconds", round(seconds, 2)))
-            canaries = request.node.stash.get(CANARIES, {})
-            if node_name in canaries:  # the old boot's log is gone with it
-                canaries[node_name] = runtime.guest.canary(request.node.name[:80])
+            # the test's kernel log is this boot's whole log
+            request.node.stash.setdefault(CANARIES, {})[node_name] = None
     request.node.user_properties.extend([("node", node_name),
                                          ("kernel", runtime.kernel.release),
                                          ("accel", runtime.accel)])

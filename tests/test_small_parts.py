@@ -3,6 +3,7 @@ from __future__ import annotations
 import gzip
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -142,3 +143,22 @@ def test_fresh_guest_reboots_only_a_node_a_test_has_used(tmp_path: Path) -> None
     assert session.fresh("cn1") == 3.5 and lab.rebooted == ["cn1"]
     assert session.fresh("cn1") is None  # a second fixture of the same test
     assert lab.rebooted == ["cn1"]
+
+
+class _LoggingGuest:
+    def check(self, command: str) -> str:
+        assert command == "dmesg"
+        return "[0.0] Linux version\n[9.0] vrhp: loaded\n"
+
+    def dmesg_since(self, mark: str) -> str:
+        return f"after {mark}\n"
+
+
+def test_a_node_without_a_canary_gives_its_log_since_boot(tmp_path: Path) -> None:
+    session = plugin.LabSession(_Config(tmp_path))  # type: ignore[arg-type]
+    guest = _LoggingGuest()
+    node = SimpleNamespace(guest=guest)
+    session._lab = SimpleNamespace(nodes={"cn1": node, "cn2": node})  # type: ignore[assignment]
+    sections = plugin._dmesg_sections(session, {"cn1": "hplab-canary t 1", "cn2": None})
+    assert sections == [("cn1", "after hplab-canary t 1\n"),
+                        ("cn2", "[0.0] Linux version\n[9.0] vrhp: loaded\n")]
