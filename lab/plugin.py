@@ -308,9 +308,8 @@ def node(request: pytest.FixtureRequest, lab_session: LabSession, node_name: str
 
 
 @pytest.fixture
-def guest(node: NodeRuntime) -> Guest:
-    assert node.guest is not None
-    return node.guest
+def guest(node: NodeRuntime, lab: Lab) -> Guest:
+    return lab.guest(node.node.name)  # names the node if it is down (a failed reboot)
 
 
 @pytest.fixture
