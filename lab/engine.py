@@ -11,7 +11,7 @@ import os
 import secrets
 import shutil
 import time
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from lab.errors import LabError
 from lab.events import EventBus
 from lab.guest import Guest
 from lab.paths import cache_dir, runs_dir
-from lab.shell import run
+from lab.shell import locked, run
 from lab.timeouts import Timeouts
 from lab.topology import Node, Topology
 
@@ -82,7 +82,7 @@ class NodeRuntime:
                 "image": self.image.kind, "host_key": self.image.host_key,
                 "backing": self.node.backing,
                 "console": str(self.console), "boot_seconds": round(self.boot_seconds, 2),
-                "boots": self.boots}
+                "boots": self.boots, "up": self.guest is not None}
 
 
 class Lab:
@@ -231,15 +231,26 @@ class Lab:
         if rt is None:
             raise LabError(f"node {name!r} is not in lab {self.run_id} "
                            f"(nodes: {', '.join(self.nodes)})")
-        if rt.guest is not None:
-            rt.guest.close()
-            rt.guest = None
+        backed = rt.node.backing == "hugepages-1G"
         with self.bus.phase("reboot", name, f"boot {rt.boots + 1}"):
-            virt.destroy(self._conn(rt.node.uri), rt.domain)
-            if rt.disk is not None:
-                rt.disk = images.node_disk(rt.image, rt.disk)
-            self._wait_ready(rt, self._create(rt))
-        self._write_state("running")
+            try:
+                # the pages the old domain frees stay in the pool until the new one has them
+                with locked(virt.POOL_LOCK) if backed else nullcontext():
+                    virt.destroy(self._conn(rt.node.uri), rt.domain)
+                    if rt.guest is not None:
+                        rt.guest.retire(f"rebooted into boot {rt.boots + 1}")
+                        rt.guest = None
+                    if rt.disk is not None:
+                        rt.disk = images.node_disk(rt.image, rt.disk)
+                    created = self._create(rt)
+                try:
+                    self._wait_ready(rt, created)
+                except BaseException:
+                    with suppress(Exception):  # a half-booted node holds no CPU or memory
+                        virt.destroy(self._conn(rt.node.uri), rt.domain)
+                    raise
+            finally:
+                self._write_state("running")
         return rt.boot_seconds
 
     def guest(self, name: str) -> Guest:

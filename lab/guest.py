@@ -56,9 +56,12 @@ class Guest:
         self._sftp: paramiko.SFTPClient | None = None
         self.transient_retries = 0
         self.silent = False  # the last command got no answer within its bound
+        self.retired = ""  # why this connection may not be used again
 
     @property
     def client(self) -> paramiko.SSHClient:
+        if self.retired:
+            raise GuestError(f"{self.node}: {self.retired}: this connection is not usable")
         if self._client is None or not self._transport_alive():
             self._client = self._connect()
         return self._client
@@ -95,6 +98,12 @@ class Guest:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+    def retire(self, why: str) -> None:
+        """Close for good: the VM behind this port is gone, and a later VM may get the
+        same port, so nothing may reconnect through this object."""
+        self.close()
+        self.retired = why
 
     def run(self, command: str, *, timeout: float | None = None, check: bool = False) -> Result:
         """Run a shell command; raise GuestError if it outlives `timeout` (or fails, with check).

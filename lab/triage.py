@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,8 @@ class ConsoleWatch:
         if not self.path.exists():
             return ""
         with self.path.open("rb") as handle:
+            if os.fstat(handle.fileno()).st_size < self.offset:  # virtlogd rotated it
+                self.offset = 0
             handle.seek(self.offset)
             data = handle.read()
         # Only complete lines: a trace still being written is read next time.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import select
 import shutil
 import socket
@@ -314,6 +315,8 @@ class ConsoleMark:
     def seen(self) -> bool:
         try:
             with self.console.open("rb") as handle:
+                if os.fstat(handle.fileno()).st_size < self.offset:  # virtlogd rotated it
+                    self.offset = 0
                 handle.seek(self.offset)
                 chunk = handle.read()
         except OSError:

@@ -28,16 +28,16 @@ def class_module(request: pytest.FixtureRequest, lab: Lab, lab_session: LabSessi
     if reason:
         pytest.skip(reason)
     runtime = lab.nodes[node_name]
-    assert runtime.guest is not None
+    guest = lab.guest(node_name)
     key = (runtime.kernel.release, 1, 1)
     if key not in vrhp_builds:
         with lab.bus.phase("kmod-build", node_name, "v1 layout 1"):
             vrhp_builds[key] = kmod.build(runtime.kernel, lab.cache,
                                           source=lab_session.kmod_source)
-    kmod.reset_guest(runtime.guest)
-    module = GuestModule(runtime.guest, vrhp_builds[key]).install()
+    kmod.reset_guest(guest)
+    module = GuestModule(guest, vrhp_builds[key]).install()
     yield module
-    kmod.reset_guest(runtime.guest)
+    kmod.reset_guest(guest)
 
 
 @pytest.fixture

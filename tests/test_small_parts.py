@@ -8,8 +8,9 @@ from types import SimpleNamespace
 import pytest
 
 from lab import guesttools, host, image, plugin, shell
-from lab.errors import BuildError
+from lab.errors import BuildError, GuestError
 from lab.events import EventBus
+from lab.guest import Guest
 from lab.timeouts import Timeouts
 from lab.topology import parse
 
@@ -162,3 +163,10 @@ def test_a_node_without_a_canary_gives_its_log_since_boot(tmp_path: Path) -> Non
     sections = plugin._dmesg_sections(session, {"cn1": "hplab-canary t 1", "cn2": None})
     assert sections == [("cn1", "after hplab-canary t 1\n"),
                         ("cn2", "[0.0] Linux version\n[9.0] vrhp: loaded\n")]
+
+
+def test_a_retired_guest_never_reconnects(tmp_path: Path) -> None:
+    guest = Guest("cn1", 1, tmp_path / "key", "ssh-ed25519 AAAA")
+    guest.retire("rebooted into boot 2")
+    with pytest.raises(GuestError, match="cn1: rebooted into boot 2: this connection is not"):
+        guest.run("true")

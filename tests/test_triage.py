@@ -118,3 +118,12 @@ def test_sysrq_crash_is_a_kernel_crash_even_when_ssh_broke_too() -> None:
     lost = GuestError("cn1: SSH connection lost")
     assert triage.classify(lost, findings, skipped=False) == "kernel-crash"
     assert triage.classify(lost, [], skipped=False) == "infrastructure-ssh"
+
+
+def test_console_watch_starts_again_when_virtlogd_rotated_the_file(tmp_path: Path) -> None:
+    console = tmp_path / "console.log"
+    console.write_text("boot\n" * 100)
+    watch = triage.ConsoleWatch(console)
+    watch.read_new()
+    console.write_text("[    1.0] Kernel panic - not syncing: sysrq triggered crash\n")
+    assert [f.kind for f in watch.new_findings()] == ["panic"]

@@ -9,7 +9,7 @@ import pytest
 from lab import engine, virt
 from lab import image as image_module
 from lab.engine import host_pages_needed, kernel_cmdline, leaked_host_pages
-from lab.errors import HostError, LabError
+from lab.errors import BootError, HostError, LabError
 from lab.image import Image
 from lab.kernel import Kernel
 from lab.topology import parse
@@ -290,50 +290,79 @@ def test_lab_reconnects_when_the_daemon_restarted(tmp_path: Path,
 
 class _FakeGuest:
     def __init__(self, node: str, port: int, *args: object, **kwargs: object) -> None:
-        self.node, self.port, self.closed = node, port, False
+        self.node, self.port, self.retired = node, port, ""
 
     def check(self, command: str) -> str:
         return ""
 
-    def close(self) -> None:
-        self.closed = True
+    def retire(self, why: str) -> None:
+        self.retired = why
 
 
-def test_reboot_boots_a_new_domain_after_the_old_one_is_gone(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def rebootable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+               ) -> tuple[engine.Lab, engine.NodeRuntime, list[str]]:
+    """A lab with one running node and virt, images and Guest faked; the calls made."""
     calls: list[str] = []
     monkeypatch.setattr(virt, "connect", lambda uri, wait_s=0.0: _FakeConn(uri))
     monkeypatch.setattr(virt, "alive", lambda conn: True)
     monkeypatch.setattr(virt, "destroy", lambda conn, name: calls.append(f"destroy {name}"))
     monkeypatch.setattr(virt, "create", lambda conn, spec: calls.append(f"create {spec.name}"))
+
     def overlay(image: Image, out: Path) -> Path:
         calls.append(f"overlay {out.name}")
         return out
 
     monkeypatch.setattr(image_module, "node_disk", overlay)
-    banners: list[int] = []
     monkeypatch.setattr(virt, "wait_ssh_banner",
-                        lambda *a, console_from=0, **k: banners.append(console_from))
+                        lambda *a, console_from=0, **k: calls.append(f"wait from {console_from}"))
     monkeypatch.setattr(engine, "Guest", _FakeGuest)
     lab = engine.Lab(parse("nodes: [{name: cn1}]", Path("t.yaml")), tmp_path)
     lab.run_dir.mkdir(parents=True)
     console = lab.run_dir / "console.log"
     console.write_text("first boot\nhplab-init: ready\n")
-    old = _FakeGuest("cn1", 40000)
     rt = engine.NodeRuntime(
         node=lab.topology.nodes[0], kernel=Kernel("debian:6.1", "6.1.0-x", "1", tmp_path),
         image=Image("minimal", "k", tmp_path / "img", "ssh-ed25519 AAAA"), accel="tcg",
         domain="hplab-x-cn1", console=console, initrd=tmp_path / "initrd",
-        disk=tmp_path / "disk.qcow2", guest=old, boots=1)  # type: ignore[arg-type]
+        disk=tmp_path / "disk.qcow2", guest=_FakeGuest("cn1", 40000), boots=1)  # type: ignore[arg-type]
     lab.nodes["cn1"] = rt
+    return lab, rt, calls
+
+
+def test_reboot_boots_a_new_domain_after_the_old_one_is_gone(
+        rebootable: tuple[engine.Lab, engine.NodeRuntime, list[str]]) -> None:
+    lab, rt, calls = rebootable
+    old = rt.guest
+    assert isinstance(old, _FakeGuest)
 
     lab.reboot("cn1")
 
-    assert old.closed
-    assert calls == ["destroy hplab-x-cn1", "overlay disk.qcow2", "create hplab-x-cn1"]
-    assert banners == [console.stat().st_size]  # the old ready mark is not this boot's
+    assert old.retired == "rebooted into boot 2"
+    assert calls == ["destroy hplab-x-cn1", "overlay disk.qcow2", "create hplab-x-cn1",
+                     f"wait from {rt.console.stat().st_size}"]  # not the old ready mark
     assert isinstance(rt.guest, _FakeGuest) and rt.guest is not old
     assert rt.guest.port == rt.port and rt.boots == 2
-    assert json.loads((lab.run_dir / engine.STATE_FILE).read_text())["nodes"]["cn1"]["boots"] == 2
+    state = json.loads((lab.run_dir / engine.STATE_FILE).read_text())
+    assert state["nodes"]["cn1"]["boots"] == 2 and state["nodes"]["cn1"]["up"]
     with pytest.raises(LabError, match="node 'cn9' is not in lab"):
         lab.reboot("cn9")
+
+
+def test_a_reboot_that_never_answers_leaves_no_domain_and_says_the_node_is_down(
+        rebootable: tuple[engine.Lab, engine.NodeRuntime, list[str]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    lab, rt, calls = rebootable
+
+    def no_banner(*args: object, **kwargs: object) -> None:
+        raise BootError("cn1: no SSH banner after 90.0s", node="cn1", phase="ssh-banner")
+
+    monkeypatch.setattr(virt, "wait_ssh_banner", no_banner)
+    with pytest.raises(BootError, match="no SSH banner"):
+        lab.reboot("cn1")
+    assert calls[-2:] == ["create hplab-x-cn1", "destroy hplab-x-cn1"]
+    assert rt.guest is None
+    state = json.loads((lab.run_dir / engine.STATE_FILE).read_text())
+    assert state["status"] == "running" and not state["nodes"]["cn1"]["up"]
+    with pytest.raises(LabError, match="node 'cn1' is not running"):
+        lab.guest("cn1")
