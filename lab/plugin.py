@@ -6,7 +6,7 @@ import json
 import re
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,14 +70,22 @@ class LabSession:
                             for name, rt in lab.nodes.items()}
         return self._lab
 
-    def fresh(self, name: str) -> float | None:
-        """Reboot node `name` unless no test has run on it since it booted; the boot
-        seconds, or None when it was already fresh."""
-        if name in self.untouched:
-            return None
+    def reboot(self, name: str, item: pytest.Item) -> Guest:
+        """Reboot node `name` for test `item`, whose kernel log of the node then starts
+        at the new boot; the node's new Guest."""
         seconds = self.lab().reboot(name)
+        item.user_properties.append(("reboot_seconds", round(seconds, 2)))
+        item.stash.setdefault(CANARIES, {})[name] = None
+        return self.lab().guest(name)
+
+    def fresh(self, name: str, item: pytest.Item) -> bool:
+        """Reboot node `name` unless no test has run on it since it booted; whether it
+        rebooted."""
+        if name in self.untouched:
+            return False
+        self.reboot(name, item)
         self.untouched.add(name)
-        return seconds
+        return True
 
     @property
     def running(self) -> Lab | None:
@@ -299,11 +307,7 @@ def node(request: pytest.FixtureRequest, lab_session: LabSession, node_name: str
         pytest.skip(reason)
     runtime = lab_session.lab().nodes[node_name]
     if request.node.get_closest_marker("fresh_guest"):
-        seconds = lab_session.fresh(node_name)
-        if seconds is not None:
-            request.node.user_properties.append(("reboot_seconds", round(seconds, 2)))
-            # the test's kernel log is this boot's whole log
-            request.node.stash.setdefault(CANARIES, {})[node_name] = None
+        lab_session.fresh(node_name, request.node)
     request.node.user_properties.extend([("node", node_name),
                                          ("kernel", runtime.kernel.release),
                                          ("accel", runtime.accel)])
@@ -313,6 +317,15 @@ def node(request: pytest.FixtureRequest, lab_session: LabSession, node_name: str
 @pytest.fixture
 def guest(node: NodeRuntime, lab: Lab) -> Guest:
     return lab.guest(node.node.name)  # names the node if it is down (a failed reboot)
+
+
+@pytest.fixture
+def reboot(request: pytest.FixtureRequest, lab_session: LabSession) -> Callable[[str], Guest]:
+    """reboot(node) -> the node's Guest after destroying it and booting it again.
+
+    Guests that fixtures already hold belong to the old boot and refuse every command.
+    """
+    return lambda name: lab_session.reboot(name, request.node)
 
 
 @pytest.fixture

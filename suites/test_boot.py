@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from lab import guesttools, virt
 from lab.engine import Lab, NodeRuntime
+from lab.errors import GuestError
 from lab.guest import Guest
 
 pytestmark = pytest.mark.lab
@@ -58,10 +60,7 @@ def test_one_gib_file_maps_gib_aligned(guest: Guest, lab: Lab) -> None:
         guest.run("rm -f /mnt/huge1g/probe; umount /mnt/huge1g")
 
 
-def test_host_backing_sits_on_gigantic_pages(node: NodeRuntime) -> None:
-    """From the host: QEMU's guest RAM is a hugetlbfs mapping of 1 GiB kernel pages."""
-    if node.node.backing != "hugepages-1G":
-        pytest.skip(f"node {node.node.name!r} is not backed by host huge pages")
+def _assert_ram_on_host_gigantic_pages(node: NodeRuntime) -> None:
     ram = [m for m in virt.guest_ram_mappings(node.domain, node.node.memory_mib)
            if m.path.startswith(f"{virt.HUGETLBFS_1G}/")]
     assert len(ram) == 1, f"no single guest-RAM mapping on {virt.HUGETLBFS_1G}: {ram}"
@@ -72,3 +71,36 @@ def test_host_backing_sits_on_gigantic_pages(node: NodeRuntime) -> None:
         assert virt.ram_backend(conn, node.domain) == virt.RAM_BACKEND
     finally:
         conn.close()
+
+
+def test_host_backing_sits_on_gigantic_pages(node: NodeRuntime) -> None:
+    """From the host: QEMU's guest RAM is a hugetlbfs mapping of 1 GiB kernel pages."""
+    if node.node.backing != "hugepages-1G":
+        pytest.skip(f"node {node.node.name!r} is not backed by host huge pages")
+    _assert_ram_on_host_gigantic_pages(node)
+
+
+def test_reboot_is_a_new_boot_on_a_new_disk_with_the_whole_pool(
+        guest: Guest, node: NodeRuntime, lab: Lab, reboot: Callable[[str], Guest]) -> None:
+    boot_id = "cat /proc/sys/kernel/random/boot_id"
+    before = guest.check(boot_id)
+    guest.check("echo stale > /root/left-behind; sync")  # the root disk, where there is one
+    pages = node.node.hugepages
+    pool = (f"cat /sys/kernel/mm/hugepages/hugepages-{pages.size_kib}kB/free_hugepages"
+            if pages else "echo 0")
+    if pages:  # a huge page left held in a hugetlbfs file
+        tool = guesttools.install(guest, "hugemap", lab.cache)
+        guest.check(f"mkdir -p /mnt/hp && mount -t hugetlbfs -o pagesize={pages.size} none "
+                    f"/mnt/hp && {tool} /mnt/hp/held {pages.size_kib * 1024}")
+        assert int(guest.check(pool)) == pages.count - 1
+
+    fresh = reboot(node.node.name)
+
+    assert fresh.check(boot_id) != before
+    assert fresh.check("uname -r").strip() == node.kernel.release
+    assert not fresh.run("test -e /root/left-behind").ok
+    assert int(fresh.check(pool)) == (pages.count if pages else 0)
+    with pytest.raises(GuestError, match="rebooted into boot"):
+        guest.check("true")
+    if node.node.backing == "hugepages-1G":
+        _assert_ram_on_host_gigantic_pages(node)

@@ -133,17 +133,32 @@ class _RebootingLab:
         self.rebooted.append(name)
         return 3.5
 
+    def guest(self, name: str) -> str:
+        return f"guest of {name}"
+
+
+class _Item:
+    def __init__(self) -> None:
+        self.user_properties: list[tuple[str, object]] = []
+        self.stash = pytest.Stash()
+
 
 def test_fresh_guest_reboots_only_a_node_a_test_has_used(tmp_path: Path) -> None:
     session = plugin.LabSession(_Config(tmp_path))  # type: ignore[arg-type]
     lab = _RebootingLab()
     session._lab = lab  # type: ignore[assignment]
     session.untouched = {"cn1", "cn2"}  # just booted
-    assert session.fresh("cn1") is None and lab.rebooted == []
+    item = _Item()
+    assert not session.fresh("cn1", item) and lab.rebooted == []  # type: ignore[arg-type]
     session.untouched.clear()  # a test ended
-    assert session.fresh("cn1") == 3.5 and lab.rebooted == ["cn1"]
-    assert session.fresh("cn1") is None  # a second fixture of the same test
+    marks: dict[str, str | None] = {"cn1": "hplab-canary t 1", "cn2": "hplab-canary t 2"}
+    item.stash[plugin.CANARIES] = marks
+    assert session.fresh("cn1", item) and lab.rebooted == ["cn1"]  # type: ignore[arg-type]
+    assert not session.fresh("cn1", item)  # type: ignore[arg-type]  # a second fixture
     assert lab.rebooted == ["cn1"]
+    assert item.user_properties == [("reboot_seconds", 3.5)]
+    # the test's log of cn1 is the new boot's whole log
+    assert item.stash[plugin.CANARIES] == {"cn1": None, "cn2": "hplab-canary t 2"}
 
 
 class _LoggingGuest:
