@@ -78,10 +78,15 @@ class LabSession:
         item.stash.setdefault(CANARIES, {})[name] = None
         return self.lab().guest(name)
 
+    def reboots_for(self, name: str, item: pytest.Item) -> bool:
+        """Whether `item` asks for a fresh guest and node `name` has served a test since
+        it booted."""
+        return item.get_closest_marker("fresh_guest") is not None and name not in self.untouched
+
     def fresh(self, name: str, item: pytest.Item) -> bool:
-        """Reboot node `name` unless no test has run on it since it booted; whether it
-        rebooted."""
-        if name in self.untouched:
+        """Reboot node `name` if `item` asks for a fresh guest and some test has run on it
+        since it booted; whether it rebooted."""
+        if not self.reboots_for(name, item):
             return False
         self.reboot(name, item)
         self.untouched.add(name)
@@ -178,10 +183,9 @@ CANARIES = pytest.StashKey[dict[str, str | None]]()
 def _canaries(session: LabSession, item: pytest.Item) -> dict[str, str | None]:
     marks: dict[str, str | None] = {}
     lab = session.running
-    rebooting = item.get_closest_marker("fresh_guest") is not None
     if lab is not None:
         for name, rt in lab.nodes.items():
-            if rebooting and name not in session.untouched:
+            if session.reboots_for(name, item):
                 continue  # its log ends with this boot; the fixture marks it from boot
             if rt.guest is not None:
                 try:
@@ -306,8 +310,7 @@ def node(request: pytest.FixtureRequest, lab_session: LabSession, node_name: str
     if reason:
         pytest.skip(reason)
     runtime = lab_session.lab().nodes[node_name]
-    if request.node.get_closest_marker("fresh_guest"):
-        lab_session.fresh(node_name, request.node)
+    lab_session.fresh(node_name, request.node)
     request.node.user_properties.extend([("node", node_name),
                                          ("kernel", runtime.kernel.release),
                                          ("accel", runtime.accel)])

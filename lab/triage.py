@@ -61,6 +61,16 @@ def scan_console(text: str) -> list[Finding]:
     return findings
 
 
+def read_from(path: Path, offset: int) -> tuple[int, bytes]:
+    """A console file's bytes from `offset`, and where they start: from the top when the
+    file is shorter than `offset` (virtlogd rotated it)."""
+    with path.open("rb") as handle:
+        if os.fstat(handle.fileno()).st_size < offset:
+            offset = 0
+        handle.seek(offset)
+        return offset, handle.read()
+
+
 class ConsoleWatch:
     """Reads a node's console file from where it last stopped."""
 
@@ -74,14 +84,10 @@ class ConsoleWatch:
     def read_new(self) -> str:
         if not self.path.exists():
             return ""
-        with self.path.open("rb") as handle:
-            if os.fstat(handle.fileno()).st_size < self.offset:  # virtlogd rotated it
-                self.offset = 0
-            handle.seek(self.offset)
-            data = handle.read()
+        start, data = read_from(self.path, self.offset)
         # Only complete lines: a trace still being written is read next time.
         complete = data[: data.rfind(b"\n") + 1]
-        self.offset += len(complete)
+        self.offset = start + len(complete)
         return complete.decode(errors="replace")
 
     def new_findings(self) -> list[Finding]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import select
 import shutil
 import socket
@@ -15,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
+from lab import triage
 from lab.errors import BootError, HostError, LabError
 from lab.shell import digest, locked, run
 
@@ -314,14 +314,10 @@ class ConsoleMark:
 
     def seen(self) -> bool:
         try:
-            with self.console.open("rb") as handle:
-                if os.fstat(handle.fileno()).st_size < self.offset:  # virtlogd rotated it
-                    self.offset = 0
-                handle.seek(self.offset)
-                chunk = handle.read()
+            start, chunk = triage.read_from(self.console, self.offset)
         except OSError:
             return False
-        self.offset += len(chunk)
+        self.offset = start + len(chunk)
         text = self.tail + chunk
         self.tail = text[-len(self.mark):]
         return self.mark in text

@@ -138,9 +138,13 @@ class _RebootingLab:
 
 
 class _Item:
-    def __init__(self) -> None:
+    def __init__(self, *marks: pytest.MarkDecorator) -> None:
+        self.marks = {m.name: m.mark for m in marks}
         self.user_properties: list[tuple[str, object]] = []
         self.stash = pytest.Stash()
+
+    def get_closest_marker(self, name: str) -> pytest.Mark | None:
+        return self.marks.get(name)
 
 
 def test_fresh_guest_reboots_only_a_node_a_test_has_used(tmp_path: Path) -> None:
@@ -148,9 +152,11 @@ def test_fresh_guest_reboots_only_a_node_a_test_has_used(tmp_path: Path) -> None
     lab = _RebootingLab()
     session._lab = lab  # type: ignore[assignment]
     session.untouched = {"cn1", "cn2"}  # just booted
-    item = _Item()
+    item = _Item(pytest.mark.fresh_guest)
     assert not session.fresh("cn1", item) and lab.rebooted == []  # type: ignore[arg-type]
     session.untouched.clear()  # a test ended
+    assert not session.fresh("cn1", _Item())  # type: ignore[arg-type]  # not asked for
+    assert lab.rebooted == []
     marks: dict[str, str | None] = {"cn1": "hplab-canary t 1", "cn2": "hplab-canary t 2"}
     item.stash[plugin.CANARIES] = marks
     assert session.fresh("cn1", item) and lab.rebooted == ["cn1"]  # type: ignore[arg-type]
