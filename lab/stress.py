@@ -14,20 +14,25 @@ Two guest-side programs live in ``lab/guestsrc/``:
     and returns -ECANCELED so it never stays loaded (insmod "fails" with "Operation
     canceled"; that is the normal outcome). See :class:`ProbeSpec`, :class:`ProbeResult`.
 
-Profiles (measured on Debian 6.1, 3 GiB TCG guest with one 1 GiB page reserved):
+Every profile first takes all the free memory it does not need with pinned anonymous
+memory (mlock, transparent huge pages where the kernel has them): whole blocks, fast.
+It leaves ``area_mib`` free, and only that area gets the profile's own mechanism; the
+pages the profile keeps there are what stops the free memory around them from merging.
+The summary's ``blockers`` say what those pages are (``/proc/kpageflags``) and which
+migratetypes the free pages sit in (``/proc/pagetypeinfo``).
 
 ``anon-pinned``
-    Anonymous memory with MADV_NOHUGEPAGE touched until order-10 blocks are gone,
-    every other page MADV_DONTNEED, survivors mlock2(MLOCK_ONFAULT), with
+    Anonymous memory with MADV_NOHUGEPAGE touched until order-10 blocks are gone, one
+    page in 8 kept and the rest MADV_DONTNEED, survivors mlock2(MLOCK_ONFAULT), with
     vm.compact_unevictable_allowed=0: defeats GFP_ATOMIC, __GFP_NORETRY and plain
     GFP_KERNEL (compaction cannot move the locked pages).
 ``pagecache``
-    One-page files written in ``dir`` until order-10 blocks are gone, every other one
-    unlinked (tmpfs/ramfs) or dropped with POSIX_FADV_DONTNEED (disk file systems).
+    1 GiB files in ``dir`` filled (fallocate, else 1 MiB writes) until order-10 blocks
+    are gone, then holes punched (tmpfs) or ranges dropped with POSIX_FADV_DONTNEED
+    (disk file systems) so one page in 8 stays: the blockers are file pages.
 ``slab``
-    Directories with long names (dentry + inode + external name) created until
-    order-10 blocks are gone, then most of them removed, keeping one in
-    :data:`SLAB_KEEP_EVERY` so partly used slab pages stay pinned everywhere.
+    System V messages of two kmalloc-4k objects each (unmovable slab pages), one in 32
+    sent to a queue that is kept, the others to one that is removed in one call.
 ``mixed``
     Seeded random mix of the three, chunk by chunk.
 
@@ -61,10 +66,14 @@ MAX_BUDDY_ORDER = 10
 #: sets vm.min_free_kbytes=8192; the recipe was measured with 12 MiB).
 SAFE_FLOOR_MIB = 8
 DEFAULT_FLOOR_MIB = 12
-SLAB_KEEP_EVERY = 128
+DEFAULT_AREA_MIB = 512
+#: Twice the 44 x 4 MiB chunks btable needs at default sizes: with this much free after
+#: fragmenting, a refused btable load proves fragmentation, not exhaustion.
+MIN_FREE_AFTER_MIB = 352
+FAULTS = ("release-hang",)
 PROBE_MAX_COUNT = 1024
 PROBE_PREFIX = "hplab_allocprobe: "
-SUMMARY_SCHEMA = 1
+SUMMARY_SCHEMA = 2
 
 #: fragment's exit status
 EXIT_REACHED = 0
@@ -133,6 +142,8 @@ class FragmentSpec:
     timeout_s: float = 600.0
     dir: str = "/tmp"
     sysctl: bool = True
+    area_mib: int = DEFAULT_AREA_MIB
+    fault: str | None = None  # a planted defect, one of FAULTS
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
@@ -151,12 +162,21 @@ class FragmentSpec:
             raise ValueError(f"timeout_s must be in (0, 86400], got {self.timeout_s}")
         if not self.dir.startswith("/") or len(self.dir) > 1024 or "\n" in self.dir:
             raise ValueError(f"dir must be an absolute path, got {self.dir!r}")
+        if isinstance(self.area_mib, bool) or not isinstance(self.area_mib, int) \
+                or self.area_mib < 16:
+            raise ValueError(f"area_mib must be an integer >= 16, got {self.area_mib!r}")
+        if self.fault is not None and self.fault not in FAULTS:
+            raise ValueError(f"fault {self.fault!r} is unknown (one of {', '.join(FAULTS)})")
 
     def check_machine(self, mem_total_kib: int, max_order: int = MAX_BUDDY_ORDER) -> None:
         """Reject what is impossible on a machine with this MemTotal and buddy order."""
         if self.floor_mib * 1024 >= mem_total_kib:
             raise ValueError(
                 f"floor_mib {self.floor_mib} is not below MemTotal ({mem_total_kib // 1024} MiB)"
+            )
+        if self.area_mib * 1024 >= mem_total_kib:
+            raise ValueError(
+                f"area_mib {self.area_mib} is not below MemTotal ({mem_total_kib // 1024} MiB)"
             )
         if self.target.order > max_order:
             raise ValueError(
@@ -175,13 +195,16 @@ class FragmentSpec:
         if hold and not pidfile:
             raise ValueError("pidfile is required with hold=True")
         out = [binary, "--profile", self.profile, "--seed", str(self.seed), *self.target.args()]
-        out += ["--floor-mib", str(self.floor_mib), "--timeout", f"{self.timeout_s:g}"]
+        out += ["--floor-mib", str(self.floor_mib), "--area-mib", str(self.area_mib),
+                "--timeout", f"{self.timeout_s:g}"]
         if self.profile != "anon-pinned":
             out += ["--dir", self.dir]
         if not self.sysctl:
             out.append("--no-sysctl")
         if verbose:
             out.append("--verbose")
+        if self.fault:
+            out += ["--fault", self.fault]
         if hold:
             out.append("--hold")
         if pidfile:
@@ -198,6 +221,12 @@ class FragmentSpec:
 def release_argv(binary: str, pidfile: str, timeout_s: float = 60.0) -> list[str]:
     """Ask a held fragmenter to release and wait until it has (bounded)."""
     return [binary, "--release", "--pidfile", pidfile, "--timeout", f"{timeout_s:g}"]
+
+
+def cleanup_argv(binary: str, files_dir: str) -> list[str]:
+    """Remove what a fragmenter killed before releasing left: its message queues (they
+    outlive the process) and its work directories under `files_dir`."""
+    return [binary, "--cleanup", "--dir", files_dir]
 
 
 @dataclass(frozen=True)
@@ -274,11 +303,85 @@ def _buddy(data: Any, where: str) -> tuple[ZoneFree, ...]:
 
 @dataclass(frozen=True)
 class HeldMemory:
+    bulk_bytes: int
     anon_bytes: int
     thp_bytes: int
     pagecache_files: int
     pagecache_bytes: int
     slab_entries: int
+    slab_bytes: int
+
+
+@dataclass(frozen=True)
+class Blockers:
+    """What stops the free memory from merging into blocks of the target order.
+
+    ``pages``: used pages by kind (slab, anon, file, pgtable, hugetlb, other) in the
+    target-order blocks that hold free pages too; the migratetype maps count free pages
+    and pageblocks outside ZONE_DMA. ``error`` says why there is nothing to say.
+    """
+
+    error: str | None
+    seconds: float
+    blocks: int
+    mixed_blocks: int
+    pages: Mapping[str, int]
+    free_pages_by_migratetype: Mapping[str, int]
+    pageblocks_by_migratetype: Mapping[str, int]
+
+    def share(self, kind: str) -> float:
+        """The fraction of the blocking pages that are of `kind`."""
+        total = sum(self.pages.values())
+        return self.pages.get(kind, 0) / total if total else 0.0
+
+    @property
+    def dominant(self) -> str | None:
+        return max(self.pages, key=lambda k: self.pages[k]) if any(self.pages.values()) else None
+
+    def free_share(self, *migratetypes: str) -> float:
+        """The fraction of free pages that sit in pageblocks of these migratetypes."""
+        total = sum(self.free_pages_by_migratetype.values())
+        part = sum(self.free_pages_by_migratetype.get(m, 0) for m in migratetypes)
+        return part / total if total else 0.0
+
+    def describe(self) -> str:
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(self.pages.items(), key=lambda kv: -kv[1])
+                          if v)
+        free = ", ".join(f"{k} {v}" for k, v in
+                         sorted(self.free_pages_by_migratetype.items(), key=lambda kv: -kv[1])
+                         if v)
+        return (f"{self.mixed_blocks} of {self.blocks} blocks hold free pages; blocking pages: "
+                f"{kinds or 'none'}; free pages by migratetype: {free or 'none'}")
+
+
+def _counts(data: Any, where: str) -> Mapping[str, int]:
+    if not isinstance(data, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+            for k, v in data.items()):
+        raise ValueError(f"{where}: expected an object of non-negative counts")
+    return MappingProxyType(dict(data))
+
+
+def _blockers(data: Any, where: str) -> Blockers:
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected an object")
+    if "error" in data:
+        error = data["error"]
+        if not isinstance(error, str):
+            raise ValueError(f"{where}: field 'error' must be a string")
+        empty: Mapping[str, int] = MappingProxyType({})
+        return Blockers(error, 0.0, 0, 0, empty, empty, empty)
+    return Blockers(
+        error=None,
+        seconds=float(_field(data, "seconds", (int, float), where)),
+        blocks=_field(data, "blocks", int, where),
+        mixed_blocks=_field(data, "mixed_blocks", int, where),
+        pages=_counts(data.get("pages"), where + ".pages"),
+        free_pages_by_migratetype=_counts(data.get("free_pages_by_migratetype"),
+                                          where + ".free_pages_by_migratetype"),
+        pageblocks_by_migratetype=_counts(data.get("pageblocks_by_migratetype"),
+                                          where + ".pageblocks_by_migratetype"),
+    )
 
 
 @dataclass(frozen=True)
@@ -307,6 +410,9 @@ class FragmentSummary:
     unusable_index_after: float
     memfree_kib_before: int
     memfree_kib_after: int
+    free_outside_dma_kib_after: int
+    area_mib: int
+    blockers: Blockers
     buddyinfo_before: tuple[ZoneFree, ...]
     buddyinfo_after: tuple[ZoneFree, ...]
     bytes_held: int
@@ -386,16 +492,14 @@ def parse_fragment_summary(text: str, source: str = "fragment summary") -> Fragm
         unusable_index_after=float(_field(data, "unusable_index_after", num, source)),
         memfree_kib_before=_field(data, "memfree_kib_before", int, source),
         memfree_kib_after=_field(data, "memfree_kib_after", int, source),
+        free_outside_dma_kib_after=_field(data, "free_outside_dma_kib_after", int, source),
+        area_mib=_field(data, "area_mib", int, source),
+        blockers=_blockers(data.get("blockers"), source + ".blockers"),
         buddyinfo_before=_buddy(data.get("buddyinfo_before"), source + ".buddyinfo_before"),
         buddyinfo_after=_buddy(data.get("buddyinfo_after"), source + ".buddyinfo_after"),
         bytes_held=_field(data, "bytes_held", int, source),
-        held=HeldMemory(
-            anon_bytes=_field(held, "anon_bytes", int, source + ".held"),
-            thp_bytes=_field(held, "thp_bytes", int, source + ".held"),
-            pagecache_files=_field(held, "pagecache_files", int, source + ".held"),
-            pagecache_bytes=_field(held, "pagecache_bytes", int, source + ".held"),
-            slab_entries=_field(held, "slab_entries", int, source + ".held"),
-        ),
+        held=HeldMemory(**{name: _field(held, name, int, source + ".held")
+                           for name in HeldMemory.__dataclass_fields__}),
         dir=dir_value,
         drop_method=_field(data, "drop_method", str, source),
         sysctl_saved=MappingProxyType(dict(sysctl)),

@@ -13,9 +13,11 @@ from lab.stress import (
     EXIT_MISSED,
     EXIT_REACHED,
     EXIT_USAGE,
+    MIN_FREE_AFTER_MIB,
     FragmentSpec,
     ProbeSpec,
     Target,
+    cleanup_argv,
     find_probe_results,
     parse_fragment_summary,
     parse_probe_line,
@@ -24,7 +26,9 @@ from lab.stress import (
 )
 
 DATA = Path(__file__).parent / "data" / "memory"
-SUMMARY = DATA / "fragment-summary-6.12-anon-pinned.json"
+SUMMARY = DATA / "fragment-summary-6.1-anon-pinned.json"
+PROFILE_SUMMARIES = {p: DATA / f"fragment-summary-6.1-{p}.json"
+                     for p in ("anon-pinned", "pagecache", "slab", "mixed")}
 DMESG = DATA / "allocprobe-6.12-dmesg.txt"
 
 
@@ -74,8 +78,8 @@ def test_fragment_command_line() -> None:
     assert argv == [
         "/usr/local/bin/hplab-fragment", "--profile", "pagecache", "--seed", "7",
         "--target-order", "10", "--max-free-blocks", "2", "--floor-mib", "16",
-        "--timeout", "300", "--dir", "/tmp", "--hold", "--pidfile", "/run/f.pid",
-        "--summary", "/run/f.json",
+        "--area-mib", "512", "--timeout", "300", "--dir", "/tmp", "--hold",
+        "--pidfile", "/run/f.pid", "--summary", "/run/f.json",
     ]  # fmt: skip
     assert shlex.split(spec.command("/x", pidfile="/p")) == spec.argv("/x", pidfile="/p")
     anon = FragmentSpec("anon-pinned", sysctl=False).argv("/x", hold=False)
@@ -83,6 +87,18 @@ def test_fragment_command_line() -> None:
     with pytest.raises(ValueError, match="pidfile is required"):
         spec.argv("/x")
     assert release_argv("/x", "/p", 30) == ["/x", "--release", "--pidfile", "/p", "--timeout", "30"]
+    assert cleanup_argv("/x", "/mnt/f") == ["/x", "--cleanup", "--dir", "/mnt/f"]
+    fault = FragmentSpec("slab", fault="release-hang", area_mib=256).argv("/x", hold=False)
+    assert fault[-2:] == ["--fault", "release-hang"] and "256" in fault
+
+
+def test_area_and_fault_are_validated() -> None:
+    with pytest.raises(ValueError, match="area_mib must be an integer >= 16, got 8"):
+        FragmentSpec("slab", area_mib=8)
+    with pytest.raises(ValueError, match="fault 'oops' is unknown"):
+        FragmentSpec("slab", fault="oops")
+    with pytest.raises(ValueError, match="area_mib 4096 is not below MemTotal"):
+        FragmentSpec("slab", area_mib=4096).check_machine(mem_total_kib=3 * 1024 * 1024)
 
 
 def test_probe_spec() -> None:
@@ -110,9 +126,44 @@ def test_parse_real_summary() -> None:
     assert s.free_blocks_before > 0 and s.free_blocks_after == 0
     dma32 = next(z for z in s.buddyinfo_after if z.zone == "DMA32")
     assert dma32.free[10] == 0
-    assert s.sysctl_saved["vm.min_free_kbytes"] == "45056"
-    assert s.held.anon_bytes == s.bytes_held - s.held.thp_bytes - s.held.pagecache_bytes
+    assert s.sysctl_saved["vm.min_free_kbytes"] == "67584"
+    assert s.bytes_held == (s.held.bulk_bytes + s.held.anon_bytes + s.held.thp_bytes
+                            + s.held.pagecache_bytes + s.held.slab_bytes)
     assert s.released is not None and s.released.free_blocks > 0
+    assert s.free_outside_dma_kib_after // 1024 >= MIN_FREE_AFTER_MIB
+
+
+@pytest.mark.parametrize(("profile", "kind"), [("anon-pinned", "anon"), ("pagecache", "file"),
+                                               ("slab", "slab")])
+def test_real_summaries_name_what_blocks_order_10(profile: str, kind: str) -> None:
+    s = parse_fragment_summary(PROFILE_SUMMARIES[profile].read_text())
+    assert s.reached and s.profile == profile and s.blockers.error is None
+    assert s.blockers.dominant == kind and s.blockers.share(kind) > 0.5
+    assert s.blockers.mixed_blocks > 0 and s.released is not None
+    assert s.released.elapsed_s < 1.0
+    assert kind in s.blockers.describe()
+    if profile == "slab":  # slab pages come from unmovable and reclaimable pageblocks
+        assert s.blockers.free_share("Unmovable", "Reclaimable") > 0.8
+    else:
+        assert s.blockers.free_share("Movable") > 0.8
+
+
+def test_real_mixed_summary_is_held_by_all_three_kinds() -> None:
+    s = parse_fragment_summary(PROFILE_SUMMARIES["mixed"].read_text())
+    assert all(s.blockers.pages[k] > 1000 for k in ("anon", "file", "slab"))
+    assert s.held.slab_entries and s.held.pagecache_bytes and s.held.anon_bytes
+
+
+def test_blockers_error_and_bad_counts_are_named() -> None:
+    data = summary_data()
+    data["blockers"] = {"error": "/proc/kpageflags: Permission denied"}
+    s = parse_fragment_summary(json.dumps(data))
+    assert s.blockers.error == "/proc/kpageflags: Permission denied"
+    assert s.blockers.dominant is None and s.blockers.share("anon") == 0.0
+    data = summary_data()
+    data["blockers"]["pages"]["slab"] = -1
+    with pytest.raises(ValueError, match=r"blockers\.pages: expected an object of non-negative"):
+        parse_fragment_summary(json.dumps(data))
 
 
 def test_summary_missing_field_is_named() -> None:

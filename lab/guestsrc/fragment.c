@@ -11,6 +11,7 @@
  *            [--floor-mib M] [--timeout S] [--dir D] [--no-sysctl]
  *            [--hold --pidfile F] [--summary FILE]
  *   fragment --release --pidfile F [--timeout S]
+ *   fragment --cleanup [--dir D]     (queues and files of a fragmenter that was killed)
  *
  * Profiles: anon-pinned, pagecache, slab, mixed (see lab/stress.py for details).
  *
@@ -27,13 +28,20 @@
  * `fragment --release --pidfile F`) releases everything, restores the sysctls,
  * rewrites --summary with a "released" section and removes the pid file.
  *
- * Each round fills (anonymous pages / one-page files / long-named directories)
- * until no free block of the target order is left outside ZONE_DMA, or free memory
- * outside ZONE_DMA would drop below --floor-mib (ZONE_DMA's pages count in MemFree
- * but serve no ordinary allocation; a floor on MemFree alone let the OOM killer
- * in), then drops every other page / file, or all but one in SLAB_KEEP_EVERY
- * directories (dropping half frees no slab page). Blocks left under the floor are
- * taken by mlocked transparent huge pages (order 9; target orders 9 and 10 only).
+ * First, every whole block the profile does not need is taken fast with pinned
+ * anonymous memory (mlock, THP where the kernel has it), leaving --area-mib free.
+ * Only that area gets the profile's own mechanism: each round fills it (anonymous
+ * pages / large tmpfs files in 1 MiB writes / System V messages of two kmalloc-4k
+ * objects each) until no free block of the target order is left outside ZONE_DMA,
+ * or free memory outside ZONE_DMA would drop below --floor-mib (ZONE_DMA's pages
+ * count in MemFree but serve no ordinary allocation; a floor on MemFree alone let
+ * the OOM killer in), then keeps one page in KEEP_EVERY (a seeded offset in each
+ * group; the rest MADV_DONTNEED or hole-punched in one call per group) or one
+ * message in KEEP_EVERY_MSG (the others sit in a queue removed in one call). The
+ * pages kept are what stops the free memory around them from merging, and the
+ * summary says what they are (/proc/kpageflags) and which migratetypes the free
+ * pages sit in (/proc/pagetypeinfo). Blocks left under the floor are taken by
+ * mlocked transparent huge pages (order 9; target orders 9 and 10 only).
  * The target must then hold three times, 0.5 s apart (per-cpu lists drain late).
  * vm.compaction_proactiveness=0, vm.compact_unevictable_allowed=0 and
  * vm.min_free_kbytes=8192 are set for every profile unless --no-sysctl, and
@@ -56,7 +64,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ipc.h>
 #include <sys/mman.h>
+#include <sys/msg.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
@@ -65,6 +75,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
 #ifndef MLOCK_ONFAULT
 #define MLOCK_ONFAULT 0x01
 #endif
@@ -79,10 +92,22 @@
 #define MAX_ZONES 16
 #define MAX_ORDERS 16
 #define PAGE 4096UL
-#define SLAB_PER_DIR 4096
-#define FILES_PER_DIR 4096
-#define SLAB_KEEP_EVERY 128
 #define THP_SIZE (2UL << 20)
+/* one page in KEEP_EVERY of the profile's area is kept; one message in KEEP_EVERY_MSG */
+#define KEEP_EVERY 8
+#define KEEP_EVERY_MSG 32
+#define MAX_BULK 64
+#define BULK_STEP (512UL << 20)
+#define MAX_FILES 64
+#define FILE_PAGES (262144UL) /* 1 GiB files */
+#define WRITE_PAGES 256       /* 1 MiB a write */
+/* 48-byte msg_msg + 4048 bytes, 8-byte msg_msgseg + 4088 bytes: two kmalloc-4k objects */
+#define MSG_TEXT (4048 + 4088)
+#define MSG_PAGES 2
+#define MSG_KEY 0x68706c00 /* "hpl\0": queues of this key range are the fragmenter's */
+#define MSG_KEYS 0x10000
+#define POOL_2M "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
+#define POOL_SAVED "/run/hplab-fragment.nr_hugepages-2048kB" /* for --cleanup */
 
 /* ------------------------------------------------------------------ buddyinfo */
 
@@ -323,12 +348,15 @@ struct options {
 	long max_free_blocks;    /* -1: not given */
 	double unusable;         /* < 0: not given */
 	long floor_mib;
+	long area_mib;           /* free memory left to the profile's own mechanism */
 	double timeout_s;
 	const char *dir;
 	const char *pidfile;
 	const char *summary;
+	const char *fault;       /* a planted defect: "release-hang" */
 	bool hold;
 	bool release;
+	bool cleanup;
 	bool sysctl;
 	bool verbose;
 };
@@ -348,9 +376,10 @@ static void usage_error(const char *fmt, ...)
 static const char usage_text[] =
 	"usage: fragment --profile anon-pinned|pagecache|slab|mixed [--seed N]\n"
 	"                [--target-order O] [--max-free-blocks K | --unusable-index X]\n"
-	"                [--floor-mib M] [--timeout S] [--dir D] [--no-sysctl] [--verbose]\n"
-	"                [--hold --pidfile F] [--summary FILE]\n"
-	"       fragment --release --pidfile F [--timeout S]\n";
+	"                [--floor-mib M] [--area-mib A] [--timeout S] [--dir D] [--no-sysctl]\n"
+	"                [--verbose] [--hold --pidfile F] [--summary FILE] [--fault release-hang]\n"
+	"       fragment --release --pidfile F [--timeout S]\n"
+	"       fragment --cleanup [--dir D]\n";
 
 static long parse_long(const char *opt, const char *s)
 {
@@ -385,6 +414,9 @@ static void parse_options(int argc, char **argv, struct options *o)
 		{ "max-free-blocks", required_argument, NULL, 'k' },
 		{ "unusable-index", required_argument, NULL, 'u' },
 		{ "floor-mib", required_argument, NULL, 'f' },
+		{ "area-mib", required_argument, NULL, 'a' },
+		{ "fault", required_argument, NULL, 'F' },
+		{ "cleanup", no_argument, NULL, 'C' },
 		{ "timeout", required_argument, NULL, 't' },
 		{ "dir", required_argument, NULL, 'd' },
 		{ "pidfile", required_argument, NULL, 'P' },
@@ -406,6 +438,7 @@ static void parse_options(int argc, char **argv, struct options *o)
 	o->max_free_blocks = -1;
 	o->unusable = -1.0;
 	o->floor_mib = 12;
+	o->area_mib = 512;
 	o->timeout_s = 600;
 	o->dir = "/tmp";
 	o->sysctl = true;
@@ -433,6 +466,12 @@ static void parse_options(int argc, char **argv, struct options *o)
 				usage_error("--unusable-index must be in (0, 1], got %s", optarg);
 			break;
 		case 'f': o->floor_mib = parse_long("--floor-mib", optarg); break;
+		case 'a': o->area_mib = parse_long("--area-mib", optarg); break;
+		case 'F': o->fault = optarg;
+			if (strcmp(optarg, "release-hang"))
+				usage_error("--fault: unknown fault '%s' (release-hang)", optarg);
+			break;
+		case 'C': o->cleanup = true; break;
 		case 't': o->timeout_s = parse_double("--timeout", optarg); break;
 		case 'd': o->dir = optarg; break;
 		case 'P': o->pidfile = optarg; break;
@@ -455,6 +494,8 @@ static void parse_options(int argc, char **argv, struct options *o)
 			usage_error("--release needs --pidfile");
 		return;
 	}
+	if (o->cleanup)
+		return;
 	if (!profile)
 		usage_error("--profile is required (anon-pinned|pagecache|slab|mixed)");
 	for (int i = 0; i < 4; i++)
@@ -468,6 +509,8 @@ static void parse_options(int argc, char **argv, struct options *o)
 		o->max_free_blocks = 0;
 	if (o->floor_mib <= 0)
 		usage_error("--floor-mib must be > 0, got %ld", o->floor_mib);
+	if (o->area_mib < 16)
+		usage_error("--area-mib must be >= 16, got %ld", o->area_mib);
 	if (o->hold && !o->pidfile)
 		usage_error("--hold needs --pidfile");
 	if (o->profile != P_ANON) {
@@ -509,6 +552,7 @@ static void on_signal(int sig)
 }
 
 struct region {
+	char *raw;          /* the mapping; base is raw aligned to THP_SIZE */
 	char *base;
 	size_t size;        /* bytes reserved */
 	size_t touched;     /* pages touched so far */
@@ -516,28 +560,53 @@ struct region {
 	size_t held_pages;
 };
 
-struct names {
-	size_t count;       /* entries created */
+/* Pinned bulk memory: every whole block that the profile's own area does not need. */
+struct bulk {
+	size_t pool_pages;   /* 2 MiB pages added to the hugetlb pool */
+	int n;
+	char *base[MAX_BULK];
+	size_t size[MAX_BULK];
+	size_t pages;
+};
+
+/* One page in KEEP_EVERY of the profile's area stays: it is what breaks contiguity. */
+struct files {
+	int fds[MAX_FILES];
+	int nfiles;
+	size_t pages;        /* pages written over all files */
 	size_t dropped_upto;
+	size_t kept;         /* pages kept */
+};
+
+struct messages {
+	int keep_q;
+	int drop_q;
+	size_t sent;
 	size_t kept;
-	size_t removed;
-	unsigned long long kept_bytes;
+	size_t dropped;
+	int queues;          /* drop queues made so far */
 };
 
 struct state {
 	struct options *o;
 	unsigned long long rng;
+	struct bulk bulk;
 	struct region anon;
 	struct region thp;
 	char workdir[1200];
 	bool have_workdir;
 	bool tmpfs;
-	struct names files;
-	struct names slab;
-	size_t file_pages;
+	struct files files;
+	struct messages msg;
 	int rounds;
 	char reason[256];
 	bool enospc;
+	bool no_thp;         /* the kernel has no transparent huge pages */
+	bool no_fallocate;   /* the file system cannot allocate without writing */
+	bool no_populate;    /* no MADV_POPULATE_WRITE */
+	double started;
+	long pool_before;
+	bool pool_saved;
 };
 
 static unsigned long long rng_next(struct state *s)
@@ -559,33 +628,129 @@ static double now_s(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static void file_path(const struct state *s, const char *kind, size_t i, char *out, size_t len)
-{
-	size_t per = kind[0] == 'f' ? FILES_PER_DIR : SLAB_PER_DIR;
-
-	/* long names (> 32 chars) make the dentry allocate an external name too */
-	snprintf(out, len, "%s/%s%05zu/entry-with-a-deliberately-long-name-%09zu", s->workdir,
-		 kind, i / per, i);
-}
-
-static int ensure_parent(const struct state *s, const char *kind, size_t i)
-{
-	size_t per = kind[0] == 'f' ? FILES_PER_DIR : SLAB_PER_DIR;
-	char path[PATH_MAX];
-
-	if (i % per)
-		return 0;
-	snprintf(path, sizeof(path), "%s/%s%05zu", s->workdir, kind, i / per);
-	if (mkdir(path, 0700) && errno != EEXIST)
-		return -1;
-	return 0;
-}
-
 static bool target_met(const struct options *o, const struct buddy *b)
 {
 	if (o->unusable >= 0)
 		return unusable_index(b, o->target_order) >= o->unusable - 1e-9;
 	return free_blocks(b, o->target_order) <= (unsigned long)o->max_free_blocks;
+}
+
+static void progress(const struct state *s, const char *phase)
+{
+	struct buddy b;
+
+	if (!s->o->verbose || read_buddy(&b))
+		return;
+	fprintf(stderr, "fragment: %s: free order-%d blocks %lu, MemFree %ld MiB at %.1f s\n",
+		phase, s->o->target_order, free_blocks(&b, s->o->target_order),
+		meminfo_kib("MemFree") / 1024, now_s() - s->started);
+}
+
+/*
+ * The group of KEEP_EVERY pages starting at page `g`: the page kept, at a seeded
+ * offset; [g, kept) and (kept, g + KEEP_EVERY) are dropped.
+ */
+static size_t kept_page(struct state *s, size_t g)
+{
+	return g + (size_t)(rng_next(s) % KEEP_EVERY);
+}
+
+/*
+ * ---- bulk: whole blocks, taken fast. First as 2 MiB huge pages added to the
+ * hugetlb pool (the buddy allocator hands them out without zeroing them, and
+ * compaction does not move pool pages), then, for what the pool did not take,
+ * mlocked anonymous memory (THP where there is THP).
+ */
+
+static int write_atomic(const char *path, const char *text);
+
+static long pool_pages(void)
+{
+	char buf[32];
+
+	if (read_file(POOL_2M, buf, sizeof(buf)) <= 0)
+		return -1;
+	return strtol(buf, NULL, 10);
+}
+
+static void pool_restore(long pages)
+{
+	char buf[32];
+
+	snprintf(buf, sizeof(buf), "%ld", pages);
+	write_str(POOL_2M, buf);
+}
+
+static void pool_take(struct state *s, long pages)
+{
+	char buf[64];
+	long have = pool_pages();
+
+	if (have < 0 || pages <= 0)
+		return;
+	if (!s->pool_saved) {
+		s->pool_before = have;
+		s->pool_saved = true;
+		snprintf(buf, sizeof(buf), "%ld\n", have);
+		write_atomic(POOL_SAVED, buf);
+	}
+	snprintf(buf, sizeof(buf), "%ld", have + pages);
+	write_str(POOL_2M, buf);
+	have = pool_pages();
+	if (have > s->pool_before)
+		s->bulk.pool_pages = (size_t)(have - s->pool_before);
+}
+
+static int bulk_take(struct state *s, char *err, size_t errlen)
+{
+	struct options *o = s->o;
+	long area_pages = o->area_mib * 256;
+	struct buddy b;
+
+	if (read_buddy(&b)) {
+		snprintf(err, errlen, "cannot parse /proc/buddyinfo");
+		return -1;
+	}
+	pool_take(s, ((long)free_pages_outside_dma(&b) - area_pages) / (long)(THP_SIZE / PAGE));
+	progress(s, "bulk");
+	while (s->bulk.n < MAX_BULK && !stop_requested) {
+		long spare;
+		size_t bytes;
+		char *raw;
+
+		if (read_buddy(&b)) {
+			snprintf(err, errlen, "cannot parse /proc/buddyinfo");
+			return -1;
+		}
+		spare = (long)free_pages_outside_dma(&b) - area_pages;
+		if (spare < (long)(THP_SIZE / PAGE) * 2)
+			break;
+		bytes = (size_t)spare * PAGE;
+		if (bytes > BULK_STEP)
+			bytes = BULK_STEP;
+		bytes &= ~(THP_SIZE - 1);
+		raw = mmap(NULL, bytes + THP_SIZE, PROT_READ | PROT_WRITE,
+			   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+		if (raw == MAP_FAILED) {
+			snprintf(err, errlen, "mmap %zu bytes of bulk memory: %s", bytes,
+				 strerror(errno));
+			return -1;
+		}
+		s->bulk.base[s->bulk.n] = raw;
+		s->bulk.size[s->bulk.n] = bytes + THP_SIZE;
+		s->bulk.n++;
+		raw = (char *)(((uintptr_t)raw + THP_SIZE - 1) & ~(THP_SIZE - 1));
+		if (madvise(raw, bytes, MADV_HUGEPAGE))
+			s->no_thp = true; /* 4 KiB pages then: slower, same result */
+		if (mlock(raw, bytes)) {
+			snprintf(err, errlen, "mlock %zu bytes of bulk memory: %s", bytes,
+				 strerror(errno));
+			return -1;
+		}
+		s->bulk.pages += bytes / PAGE;
+		progress(s, "bulk");
+	}
+	return 0;
 }
 
 /* ---- anon-pinned */
@@ -599,8 +764,13 @@ static int anon_fill(struct state *s, size_t pages)
 		pages = limit - r->touched;
 	if (!pages)
 		return 0;
-	for (size_t i = 0; i < pages; i++)
-		r->base[(r->touched + i) * PAGE] = (char)(i | 1);
+	/* populated in the kernel: no fault a page (Linux 5.14+, else touched one by one) */
+	if (s->no_populate ||
+	    madvise(r->base + r->touched * PAGE, pages * PAGE, MADV_POPULATE_WRITE)) {
+		s->no_populate = true;
+		for (size_t i = 0; i < pages; i++)
+			r->base[(r->touched + i) * PAGE] = (char)(i | 1);
+	}
 	r->touched += pages;
 	return (int)pages;
 }
@@ -608,21 +778,29 @@ static int anon_fill(struct state *s, size_t pages)
 static int anon_drop(struct state *s, char *err, size_t errlen)
 {
 	struct region *r = &s->anon;
-	size_t from = r->dropped_upto, n = r->touched - from;
-	size_t parity = rng_next(s) & 1, dropped = 0;
+	size_t from = r->dropped_upto, n = r->touched - from, kept = 0;
+	size_t next = from; /* first page not yet decided */
 
 	if (!n)
 		return 0;
-	for (size_t i = from; i < r->touched; i++) {
-		if ((i & 1) != parity)
-			continue;
-		if (madvise(r->base + i * PAGE, PAGE, MADV_DONTNEED)) {
+	for (size_t g = from; g < r->touched; g += KEEP_EVERY) {
+		size_t k = kept_page(s, g);
+
+		if (k >= r->touched)
+			k = r->touched - 1;
+		if (k > next && madvise(r->base + next * PAGE, (k - next) * PAGE, MADV_DONTNEED)) {
 			snprintf(err, errlen, "madvise(MADV_DONTNEED): %s", strerror(errno));
 			return -1;
 		}
-		dropped++;
+		kept++;
+		next = k + 1;
 	}
-	r->held_pages += n - dropped;
+	if (r->touched > next &&
+	    madvise(r->base + next * PAGE, (r->touched - next) * PAGE, MADV_DONTNEED)) {
+		snprintf(err, errlen, "madvise(MADV_DONTNEED): %s", strerror(errno));
+		return -1;
+	}
+	r->held_pages += kept;
 	if (mlock2(r->base + from * PAGE, n * PAGE, MLOCK_ONFAULT)) {
 		snprintf(err, errlen, "mlock2(MLOCK_ONFAULT): %s", strerror(errno));
 		return -1;
@@ -631,136 +809,205 @@ static int anon_drop(struct state *s, char *err, size_t errlen)
 	return 0;
 }
 
-/* ---- pagecache */
+/* ---- pagecache: large files, written in big writes, then holes punched */
+
+static int file_for(struct state *s, size_t page, char *err, size_t errlen)
+{
+	int i = (int)(page / FILE_PAGES);
+
+	while (s->files.nfiles <= i) {
+		char path[PATH_MAX];
+		int fd;
+
+		if (s->files.nfiles >= MAX_FILES) {
+			snprintf(err, errlen, "more than %d files of %lu MiB", MAX_FILES,
+				 FILE_PAGES / 256);
+			return -1;
+		}
+		snprintf(path, sizeof(path), "%s/file-%03d", s->workdir, s->files.nfiles);
+		fd = open(path, O_CREAT | O_RDWR | O_TRUNC | O_CLOEXEC, 0600);
+		if (fd < 0) {
+			snprintf(err, errlen, "open %.200s: %s", path, strerror(errno));
+			return -1;
+		}
+		s->files.fds[s->files.nfiles++] = fd;
+	}
+	return s->files.fds[i];
+}
 
 static int pagecache_fill(struct state *s, size_t pages)
 {
-	static char buf[16 * 4096];
+	static char buf[WRITE_PAGES * PAGE];
+	char err[256];
 	size_t made = 0;
 
 	memset(buf, 0x5a, sizeof(buf));
 	while (made < pages) {
-		char path[PATH_MAX];
-		size_t i = s->files.count;
-		size_t len = s->file_pages * PAGE;
-		int fd;
+		size_t page = s->files.pages;
+		size_t n = pages - made;
+		ssize_t w;
+		off_t off;
+		int fd = file_for(s, page, err, sizeof(err));
 
-		if (ensure_parent(s, "f", i))
-			goto fail;
-		file_path(s, "f", i, path, sizeof(path));
-		fd = open(path, O_CREAT | O_WRONLY | O_TRUNC | O_CLOEXEC, 0600);
 		if (fd < 0)
-			goto fail;
-		if (write(fd, buf, len) != (ssize_t)len) {
-			int e = errno;
-
-			close(fd);
-			unlink(path);
-			errno = e ? e : ENOSPC;
-			goto fail;
+			return -1;
+		if (n > WRITE_PAGES)
+			n = WRITE_PAGES;
+		if (n > FILE_PAGES - page % FILE_PAGES)
+			n = FILE_PAGES - page % FILE_PAGES;
+		/* fallocate puts the same page-cache pages in without copying into them */
+		off = (off_t)(page % FILE_PAGES) * (off_t)PAGE;
+		if (!s->no_fallocate && fallocate(fd, 0, off, (off_t)(n * PAGE)) == 0) {
+			w = (ssize_t)(n * PAGE);
+		} else {
+			if (errno == EOPNOTSUPP)
+				s->no_fallocate = true;
+			w = errno == EOPNOTSUPP || s->no_fallocate ? pwrite(fd, buf, n * PAGE, off) : -1;
 		}
-		close(fd);
-		s->files.count++;
-		made += s->file_pages;
+		if (w < 0) {
+			if (errno == ENOSPC || errno == ENOMEM) {
+				snprintf(s->reason, sizeof(s->reason), "writing %.200s: %s", s->workdir,
+					 strerror(errno));
+				s->enospc = true;
+				break;
+			}
+			return -1;
+		}
+		s->files.pages += (size_t)w / PAGE;
+		made += (size_t)w / PAGE;
+		if ((size_t)w < n * PAGE) {
+			s->enospc = true;
+			break;
+		}
 	}
 	return (int)made;
-fail:
-	if (errno == ENOSPC || errno == ENOMEM) {
-		s->enospc = true;
-		return (int)made;
+}
+
+/* Drop pages [from, to) of the files (never across a file's end). */
+static int pagecache_drop_range(struct state *s, size_t from, size_t to, char *err,
+				size_t errlen)
+{
+	while (from < to) {
+		int fd = s->files.fds[from / FILE_PAGES];
+		size_t end = (from / FILE_PAGES + 1) * FILE_PAGES;
+		off_t off = (off_t)(from % FILE_PAGES) * (off_t)PAGE;
+		off_t len;
+
+		if (end > to)
+			end = to;
+		len = (off_t)(end - from) * (off_t)PAGE;
+		if (s->tmpfs ? fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, len)
+			     : posix_fadvise(fd, off, len, POSIX_FADV_DONTNEED)) {
+			snprintf(err, errlen, "%s: %s", s->tmpfs ? "fallocate(PUNCH_HOLE)" :
+				 "posix_fadvise(DONTNEED)", strerror(errno));
+			return -1;
+		}
+		from = end;
 	}
-	return -1;
+	return 0;
 }
 
 static int pagecache_drop(struct state *s, char *err, size_t errlen)
 {
-	size_t parity = rng_next(s) & 1;
+	size_t from = s->files.dropped_upto, to = s->files.pages, next = from;
 
-	if (s->files.dropped_upto == s->files.count)
+	if (from == to)
 		return 0;
 	if (!s->tmpfs)
 		sync();
-	for (size_t i = s->files.dropped_upto; i < s->files.count; i++) {
-		char path[PATH_MAX];
+	for (size_t g = from; g < to; g += KEEP_EVERY) {
+		size_t k = kept_page(s, g);
 
-		file_path(s, "f", i, path, sizeof(path));
-		if ((i & 1) != parity) {
-			s->files.kept++;
-			s->files.kept_bytes += s->file_pages * PAGE;
-			continue;
-		}
-		if (s->tmpfs) {
-			if (unlink(path)) {
-				snprintf(err, errlen, "unlink %.300s: %s", path, strerror(errno));
-				return -1;
-			}
-		} else {
-			int fd = open(path, O_RDONLY | O_CLOEXEC);
-
-			if (fd < 0 || posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED)) {
-				snprintf(err, errlen, "fadvise %.300s: %s", path, strerror(errno));
-				if (fd >= 0)
-					close(fd);
-				return -1;
-			}
-			close(fd);
-		}
-		s->files.removed++;
+		if (k >= to)
+			k = to - 1;
+		if (k > next && pagecache_drop_range(s, next, k, err, errlen))
+			return -1;
+		s->files.kept++;
+		next = k + 1;
 	}
-	s->files.dropped_upto = s->files.count;
+	if (to > next && pagecache_drop_range(s, next, to, err, errlen))
+		return -1;
+	s->files.dropped_upto = to;
 	return 0;
 }
 
-/* ---- slab */
+/* ---- slab: System V messages, two kmalloc-4k objects each, in unmovable slabs */
+
+struct msgbuf_ {
+	long mtype;
+	char mtext[MSG_TEXT];
+};
+
+static int msg_queue(int key, char *err, size_t errlen)
+{
+	struct msqid_ds ds;
+	int q = msgget(key, IPC_CREAT | IPC_EXCL | 0600);
+
+	if (q < 0 && errno == EEXIST) { /* left by a fragmenter that was killed */
+		msgctl(msgget(key, 0600), IPC_RMID, NULL);
+		q = msgget(key, IPC_CREAT | IPC_EXCL | 0600);
+	}
+	if (q < 0) {
+		snprintf(err, errlen, "msgget: %s", strerror(errno));
+		return -1;
+	}
+	if (msgctl(q, IPC_STAT, &ds) == 0) {
+		ds.msg_qbytes = INT_MAX; /* the kernel keeps an int */
+		if (msgctl(q, IPC_SET, &ds) == 0)
+			return q;
+	}
+	snprintf(err, errlen, "msgctl(IPC_SET msg_qbytes): %s", strerror(errno));
+	msgctl(q, IPC_RMID, NULL);
+	return -1;
+}
 
 static int slab_fill(struct state *s, size_t pages)
 {
-	/* about 1 KiB of dentry + inode + name per entry: 4 entries per page */
-	size_t want = pages * 4, made = 0;
+	static struct msgbuf_ m = { .mtype = 1 };
+	char err[256];
+	size_t want = pages / MSG_PAGES + 1, made = 0;
 
+	if (s->msg.keep_q < 0 && (s->msg.keep_q = msg_queue(MSG_KEY, err, sizeof(err))) < 0)
+		return -1;
+	if (s->msg.drop_q < 0) {
+		s->msg.drop_q = msg_queue(MSG_KEY + 1 + s->msg.queues, err, sizeof(err));
+		if (s->msg.drop_q < 0)
+			return -1;
+		s->msg.queues++;
+	}
 	while (made < want) {
-		char path[PATH_MAX];
-		size_t i = s->slab.count;
+		bool keep = rng_next(s) % KEEP_EVERY_MSG == 0;
 
-		if (ensure_parent(s, "s", i))
-			goto fail;
-		file_path(s, "s", i, path, sizeof(path));
-		if (mkdir(path, 0700))
-			goto fail;
-		s->slab.count++;
+		if (msgsnd(keep ? s->msg.keep_q : s->msg.drop_q, &m, sizeof(m.mtext),
+			   IPC_NOWAIT)) {
+			if (errno == ENOMEM || errno == EAGAIN || errno == ENOSPC) {
+				snprintf(s->reason, sizeof(s->reason), "msgsnd: %s", strerror(errno));
+				s->enospc = true;
+				break;
+			}
+			return -1;
+		}
+		s->msg.sent++;
+		if (keep)
+			s->msg.kept++;
 		made++;
 	}
-	return (int)(made / 4);
-fail:
-	if (errno == ENOSPC || errno == ENOMEM) {
-		s->enospc = true;
-		return (int)(made / 4);
-	}
-	return -1;
+	return (int)(made * MSG_PAGES);
 }
 
 static int slab_drop(struct state *s, char *err, size_t errlen)
 {
-	size_t parity = rng_next(s) & 1;
+	struct msqid_ds ds;
 
-	if (s->slab.dropped_upto == s->slab.count)
+	if (s->msg.drop_q < 0)
 		return 0;
-	for (size_t i = s->slab.dropped_upto; i < s->slab.count; i++) {
-		char path[PATH_MAX];
-
-		/* half would free nothing: slab pages stay while one object lives */
-		if (i % SLAB_KEEP_EVERY == parity) {
-			s->slab.kept++;
-			continue;
-		}
-		file_path(s, "s", i, path, sizeof(path));
-		if (rmdir(path)) {
-			snprintf(err, errlen, "rmdir %.300s: %s", path, strerror(errno));
-			return -1;
-		}
-		s->slab.removed++;
+	if (msgctl(s->msg.drop_q, IPC_STAT, &ds) == 0)
+		s->msg.dropped += ds.msg_qnum;
+	if (msgctl(s->msg.drop_q, IPC_RMID, NULL)) {
+		snprintf(err, errlen, "msgctl(IPC_RMID): %s", strerror(errno));
+		return -1;
 	}
-	s->slab.dropped_upto = s->slab.count;
+	s->msg.drop_q = -1;
 	return 0;
 }
 
@@ -773,7 +1020,7 @@ static int thp_finish(struct state *s, double deadline, char *err, size_t errlen
 	struct buddy b;
 	size_t before, limit;
 
-	if (o->target_order < 9 || read_buddy(&b))
+	if (o->target_order < 9 || s->no_thp || read_buddy(&b))
 		return 0;
 	if (target_met(o, &b))
 		return 0;
@@ -787,10 +1034,11 @@ static int thp_finish(struct state *s, double deadline, char *err, size_t errlen
 			snprintf(err, errlen, "mmap for THP: %s", strerror(errno));
 			return -1;
 		}
+		r->raw = raw;
 		r->base = (char *)(((uintptr_t)raw + THP_SIZE - 1) & ~(THP_SIZE - 1));
 		if (madvise(r->base, r->size, MADV_HUGEPAGE)) {
-			snprintf(err, errlen, "madvise(MADV_HUGEPAGE): %s", strerror(errno));
-			return -1;
+			s->no_thp = true; /* no THP in this kernel: later rounds do the work */
+			return 0;
 		}
 	}
 	before = r->touched;
@@ -813,42 +1061,246 @@ static int thp_finish(struct state *s, double deadline, char *err, size_t errlen
 	return 0;
 }
 
-/* ---- release */
+/* ---- what keeps the free memory from merging: /proc/kpageflags, /proc/pagetypeinfo */
 
-static void remove_tree(struct state *s, const char *kind, size_t count, size_t per, bool dirs)
+#define KPF_LRU 5
+#define KPF_SLAB 7
+#define KPF_BUDDY 10
+#define KPF_ANON 12
+#define KPF_HUGE 17
+#define KPF_NOPAGE 20
+#define KPF_PGTABLE 26
+
+enum blocker_kind { B_SLAB, B_ANON, B_FILE, B_PGTABLE, B_HUGETLB, B_OTHER, NBLOCKER };
+static const char *const blocker_names[] = { "slab", "anon", "file", "pgtable", "hugetlb",
+					     "other" };
+#define MAX_MIGRATETYPES 8
+
+struct blockers {
+	bool valid;
+	char error[128];
+	double seconds;
+	unsigned long blocks;        /* target-order blocks outside ZONE_DMA */
+	unsigned long mixed_blocks;  /* of those, with free and used pages */
+	unsigned long pages[NBLOCKER];
+	int ntypes;
+	char type_name[MAX_MIGRATETYPES][24];
+	unsigned long free_pages[MAX_MIGRATETYPES]; /* free pages outside ZONE_DMA */
+	unsigned long pageblocks[MAX_MIGRATETYPES]; /* pageblocks outside ZONE_DMA */
+};
+
+static int blocker_kind(uint64_t f)
 {
-	char path[PATH_MAX];
+	if (f & (1ULL << KPF_SLAB))
+		return B_SLAB;
+	if (f & (1ULL << KPF_PGTABLE))
+		return B_PGTABLE;
+	if (f & (1ULL << KPF_ANON))
+		return B_ANON;
+	if (f & (1ULL << KPF_HUGE))
+		return B_HUGETLB;
+	if (f & (1ULL << KPF_LRU))
+		return B_FILE;
+	return B_OTHER;
+}
 
-	for (size_t i = 0; i < count; i++) {
-		file_path(s, kind, i, path, sizeof(path));
-		if (dirs)
-			rmdir(path);
-		else
-			unlink(path);
-	}
-	for (size_t d = 0; d * per < count; d++) {
-		snprintf(path, sizeof(path), "%s/%s%05zu", s->workdir, kind, d);
-		rmdir(path);
+/* ZONE_DMA's end pfn from /proc/zoneinfo (0 when there is none). */
+static unsigned long dma_end_pfn(void)
+{
+	static char buf[1 << 17];
+	char *p;
+
+	if (read_file("/proc/zoneinfo", buf, sizeof(buf)) <= 0)
+		return 0;
+	p = strstr(buf, "zone      DMA\n");
+	if (!p)
+		return 0;
+	p = strstr(p, "spanned");
+	return p ? strtoul(p + 7, NULL, 10) + 1 : 0;
+}
+
+static int type_index(struct blockers *r, const char *name)
+{
+	for (int i = 0; i < r->ntypes; i++)
+		if (!strcmp(r->type_name[i], name))
+			return i;
+	if (r->ntypes >= MAX_MIGRATETYPES)
+		return -1;
+	snprintf(r->type_name[r->ntypes], sizeof(r->type_name[0]), "%s", name);
+	return r->ntypes++;
+}
+
+static void read_pagetypeinfo(struct blockers *r)
+{
+	static char buf[1 << 16];
+	char *line, *save = NULL;
+	bool counts = false;
+
+	if (read_file("/proc/pagetypeinfo", buf, sizeof(buf)) <= 0)
+		return;
+	for (line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+		char zone[16], type[24];
+		int node, used = 0, i;
+
+		if (!strncmp(line, "Number of blocks type", 21)) {
+			counts = true;
+			for (char *p = line + 21; sscanf(p, "%23s%n", type, &used) == 1; p += used)
+				type_index(r, type);
+			continue;
+		}
+		if (!counts && sscanf(line, "Node %d, zone %15s type %23s%n", &node, zone, type,
+				      &used) == 3) {
+			char *p = line + used;
+			unsigned long v;
+			int o = 0, n;
+
+			if (!strcmp(zone, "DMA") || (i = type_index(r, type)) < 0)
+				continue;
+			while (sscanf(p, "%lu%n", &v, &n) == 1) {
+				r->free_pages[i] += v << o++;
+				p += n;
+			}
+		} else if (counts && sscanf(line, "Node %d, zone %15s%n", &node, zone, &used) == 2) {
+			char *p = line + used;
+			unsigned long v;
+			int n;
+
+			if (!strcmp(zone, "DMA"))
+				continue;
+			for (i = 0; i < r->ntypes && sscanf(p, "%lu%n", &v, &n) == 1; i++, p += n)
+				r->pageblocks[i] += v;
+		}
 	}
 }
 
+static void find_blockers(struct blockers *r, int order)
+{
+	const size_t per = 1UL << order;
+	static uint64_t flags[1 << 17];
+	unsigned long pfn = dma_end_pfn();
+	double t0 = now_s();
+	int fd = open("/proc/kpageflags", O_RDONLY | O_CLOEXEC);
+
+	memset(r, 0, sizeof(*r));
+	if (fd < 0) {
+		snprintf(r->error, sizeof(r->error), "/proc/kpageflags: %s", strerror(errno));
+		return;
+	}
+	pfn = (pfn + per - 1) & ~(per - 1);
+	for (;;) {
+		ssize_t n = pread(fd, flags, sizeof(flags), (off_t)(pfn * sizeof(flags[0])));
+		size_t got;
+
+		if (n < 0) {
+			snprintf(r->error, sizeof(r->error), "/proc/kpageflags: %s",
+				 strerror(errno));
+			close(fd);
+			return;
+		}
+		got = (size_t)n / sizeof(flags[0]) / per * per;
+		if (!got)
+			break;
+		for (size_t b = 0; b < got; b += per) {
+			unsigned long used[NBLOCKER] = { 0 };
+			bool has_free = false, has_used = false, hole = false;
+
+			for (size_t i = b; i < b + per; i++) {
+				uint64_t f = flags[i];
+
+				if (f & (1ULL << KPF_NOPAGE)) {
+					hole = true;
+					break;
+				}
+				if (f & (1ULL << KPF_BUDDY))
+					has_free = true;
+				else if (f) {
+					used[blocker_kind(f)]++;
+					has_used = true;
+				}
+			}
+			if (hole)
+				continue;
+			r->blocks++;
+			if (has_free && has_used) {
+				r->mixed_blocks++;
+				for (int k = 0; k < NBLOCKER; k++)
+					r->pages[k] += used[k];
+			}
+		}
+		pfn += got;
+	}
+	close(fd);
+	read_pagetypeinfo(r);
+	r->seconds = now_s() - t0;
+	r->valid = true;
+}
+
+/* ---- release */
+
 static void release_all(struct state *s)
 {
+	for (int i = 0; i < s->bulk.n; i++)
+		munmap(s->bulk.base[i], s->bulk.size[i]);
+	s->bulk.n = 0;
 	if (s->anon.base) {
 		munmap(s->anon.base, s->anon.size);
 		s->anon.base = NULL;
 	}
-	if (s->thp.base) {
-		munmap(s->thp.base, s->thp.size);
-		s->thp.base = NULL;
+	if (s->thp.raw) {
+		munmap(s->thp.raw, s->thp.size + THP_SIZE);
+		s->thp.raw = s->thp.base = NULL;
 	}
+	if (s->msg.keep_q >= 0)
+		msgctl(s->msg.keep_q, IPC_RMID, NULL);
+	if (s->msg.drop_q >= 0)
+		msgctl(s->msg.drop_q, IPC_RMID, NULL);
+	s->msg.keep_q = s->msg.drop_q = -1;
+	for (int i = 0; i < s->files.nfiles; i++)
+		close(s->files.fds[i]);
 	if (s->have_workdir) {
-		remove_tree(s, "f", s->files.count, FILES_PER_DIR, false);
-		remove_tree(s, "s", s->slab.count, SLAB_PER_DIR, true);
+		char path[PATH_MAX];
+
+		for (int i = 0; i < s->files.nfiles; i++) {
+			snprintf(path, sizeof(path), "%s/file-%03d", s->workdir, i);
+			unlink(path);
+		}
 		rmdir(s->workdir);
 		s->have_workdir = false;
 	}
+	s->files.nfiles = 0;
+	if (s->pool_saved) {
+		pool_restore(s->pool_before);
+		unlink(POOL_SAVED);
+		s->pool_saved = false;
+	}
 	restore_sysctls();
+}
+
+/*
+ * What a fragmenter killed before it could release leaves behind: its message
+ * queues (they outlive the process) and its work directories under `dir`.
+ */
+static int do_cleanup(const struct options *o)
+{
+	struct msqid_ds ds;
+	int removed = 0, max = msgctl(0, MSG_INFO, (struct msqid_ds *)(void *)&ds);
+	char cmd[1400];
+
+	for (int i = 0; i <= max; i++) {
+		int q = msgctl(i, MSG_STAT, &ds);
+
+		if (q >= 0 && ds.msg_perm.__key >= MSG_KEY &&
+		    ds.msg_perm.__key < MSG_KEY + MSG_KEYS && msgctl(q, IPC_RMID, NULL) == 0)
+			removed++;
+	}
+	if (read_file(POOL_SAVED, cmd, sizeof(cmd)) > 0) {
+		pool_restore(strtol(cmd, NULL, 10));
+		unlink(POOL_SAVED);
+	}
+	snprintf(cmd, sizeof(cmd), "rm -rf -- '%s'/hplab-fragment.*", o->dir);
+	printf("{\"cleanup\":true,\"queues_removed\":%d,\"dirs_removed\":%s}\n", removed,
+	       system(cmd) == 0 ? "true" : "false");
+	return 0;
 }
 
 /* ------------------------------------------------------------------ JSON */
@@ -883,6 +1335,8 @@ static void json_string(FILE *f, const char *s)
 }
 
 struct result {
+	struct blockers blockers;
+	long free_outside_dma_kib;
 	bool reached;
 	double elapsed;
 	struct buddy before, after;
@@ -899,10 +1353,15 @@ static char *summary_json(struct state *s, struct result *res, const struct budd
 	FILE *f = open_memstream(&text, &len);
 	unsigned long long anon_bytes = (unsigned long long)s->anon.held_pages * PAGE;
 	unsigned long long thp_bytes = (unsigned long long)s->thp.held_pages * PAGE;
+	unsigned long long bulk_bytes = (unsigned long long)s->bulk.pages * PAGE +
+					(unsigned long long)s->bulk.pool_pages * THP_SIZE;
+	unsigned long long file_bytes = (unsigned long long)s->files.kept * PAGE;
+	unsigned long long msg_bytes = (unsigned long long)s->msg.kept * MSG_PAGES * PAGE;
+	const struct blockers *bl = &res->blockers;
 
 	if (!f)
 		return NULL;
-	fprintf(f, "{\"tool\":\"hplab-fragment\",\"schema\":1,\"profile\":\"%s\",\"seed\":%llu,",
+	fprintf(f, "{\"tool\":\"hplab-fragment\",\"schema\":2,\"profile\":\"%s\",\"seed\":%llu,",
 		profile_names[o->profile], o->seed);
 	fprintf(f, "\"target\":{\"order\":%d,", o->target_order);
 	if (o->unusable >= 0)
@@ -923,21 +1382,44 @@ static char *summary_json(struct state *s, struct result *res, const struct budd
 		unusable_index(&res->after, o->target_order));
 	fprintf(f, "\"memfree_kib_before\":%ld,\"memfree_kib_after\":%ld,", res->memfree_before,
 		res->memfree_after);
+	fprintf(f, "\"free_outside_dma_kib_after\":%ld,\"area_mib\":%ld,", res->free_outside_dma_kib,
+		o->area_mib);
+	fputs("\"blockers\":", f);
+	if (!bl->valid) {
+		fputs("{\"error\":", f);
+		json_string(f, bl->error);
+		fputs("},", f);
+	} else {
+		fprintf(f, "{\"seconds\":%.3f,\"blocks\":%lu,\"mixed_blocks\":%lu,\"pages\":{",
+			bl->seconds, bl->blocks, bl->mixed_blocks);
+		for (int k = 0; k < NBLOCKER; k++)
+			fprintf(f, "%s\"%s\":%lu", k ? "," : "", blocker_names[k], bl->pages[k]);
+		fputs("},\"free_pages_by_migratetype\":{", f);
+		for (int i = 0; i < bl->ntypes; i++)
+			fprintf(f, "%s\"%s\":%lu", i ? "," : "", bl->type_name[i], bl->free_pages[i]);
+		fputs("},\"pageblocks_by_migratetype\":{", f);
+		for (int i = 0; i < bl->ntypes; i++)
+			fprintf(f, "%s\"%s\":%lu", i ? "," : "", bl->type_name[i], bl->pageblocks[i]);
+		fputs("}},", f);
+	}
 	fputs("\"buddyinfo_before\":", f);
 	json_buddy(f, &res->before);
 	fputs(",\"buddyinfo_after\":", f);
 	json_buddy(f, &res->after);
-	fprintf(f, ",\"bytes_held\":%llu,", anon_bytes + thp_bytes + s->files.kept_bytes);
-	fprintf(f, "\"held\":{\"anon_bytes\":%llu,\"thp_bytes\":%llu,\"pagecache_files\":%zu,"
-		"\"pagecache_bytes\":%llu,\"slab_entries\":%zu},", anon_bytes, thp_bytes, s->files.kept,
-		s->files.kept_bytes, s->slab.kept);
+	fprintf(f, ",\"bytes_held\":%llu,",
+		bulk_bytes + anon_bytes + thp_bytes + file_bytes + msg_bytes);
+	fprintf(f, "\"held\":{\"bulk_bytes\":%llu,\"anon_bytes\":%llu,\"thp_bytes\":%llu,"
+		"\"pagecache_files\":%d,\"pagecache_bytes\":%llu,\"slab_entries\":%zu,"
+		"\"slab_bytes\":%llu},", bulk_bytes, anon_bytes, thp_bytes, s->files.nfiles,
+		file_bytes, s->msg.kept, msg_bytes);
 	fputs("\"dir\":", f);
 	if (s->workdir[0])
 		json_string(f, s->workdir);
 	else
 		fputs("null", f);
 	fprintf(f, ",\"drop_method\":\"%s\",", o->profile == P_ANON ? "madv_dontneed+mlock2_onfault" :
-		(s->tmpfs ? "unlink" : "fadvise_dontneed"));
+		o->profile == P_SLAB ? "msgctl_rmid" :
+		o->profile == P_PAGECACHE ? (s->tmpfs ? "punch_hole" : "fadvise_dontneed") : "mixed");
 	fputs("\"sysctl_saved\":{", f);
 	for (size_t i = 0, first = 1; i < NSYSCTL; i++) {
 		if (!sysctls[i].present || !o->sysctl)
@@ -1038,10 +1520,10 @@ static int run_round(struct state *s, double deadline, char *err, size_t errlen,
 			chunk = (size_t)headroom_pages;
 		kind = pick_kind(s);
 		if (o->verbose)
-			fprintf(stderr, "fragment: round %d free_blocks=%lu memfree=%ld kib "
-				"free_outside_dma=%lu pages chunk=%zu kind=%s\n", s->rounds,
-				free_blocks(&b, o->target_order), memfree,
-				free_pages_outside_dma(&b), chunk, profile_names[kind]);
+			fprintf(stderr, "fragment: fill: free order-%d blocks %lu, MemFree %ld MiB "
+				"at %.1f s (round %d, %s)\n", o->target_order,
+				free_blocks(&b, o->target_order), memfree / 1024,
+				now_s() - s->started, s->rounds, profile_names[kind]);
 		if (kind == P_ANON)
 			got = anon_fill(s, chunk);
 		else if (kind == P_PAGECACHE)
@@ -1050,12 +1532,15 @@ static int run_round(struct state *s, double deadline, char *err, size_t errlen,
 			got = slab_fill(s, chunk);
 		if (got < 0) {
 			snprintf(err, errlen, "%s: %s", kind == P_PAGECACHE ? "writing files" :
-				 "creating directories", strerror(errno));
+				 kind == P_SLAB ? "sending messages" : "touching pages",
+				 strerror(errno));
 			return -1;
 		}
 		filled += (size_t)got;
 		if (s->enospc) {
-			snprintf(s->reason, sizeof(s->reason), "no space left in %.200s", s->workdir);
+			if (!s->reason[0])
+				snprintf(s->reason, sizeof(s->reason), "no space left in %.200s",
+					 s->workdir);
 			break;
 		}
 		if (got == 0 && o->profile == P_ANON) {
@@ -1127,6 +1612,8 @@ static int fragment(struct state *s, struct result *res, char *err, size_t errle
 {
 	struct options *o = s->o;
 	double start = now_s(), deadline = start + o->timeout_s;
+
+	s->started = start;
 	long total_kib = meminfo_kib("MemTotal");
 	struct rlimit unlimited = { RLIM_INFINITY, RLIM_INFINITY };
 
@@ -1147,10 +1634,8 @@ static int fragment(struct state *s, struct result *res, char *err, size_t errle
 			snprintf(err, errlen, "mmap %zu bytes: %s", s->anon.size, strerror(errno));
 			return -1;
 		}
-		if (madvise(s->anon.base, s->anon.size, MADV_NOHUGEPAGE)) {
-			snprintf(err, errlen, "madvise(MADV_NOHUGEPAGE): %s", strerror(errno));
-			return -1;
-		}
+		/* a kernel without THP fails this and faults 4 KiB pages anyway */
+		madvise(s->anon.base, s->anon.size, MADV_NOHUGEPAGE);
 	}
 	if (o->profile != P_ANON) {
 		struct statfs sf;
@@ -1165,6 +1650,8 @@ static int fragment(struct state *s, struct result *res, char *err, size_t errle
 		if (statfs(s->workdir, &sf) == 0)
 			s->tmpfs = sf.f_type == TMPFS_MAGIC_ || sf.f_type == RAMFS_MAGIC_;
 	}
+	if (bulk_take(s, err, errlen))
+		return -1;
 
 	for (;;) {
 		bool progress;
@@ -1196,6 +1683,9 @@ static int fragment(struct state *s, struct result *res, char *err, size_t errle
 	res->elapsed = now_s() - start;
 	res->memfree_after = meminfo_kib("MemFree");
 	read_buddy(&res->after);
+	res->free_outside_dma_kib = (long)free_blocks(&res->after, 0) * 4;
+	progress(s, res->reached ? "reached" : "missed");
+	find_blockers(&res->blockers, o->target_order);
 	return 0;
 }
 
@@ -1286,13 +1776,15 @@ int main(int argc, char **argv)
 	sigaction(SIGHUP, &sa, NULL);
 	if (o.release)
 		return do_release(&o);
+	if (o.cleanup)
+		return do_cleanup(&o);
 	validate_against_system(&o, &b);
 
 	s.o = &o;
+	s.msg.keep_q = s.msg.drop_q = -1;
 	s.rng = o.seed * 0x9E3779B97F4A7C15ULL + 0x2545F4914F6CDD1DULL;
 	if (!s.rng)
 		s.rng = 1;
-	s.file_pages = 1;
 
 	if (o.hold) {
 		pid_t child;
@@ -1394,6 +1886,14 @@ int main(int argc, char **argv)
 	free(text);
 
 	wait_for_release(!o.hold);
+	if (o.fault) { /* release-hang: a holder that never lets go (SIGKILL ends it) */
+		sigset_t all;
+
+		sigfillset(&all);
+		sigprocmask(SIG_BLOCK, &all, NULL);
+		for (;;)
+			pause();
+	}
 
 	{
 		double t0 = now_s();
