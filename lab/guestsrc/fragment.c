@@ -11,7 +11,7 @@
  *            [--floor-mib M] [--timeout S] [--dir D] [--no-sysctl]
  *            [--hold --pidfile F] [--summary FILE]
  *   fragment --release --pidfile F [--timeout S]
- *   fragment --cleanup [--dir D]     (queues and files of a fragmenter that was killed)
+ *   fragment --cleanup [--dir D]     (what a killed fragmenter left: queues, files, sysctls, 2 MiB pool)
  *
  * Profiles: anon-pinned, pagecache, slab, mixed (see lab/stress.py for details).
  *
@@ -107,7 +107,8 @@
 #define MSG_KEY 0x68706c00 /* "hpl\0": queues of this key range are the fragmenter's */
 #define MSG_KEYS 0x10000
 #define POOL_2M "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
-#define POOL_SAVED "/run/hplab-fragment.nr_hugepages-2048kB" /* for --cleanup */
+/* what the fragmenter changed, "path value" a line, for --cleanup after a kill */
+#define SAVED "/run/hplab-fragment.saved"
 
 /* ------------------------------------------------------------------ buddyinfo */
 
@@ -664,6 +665,20 @@ static size_t kept_page(struct state *s, size_t g)
 
 static int write_atomic(const char *path, const char *text);
 
+static void save_state(const struct state *s)
+{
+	char text[1024];
+	size_t len = 0;
+
+	for (size_t i = 0; i < NSYSCTL; i++)
+		if (sysctls[i].changed)
+			len += (size_t)snprintf(text + len, sizeof(text) - len, "%s %s\n",
+						sysctls[i].path, sysctls[i].saved);
+	if (s->pool_saved)
+		snprintf(text + len, sizeof(text) - len, "%s %ld\n", POOL_2M, s->pool_before);
+	write_atomic(SAVED, text);
+}
+
 static long pool_pages(void)
 {
 	char buf[32];
@@ -691,8 +706,7 @@ static void pool_take(struct state *s, long pages)
 	if (!s->pool_saved) {
 		s->pool_before = have;
 		s->pool_saved = true;
-		snprintf(buf, sizeof(buf), "%ld\n", have);
-		write_atomic(POOL_SAVED, buf);
+		save_state(s);
 	}
 	snprintf(buf, sizeof(buf), "%ld", have + pages);
 	write_str(POOL_2M, buf);
@@ -1270,10 +1284,10 @@ static void release_all(struct state *s)
 	s->files.nfiles = 0;
 	if (s->pool_saved) {
 		pool_restore(s->pool_before);
-		unlink(POOL_SAVED);
 		s->pool_saved = false;
 	}
 	restore_sysctls();
+	unlink(SAVED);
 }
 
 /*
@@ -1293,9 +1307,19 @@ static int do_cleanup(const struct options *o)
 		    ds.msg_perm.__key < MSG_KEY + MSG_KEYS && msgctl(q, IPC_RMID, NULL) == 0)
 			removed++;
 	}
-	if (read_file(POOL_SAVED, cmd, sizeof(cmd)) > 0) {
-		pool_restore(strtol(cmd, NULL, 10));
-		unlink(POOL_SAVED);
+	if (read_file(SAVED, cmd, sizeof(cmd)) > 0) {
+		char *line, *save = NULL;
+
+		for (line = strtok_r(cmd, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+			char *value = strchr(line, ' ');
+
+			if (!value || (strncmp(line, "/proc/sys/vm/", 13) &&
+				       strncmp(line, "/sys/kernel/mm/hugepages/", 25)))
+				continue;
+			*value++ = '\0';
+			write_str(line, value);
+		}
+		unlink(SAVED);
 	}
 	snprintf(cmd, sizeof(cmd), "rm -rf -- '%s'/hplab-fragment.*", o->dir);
 	printf("{\"cleanup\":true,\"queues_removed\":%d,\"dirs_removed\":%s}\n", removed,
@@ -1625,6 +1649,7 @@ static int fragment(struct state *s, struct result *res, char *err, size_t errle
 	}
 	if (o->sysctl && apply_sysctls(err, errlen))
 		return -1;
+	save_state(s);
 	if (o->profile == P_ANON || o->profile == P_MIXED) {
 		s->anon.size = (size_t)total_kib * 1024;
 		s->anon.base = mmap(NULL, s->anon.size, PROT_READ | PROT_WRITE,
