@@ -103,7 +103,8 @@ def vrhp_run(topology_path: Path, repeat: int, entries: int, base_dir: Path, bus
                     setup = module.setup()
                     if not setup.ok:
                         raise LabError(f"node {node!r}: setup {setup.outcome.name}")
-                text = module.agent_stdout("bench", entries, seed, timeout=600)
+                text = module.agent_stdout("bench", entries, seed,
+                                           timeout=guest.timeouts.agent_bench)
                 samples.append(VrhpSample(backend, parse_bench(text)))
                 kmod.reset_guest(guest)
     return samples

@@ -24,7 +24,7 @@ from lab.events import EventBus
 from lab.guest import Guest
 from lab.paths import cache_dir, runs_dir
 from lab.shell import locked, run
-from lab.timeouts import Timeouts
+from lab.timeouts import Speed, Timeouts
 from lab.topology import Node, Topology
 
 CREATE_ATTEMPTS = 3
@@ -75,14 +75,19 @@ class NodeRuntime:
     boot_seconds: float = 0.0
     boots: int = 0
     console_from: int = 0  # where the current boot's output starts in `console`
+    speed: Speed | None = None  # measured once the current boot answers SSH
 
     def state(self) -> dict[str, Any]:
+        speed = self.speed
         return {"domain": self.domain, "port": self.port, "uri": self.node.uri,
                 "accel": self.accel, "kernel": self.kernel.release,
                 "image": self.image.kind, "host_key": self.image.host_key,
                 "backing": self.node.backing,
                 "console": str(self.console), "boot_seconds": round(self.boot_seconds, 2),
-                "boots": self.boots, "up": self.guest is not None}
+                "boots": self.boots, "up": self.guest is not None,
+                "slowdown": round(speed.slowdown, 3) if speed else None,
+                "speed": {"loop_s": round(speed.loop_s, 3), "memory_s": round(speed.memory_s, 3),
+                          "unclamped": round(speed.unclamped, 3)} if speed else None}
 
 
 class Lab:
@@ -144,7 +149,7 @@ class Lab:
         return NodeRuntime(node=node, kernel=kernel, image=image, accel=accel,
                            domain=virt.domain_name(self.run_id, node.name),
                            console=node_dir / "console.log", initrd=initrd, disk=disk,
-                           timeouts=self.base_timeouts.scaled(accel))
+                           timeouts=self.base_timeouts.for_accel(accel))
 
     def _reserve_host_pages(self) -> None:
         """Host 1 GiB pages for every node backed by them, before anything boots."""
@@ -209,19 +214,26 @@ class Lab:
         raise AssertionError("unreachable")
 
     def _wait_ready(self, rt: NodeRuntime, created: float) -> None:
-        with self.bus.phase("boot", rt.node.name, "waiting for the SSH banner"):
-            virt.wait_ssh_banner(rt.port, created + rt.timeouts.ssh_banner,
+        rt.timeouts, rt.speed = rt.timeouts.for_accel(rt.accel), None  # a new boot's speed
+        stall = rt.timeouts.boot_bound(rt.timeouts.boot_stall)
+        cap = rt.timeouts.boot_bound(rt.timeouts.boot_cap)
+        with self.bus.phase("boot", rt.node.name, f"waiting for the SSH banner while the "
+                                                  f"console grows: stall {stall}, cap {cap}"):
+            virt.wait_ssh_banner(rt.port, created + cap.seconds,
                                  lambda: virt.is_active(self._conn(rt.node.uri), rt.domain),
                                  rt.node.name,
                                  rt.console, created, ready_mark=images.READY_MARK,
-                                 console_from=rt.console_from)
+                                 console_from=rt.console_from, stall=stall.seconds)
         with self.bus.phase("ssh", rt.node.name):
             guest = Guest(rt.node.name, rt.port, self.run_dir / "id_ed25519",
-                          rt.image.host_key, connect_timeout=rt.timeouts.ssh_connect,
-                          command_timeout=rt.timeouts.command)
+                          rt.image.host_key, timeouts=rt.timeouts)
             guest.check("true")
-        rt.guest = guest
         rt.boot_seconds = time.monotonic() - created
+        with self.bus.phase("speed", rt.node.name, "a fixed workload timed in the guest") as t:
+            rt.speed = guest.measure_speed(rt.image.kind)
+            t.info(rt.speed.describe())
+        rt.timeouts = guest.timeouts
+        rt.guest = guest
         rt.boots += 1
 
     def reboot(self, name: str) -> float:

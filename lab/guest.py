@@ -17,11 +17,13 @@ from typing import Any, TypeVar
 import paramiko
 
 from lab.errors import GuestError, HostKeyMismatch
+from lab.timeouts import SPEED_WORKLOAD, Bound, Speed, Timeouts, parse_speed
 
 log = logging.getLogger(__name__)
 TRANSIENT_ATTEMPTS = 3
 WATCHDOG_GRACE = 2.0  # seconds past a command's bound before the connection is dropped
 T = TypeVar("T")
+
 
 @dataclass(frozen=True)
 class Result:
@@ -32,6 +34,46 @@ class Result:
     @property
     def ok(self) -> bool:
         return self.exit_status == 0
+
+
+@dataclass
+class Progress:
+    """What one command showed of itself: whether the guest accepted it, its output."""
+
+    started: float
+    accepted: bool = False
+    output_bytes: int = 0
+    last_output: float | None = None
+
+    def saw(self, nbytes: int, now: float) -> None:
+        if nbytes:
+            self.output_bytes += nbytes
+            self.last_output = now
+
+    def describe(self, now: float) -> str:
+        if not self.accepted:
+            return "no answer from the guest"
+        if self.last_output is None:
+            return f"no output for {now - self.started:.0f}s"
+        return f"{self.output_bytes} bytes of output, none for {now - self.last_output:.0f}s"
+
+
+def did_not_finish(node: str, command: str, bound: Bound, progress: Progress,
+                   now: float) -> str:
+    """The message of a command that outlived its bound: the command, the bound and how it
+    was reached, the time waited, the output seen."""
+    return (f"{node}: '{command[:200]}' did not finish within {bound}, gave up after "
+            f"{now - progress.started:.1f}s; {progress.describe(now)}")
+
+
+def _emit_lines(data: bytearray, start: int, on_line: Callable[[str], None]) -> int:
+    """Give each complete line of `data` from `start` to `on_line`; where the rest starts."""
+    end = data.rfind(b"\n") + 1
+    if end > start:
+        for line in bytes(data[start:end]).decode(errors="replace").splitlines():
+            on_line(line)
+        return end
+    return start
 
 
 class _PinnedKeyPolicy(paramiko.MissingHostKeyPolicy):
@@ -49,14 +91,40 @@ class Guest:
     """SSH access to one node, reached through its forwarded port on 127.0.0.1."""
 
     def __init__(self, node: str, port: int, key_file: Path, host_key: str,
-                 *, connect_timeout: float = 20.0, command_timeout: float = 120.0) -> None:
+                 *, timeouts: Timeouts | None = None) -> None:
         self.node, self.port, self.key_file, self.host_key = node, port, key_file, host_key
-        self.connect_timeout, self.command_timeout = connect_timeout, command_timeout
+        self.timeouts = timeouts or Timeouts()
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
         self.transient_retries = 0
         self.silent = False  # the last command got no answer within its bound
         self.retired = ""  # why this connection may not be used again
+
+    def bound(self, reference: float | None = None) -> Bound:
+        """This guest's bound for a wait of `reference` seconds (default: a command's)."""
+        return self.timeouts.bound(self.timeouts.command if reference is None else reference)
+
+    def scaled(self, reference: float) -> float:
+        """Seconds this guest gets for a wait of `reference` reference seconds."""
+        return self.bound(reference).seconds
+
+    @property
+    def connect_timeout(self) -> float:
+        return self.bound(self.timeouts.ssh_connect).seconds
+
+    @property
+    def command_timeout(self) -> float:
+        return self.bound().seconds
+
+    def measure_speed(self, image: str) -> Speed:
+        """Time SPEED_WORKLOAD in the guest; from then on every bound scales with it."""
+        output = self.check(SPEED_WORKLOAD, timeout=self.timeouts.speed)
+        try:
+            speed = parse_speed(output, image)
+        except ValueError as exc:
+            raise GuestError(f"{self.node}: {exc}") from None
+        self.timeouts = self.timeouts.measured(speed.slowdown)
+        return speed
 
     @property
     def client(self) -> paramiko.SSHClient:
@@ -105,18 +173,23 @@ class Guest:
         self.close()
         self.retired = why
 
-    def run(self, command: str, *, timeout: float | None = None, check: bool = False) -> Result:
-        """Run a shell command; raise GuestError if it outlives `timeout` (or fails, with check).
+    def run(self, command: str, *, timeout: float | None = None, check: bool = False,
+            on_stderr_line: Callable[[str], None] | None = None) -> Result:
+        """Run a shell command; raise GuestError if it outlives its bound (or fails, with
+        check). `timeout` is in reference seconds (lab.timeouts), default a command's.
+        `on_stderr_line` gets each line of stderr as soon as it is complete.
 
         The bound holds even when the guest stops answering altogether (a frozen guest
         never confirms the channel): a watchdog then closes this command's connection,
         which wakes every blocked SSH call; the next command connects afresh.
         """
-        limit = timeout if timeout is not None else self.command_timeout
+        bound = self.bound(timeout)
         if self.silent:  # it stopped answering before: connect-sized patience until it does
-            limit = min(limit, self.connect_timeout)
+            bound = min(bound, self.bound(self.timeouts.ssh_connect), key=lambda b: b.seconds)
+        limit = bound.seconds
         client = self.client  # connecting is bounded by connect_timeout, not by `limit`
-        deadline = time.monotonic() + limit
+        progress = Progress(time.monotonic())
+        deadline = progress.started + limit
         expired = threading.Event()
 
         def give_up() -> None:
@@ -127,14 +200,14 @@ class Guest:
         watchdog = threading.Timer(limit + WATCHDOG_GRACE, give_up)
         watchdog.daemon = True
         watchdog.start()
-        started: list[bool] = []  # set once the guest accepted the command
         try:
-            result = self._run(client, command, limit, deadline, started)
+            result = self._run(client, command, bound, deadline, progress, on_stderr_line)
         except (GuestError, paramiko.SSHException, EOFError, OSError) as exc:
-            if expired.is_set() or (not started and time.monotonic() >= deadline):
+            now = time.monotonic()
+            if expired.is_set() or (not progress.accepted and now >= deadline):
                 self.silent = True
-                raise GuestError(f"{self.node}: command did not finish within {limit:.0f}s "
-                                 f"(no answer from the guest): {command[:200]}") from None
+                raise GuestError(did_not_finish(self.node, command, bound, progress,
+                                                now)) from None
             if isinstance(exc, GuestError):
                 raise
             raise GuestError(f"{self.node}: SSH failed while running {command[:200]}: "
@@ -148,8 +221,9 @@ class Guest:
                              f"{result.stderr.strip()[-800:] or result.stdout.strip()[-800:]}")
         return result
 
-    def _run(self, client: paramiko.SSHClient, command: str, limit: float,
-             deadline: float, started: list[bool]) -> Result:
+    def _run(self, client: paramiko.SSHClient, command: str, bound: Bound,
+             deadline: float, progress: Progress,
+             on_stderr_line: Callable[[str], None] | None = None) -> Result:
         def transport() -> paramiko.Transport:
             current = client.get_transport()
             if current is None:
@@ -160,26 +234,33 @@ class Guest:
             timeout=max(deadline - time.monotonic(), 0.1)))
         channel.settimeout(1.0)
         channel.exec_command(command)
-        started.append(True)
+        progress.accepted = True
         out, err = bytearray(), bytearray()
+        lines_from = 0  # where the stderr line not yet given to on_stderr_line starts
         while True:
+            received = len(out) + len(err)
             while channel.recv_ready():
                 out += channel.recv(65536)
             while channel.recv_stderr_ready():
                 err += channel.recv_stderr(65536)
+            now = time.monotonic()
+            progress.saw(len(out) + len(err) - received, now)
+            if on_stderr_line is not None:
+                lines_from = _emit_lines(err, lines_from, on_stderr_line)
             if channel.exit_status_ready() and not channel.recv_ready() \
                     and not channel.recv_stderr_ready():
                 break
-            if time.monotonic() > deadline:
+            if now > deadline:
                 channel.close()
-                raise GuestError(f"{self.node}: command did not finish within {limit:.0f}s: "
-                                 f"{command[:200]}")
+                raise GuestError(did_not_finish(self.node, command, bound, progress, now))
             if transport().is_active() is False:
                 raise GuestError(f"{self.node}: SSH connection lost while running: "
                                  f"{command[:200]}")
             time.sleep(0.01)
         status = channel.recv_exit_status()
         channel.close()
+        if on_stderr_line is not None and lines_from < len(err):
+            on_stderr_line(err[lines_from:].decode(errors="replace"))
         return Result(status, out.decode(errors="replace"), err.decode(errors="replace"))
 
     def check(self, command: str, *, timeout: float | None = None) -> str:
@@ -193,7 +274,7 @@ class Guest:
                 return action()
             except TimeoutError:
                 raise GuestError(f"{self.node}: could not {what}: no answer from the guest "
-                                 f"within {self.command_timeout:.0f}s") from None
+                                 f"within {self.bound()}") from None
             except (paramiko.SSHException, EOFError) as exc:
                 if attempt == TRANSIENT_ATTEMPTS or not self._transport_alive():
                     raise GuestError(f"{self.node}: could not {what} after {attempt} "

@@ -17,6 +17,7 @@ from lab.errors import BuildError, GuestError
 from lab.guest import Guest, Result
 from lab.kernel import Kernel
 from lab.shell import digest, locked, run
+from lab.timeouts import Timeouts
 
 KMOD_SOURCE = Path(__file__).resolve().parent.parent / "kmod"
 SOURCE_SUFFIXES = (".c", ".h", "Kbuild", "Makefile")
@@ -69,7 +70,7 @@ def _build_copy(source: Path, kernel: Kernel, cache: Path, kind: str, extra: tup
                     target = tree / path.relative_to(source)
                     target.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(path, target)
-                run(make(tree), timeout=600)
+                run(make(tree), timeout=Timeouts.module_build)
                 for built, name in products.items():
                     shutil.copy2(tree / built, out / name)
             for name in products.values():
@@ -134,21 +135,25 @@ class GuestModule:
             raise GuestError(f"{self.guest.node}: insmod vrhp.ko {params} failed: "
                              f"{result.stderr.strip()}")
 
-    def rmmod(self, timeout: float = 30.0) -> None:
+    def rmmod(self, timeout: float | None = None) -> None:
         self.unload(self.guest, timeout)
 
     @staticmethod
-    def unload(guest: Guest, timeout: float = 30.0) -> None:
-        """Unload after the module's users are gone (refcount 0), bounded by `timeout`."""
+    def unload(guest: Guest, timeout: float | None = None) -> None:
+        """Unload after the module's users are gone (refcount 0), bounded by `timeout`
+        reference seconds (default the guest's module_unload)."""
         refcnt = f"/sys/module/{MODULE_NAME}/refcnt"
-        deadline = time.monotonic() + timeout
+        bound = guest.bound(guest.timeouts.module_unload if timeout is None else timeout)
+        started = time.monotonic()
         while True:
             count = guest.run(f"cat {refcnt} 2>/dev/null").stdout.strip()
             if count in ("", "0"):
                 break
-            if time.monotonic() > deadline:
+            elapsed = time.monotonic() - started
+            if elapsed > bound.seconds:
                 raise GuestError(f"{guest.node}: vrhp refcount still {count} after "
-                                 f"{timeout:.0f}s; cannot unload")
+                                 f"{elapsed:.1f}s, past the unload bound of {bound}; "
+                                 "cannot unload")
             time.sleep(0.2)
         if count == "0":
             guest.check(f"rmmod {MODULE_NAME}")
@@ -174,7 +179,8 @@ class GuestModule:
         return vrhp.parse_setup(self.agent_stdout("setup", *options, exits=(0, 2, 3)))
 
     def fill(self, table: str, count: int, seed: int = 1) -> vrhp.FillResult:
-        return vrhp.parse_fill(self.agent_stdout("fill", table, count, seed, timeout=600))
+        return vrhp.parse_fill(self.agent_stdout("fill", table, count, seed,
+                                                 timeout=self.guest.timeouts.agent_fill))
 
     def agent_json(self, *args: str | int, timeout: float | None = None) -> Any:
         """Run the agent and parse its JSON; a failure names the command and its stderr."""
@@ -197,7 +203,7 @@ def hugepage_pool(guest: Guest, size_kib: int = 1048576) -> tuple[int, int]:
     return total, free
 
 
-def reset_guest(guest: Guest, timeout: float = 30.0) -> None:
+def reset_guest(guest: Guest, timeout: float | None = None) -> None:
     """Unload vrhp and remove the files of every hugetlbfs mount: the pool is whole again."""
     guest.run("pkill -x vrhp-agent; true")
     GuestModule.unload(guest, timeout)

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import json
+import math
 import select
 import shutil
 import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
-from lab import triage
+from lab import timeouts, triage
 from lab.errors import BootError, HostError, LabError
 from lab.shell import digest, locked, run
 
@@ -325,25 +326,41 @@ class ConsoleMark:
 
 def wait_ssh_banner(port: int, deadline: float, alive: Callable[[], bool], node: str,
                     console: Path, started: float, ready_mark: str | None = None,
-                    console_from: int = 0) -> None:
+                    console_from: int = 0, stall: float | None = None) -> None:
     """Wait for the SSH banner on 127.0.0.1:port (user networking accepts TCP early).
 
-    With `ready_mark`, nothing connects before the guest printed it on its console
-    (after byte `console_from`, where this boot's output starts):
+    The boot comes before anything can say how fast the guest is, so it is waited for
+    while it shows progress: with `stall`, the wait ends once the console has not grown
+    for `stall` seconds; `deadline` is the hard cap. The console counts from byte
+    `console_from`, where this boot's output starts (a rebooted node appends its boot to
+    the same file).
+
+    With `ready_mark`, nothing connects before the guest printed it on its console:
     every connection QEMU's user network accepts before the guest has an address is
     delivered to the guest's sshd later, and a storm of them slows its first minutes.
     """
+    patience = timeouts.Patience(started, deadline - started, stall, console_from)
+
+    def check(waiting_for: str) -> None:
+        _check_boot(node, port, console, started, math.inf, alive, waiting_for)
+        now = time.monotonic()
+        with suppress(OSError):
+            patience.observe(console.stat().st_size, now)
+        reason = patience.exhausted(now, "bytes of console output since the domain was "
+                                         "created")
+        if reason is not None:
+            raise BootError(f"{node}: no {waiting_for} after {now - started:.1f}s: {reason}",
+                            node=node, phase="ssh-banner", console_tail=console_tail(console))
+
     if ready_mark is not None:
         mark = ConsoleMark(console, ready_mark, console_from)
         while not mark.seen():
-            _check_boot(node, port, console, started, deadline, alive,
-                        f"ready mark {ready_mark!r} on the console")
+            check(f"ready mark {ready_mark!r} on the console")
             time.sleep(BANNER_PAUSE / 4)
     probe = BannerProbe(port) if ready_mark is None else BannerProbe(port, BANNER_PATIENCE, 1)
     try:
         while not probe.poll(BANNER_PAUSE / 2):
-            _check_boot(node, port, console, started, deadline, alive,
-                        f"SSH banner on 127.0.0.1:{port}")
+            check(f"SSH banner on 127.0.0.1:{port}")
     finally:
         probe.close()
 

@@ -4,6 +4,7 @@ user network: connections accepted early that never answer, servers slow to gree
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import threading
 import time
@@ -143,3 +144,58 @@ def test_a_rebooted_node_waits_for_its_own_ready_mark(tmp_path: Path) -> None:
     with console.open("a") as handle:
         handle.write("boot 2\nhplab-init: ready\n")
     assert mark.seen()
+
+
+def _print_lines(console: Path, lines: list[str], every: float) -> threading.Thread:
+    """Append one line to `console` every `every` seconds, in a thread."""
+    def write() -> None:
+        for line in lines:
+            time.sleep(every)
+            with console.open("a") as handle:
+                handle.write(line + "\n")
+
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_boot_that_keeps_printing_outlasts_the_stall_window(server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    port = server(lambda conn, n: conn.sendall(b"SSH-2.0-x\r\n"))
+    console = tmp_path / "console.log"
+    console.write_text("")
+    _print_lines(console, [f"[ {i}] still booting" for i in range(8)] + ["hplab-init: ready"],
+                 every=0.2)
+    start = time.monotonic()
+    virt.wait_ssh_banner(port, start + 10, lambda: True, "cn1", console, start,
+                         ready_mark="hplab-init: ready", stall=0.6)
+    assert time.monotonic() - start > 1.5  # far past the stall window, never past it quiet
+
+
+def test_a_boot_gone_quiet_fails_after_the_stall_naming_the_progress(tmp_path: Path) -> None:
+    console = tmp_path / "console.log"
+    console.write_text("x" * 1000 + "\n")  # an earlier boot's output
+    _print_lines(console, ["[ 0.1] Linux version", "hplab-init: booted"], every=0.1)
+    start = time.monotonic()
+    with pytest.raises(BootError) as err:
+        virt.wait_ssh_banner(virt.free_port(), start + 10, lambda: True, "cn1", console, start,
+                             ready_mark="hplab-init: ready", console_from=1001, stall=0.5)
+    waited = time.monotonic() - start
+    assert 0.7 <= waited < 2.0
+    message = str(err.value)
+    assert re.match(r"cn1: no ready mark 'hplab-init: ready' on the console after \d\.\ds: "
+                    r"nothing new for 0\.5s \(40 bytes of console output since the domain "
+                    r"was created, the last 0\.\ds ago\)", message), message
+    assert err.value.phase == "ssh-banner"
+    assert err.value.console_tail.endswith("hplab-init: booted")
+
+
+def test_a_boot_that_never_stops_printing_ends_at_the_cap(tmp_path: Path) -> None:
+    console = tmp_path / "console.log"
+    console.write_text("")
+    _print_lines(console, ["printk storm"] * 40, every=0.05)
+    start = time.monotonic()
+    with pytest.raises(BootError, match=r"after 1\.\ds: hard cap of 1\.0s reached \(\d+ bytes "
+                                        r"of console output since the domain was created"):
+        virt.wait_ssh_banner(virt.free_port(), start + 1.0, lambda: True, "cn1", console, start,
+                             ready_mark="hplab-init: ready", stall=0.5)
+    assert time.monotonic() - start < 1.6

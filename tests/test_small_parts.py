@@ -11,14 +11,7 @@ from lab import guesttools, host, image, plugin, shell
 from lab.errors import BuildError, GuestError
 from lab.events import EventBus
 from lab.guest import Guest
-from lab.timeouts import Timeouts
 from lab.topology import parse
-
-
-def test_timeouts_scale_down_for_kvm_only() -> None:
-    base = Timeouts()
-    assert base.scaled("tcg") == base
-    assert base.scaled("kvm").ssh_banner == base.ssh_banner * 0.25
 
 
 def test_phase_timer_records_end_and_fail() -> None:

@@ -12,6 +12,7 @@ from lab.engine import host_pages_needed, kernel_cmdline, leaked_host_pages
 from lab.errors import BootError, HostError, LabError
 from lab.image import Image
 from lab.kernel import Kernel
+from lab.timeouts import Speed, Timeouts, parse_speed
 from lab.topology import parse
 
 QEMU_NS = "{http://libvirt.org/schemas/domain/qemu/1.0}"
@@ -289,11 +290,18 @@ def test_lab_reconnects_when_the_daemon_restarted(tmp_path: Path,
 
 
 class _FakeGuest:
-    def __init__(self, node: str, port: int, *args: object, **kwargs: object) -> None:
+    def __init__(self, node: str, port: int, *args: object,
+                 timeouts: Timeouts | None = None) -> None:
         self.node, self.port, self.retired = node, port, ""
+        self.timeouts = timeouts or Timeouts()
 
     def check(self, command: str) -> str:
         return ""
+
+    def measure_speed(self, image: str) -> Speed:
+        speed = parse_speed("hplab-speed 10.00 10.34 10.66", image)  # twice the reference
+        self.timeouts = self.timeouts.measured(speed.slowdown)
+        return speed
 
     def retire(self, why: str) -> None:
         self.retired = why
@@ -345,6 +353,15 @@ def test_reboot_boots_a_new_domain_after_the_old_one_is_gone(
     assert rt.guest.port == rt.port and rt.boots == 2
     state = json.loads((lab.run_dir / engine.STATE_FILE).read_text())
     assert state["nodes"]["cn1"]["boots"] == 2 and state["nodes"]["cn1"]["up"]
+    # the new boot's speed, measured once it answered, scales every later bound
+    assert state["nodes"]["cn1"]["slowdown"] == 2.0
+    assert state["nodes"]["cn1"]["speed"] == {"loop_s": 0.34, "memory_s": 0.32,
+                                              "unclamped": 2.0}
+    assert rt.timeouts.slowdown == rt.guest.timeouts.slowdown == pytest.approx(2.0)
+    assert rt.timeouts.bound(120).seconds == pytest.approx(240)
+    speed = [e.detail for e in lab.bus.history if e.phase == "speed" and e.state == "info"]
+    assert speed == ["slowdown 2.00: shell loop 0.34s, memory 0.32s "
+                     "(reference 0.17s + 0.16s)"]
     with pytest.raises(LabError, match="node 'cn9' is not in lab"):
         lab.reboot("cn9")
 
