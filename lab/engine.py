@@ -8,8 +8,12 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import secrets
 import shutil
+import socket
+import struct
+import threading
 import time
 from contextlib import ExitStack, nullcontext, suppress
 from dataclasses import dataclass, field
@@ -26,6 +30,7 @@ from lab.paths import cache_dir, runs_dir
 from lab.shell import locked, run
 from lab.timeouts import Speed, Timeouts
 from lab.topology import Node, Topology
+from lab.triage import read_from
 
 CREATE_ATTEMPTS = 3
 LIBVIRT_RECONNECT_S = 60.0  # a restarted libvirtd answers after ~8 s here (host prepare)
@@ -34,6 +39,8 @@ OWNER_LOCK = "owner.lock"
 WORK_FILES = ("id_ed25519", "id_ed25519.pub")
 NODE_DISK = "disk.qcow2"
 NODE_INITRD = "initrd.cpio.gz"
+QEMU_LOG_DIR = Path("/var/log/libvirt/qemu")  # qemu:///system's log of each domain's QEMU
+CONSOLE_TAIL_LINES = 30
 
 
 def kernel_cmdline(node: Node) -> str:
@@ -55,6 +62,151 @@ def host_pages_needed(node: Node) -> int:
 
 def new_run_id() -> str:
     return secrets.token_hex(4)
+
+
+# The kernel's process events connector (linux/connector.h, linux/cn_proc.h).
+NETLINK_CONNECTOR = 11
+CN_IDX_PROC = CN_VAL_PROC = 1
+PROC_CN_MCAST_LISTEN = 1
+PROC_EVENT_EXIT = 0x80000000
+NLMSG_DONE = 3
+NLMSG_HEADER = struct.Struct("=IHHII")
+CN_HEADER = struct.Struct("=IIIIHH")
+EVENT_HEADER = struct.Struct("=IIQ")
+EXIT_EVENT = struct.Struct("=IIII")
+
+
+def parse_proc_exits(data: bytes) -> list[tuple[int, int]]:
+    """(pid, wait status) of every process exit in a datagram of the proc connector."""
+    exits = []
+    offset = 0
+    while offset + NLMSG_HEADER.size <= len(data):
+        length = NLMSG_HEADER.unpack_from(data, offset)[0]
+        if length < NLMSG_HEADER.size:
+            break
+        event = offset + NLMSG_HEADER.size + CN_HEADER.size
+        if event + EVENT_HEADER.size + EXIT_EVENT.size <= offset + length:
+            what = EVENT_HEADER.unpack_from(data, event)[0]
+            if what == PROC_EVENT_EXIT:
+                pid, tgid, status, _ = EXIT_EVENT.unpack_from(data, event + EVENT_HEADER.size)
+                if pid == tgid:  # the process, not one of its threads
+                    exits.append((pid, status))
+        offset += (length + 3) & ~3
+    return exits
+
+
+class QemuExits:
+    """How this run's QEMU processes ended, from the kernel's process events.
+
+    QEMU is not our child and a SIGKILL leaves no line in libvirt's log, so the exit
+    status comes from the proc connector (root only); without it the status stays
+    unknown and the log is all there is.
+    """
+
+    def __init__(self) -> None:
+        self._domains: dict[int, str] = {}
+        self._status: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def start(self) -> bool:
+        """Listen for process exits; False where the kernel or our privileges refuse."""
+        if self._thread is not None:
+            return True
+        try:
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
+        except OSError:
+            return False
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            sock.bind((0, CN_IDX_PROC))
+            listen = struct.pack("=I", PROC_CN_MCAST_LISTEN)
+            message = CN_HEADER.pack(CN_IDX_PROC, CN_VAL_PROC, 0, 0, len(listen), 0) + listen
+            sock.send(NLMSG_HEADER.pack(NLMSG_HEADER.size + len(message), NLMSG_DONE, 0, 0,
+                                        0) + message)
+            sock.settimeout(0.5)
+        except OSError:
+            sock.close()
+            return False
+        self._sock = sock
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._listen, name="hplab-qemu-exits",
+                                        daemon=True)
+        self._thread.start()
+        return True
+
+    def _listen(self) -> None:
+        assert self._sock is not None
+        while not self._stop.is_set():
+            try:
+                data = self._sock.recv(1 << 16)
+            except TimeoutError:
+                continue
+            except OSError:  # ENOBUFS after a burst of process events: keep listening
+                if self._stop.is_set():
+                    break
+                continue
+            for pid, status in parse_proc_exits(data):
+                with self._lock:
+                    domain = self._domains.pop(pid, None)
+                    if domain is not None:
+                        self._status[domain] = status
+
+    def watch(self, domain: str, pid: int) -> None:
+        with self._lock:
+            self._domains = {p: d for p, d in self._domains.items() if d != domain}
+            self._domains[pid] = domain
+            self._status.pop(domain, None)
+
+    @property
+    def listening(self) -> bool:
+        return self._thread is not None
+
+    def status(self, domain: str, wait: float = 0.0) -> int | None:
+        """The wait status of the domain's QEMU once it exited, else None (after up to
+        `wait` seconds for the event)."""
+        deadline = time.monotonic() + wait
+        while True:
+            with self._lock:
+                status = self._status.get(domain)
+            if status is not None or time.monotonic() >= deadline:
+                return status
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+TERMINATING = re.compile(r"terminating on signal (\d+)(?: from pid (\d+)(?: \((.*)\))?)?")
+SHUTTING_DOWN = re.compile(r"shutting down, reason=(\w+)")
+
+
+def describe_exit(status: int | None, qemu_log: str) -> str:
+    """How QEMU ended, from its wait status or else from libvirt's log of its last start:
+    "signal 9", "exit status 1", "signal 15 from pid 4287 (/usr/sbin/libvirtd)"."""
+    last_start = qemu_log.rfind("starting up")
+    text = qemu_log[last_start:] if last_start >= 0 else qemu_log
+    terminated = TERMINATING.search(text)
+    if status is not None and not status & 0x7F:
+        return f"exit status {status >> 8}"
+    if status is not None and (not terminated or int(terminated.group(1)) != status & 0x7F):
+        return f"signal {status & 0x7F}"
+    if terminated:
+        signum, pid, command = terminated.groups()
+        sender = f" from pid {pid}" + (f" ({command})" if command else "") if pid else ""
+        return f"signal {signum}{sender}"
+    stopped = SHUTTING_DOWN.search(text)
+    if stopped:
+        return f"libvirt: {stopped.group(1)}"
+    return "no exit status known"
 
 
 @dataclass
@@ -109,6 +261,7 @@ class Lab:
         self._host_resources = ExitStack()
         self.host_pages = 0  # host 1 GiB pages this run holds in the pool
         self.started_at = 0.0
+        self.exits = QemuExits()
 
     # -- preparation ----------------------------------------------------------------
     def _conn(self, uri: str) -> Any:
@@ -173,6 +326,7 @@ class Lab:
     def start(self) -> Lab:
         self.started_at = time.monotonic()
         self._claim_run_dir()
+        self.exits.start()
         try:
             for node in self.topology.nodes:
                 self.nodes[node.name] = self._prepare_node(node)
@@ -204,6 +358,8 @@ class Lab:
             try:
                 with self.bus.phase("create", rt.node.name, f"{rt.accel}, port {rt.port}"):
                     virt.create(conn, spec)
+                with suppress(LabError):  # no pid file: not a qemu:///system domain
+                    self.exits.watch(rt.domain, virt.qemu_pid(rt.domain))
                 self._write_state("starting")
                 return time.monotonic()
             except LabError as exc:
@@ -236,15 +392,27 @@ class Lab:
         rt.guest = guest
         rt.boots += 1
 
-    def reboot(self, name: str) -> float:
-        """Destroy node `name` and boot it again: memory no test has touched, a new root
-        disk overlay, a new SSH port, the same console file. Returns the boot seconds."""
+    def _node(self, name: str) -> NodeRuntime:
         rt = self.nodes.get(name)
         if rt is None:
             raise LabError(f"node {name!r} is not in lab {self.run_id} "
                            f"(nodes: {', '.join(self.nodes)})")
+        return rt
+
+    def reboot(self, name: str) -> float:
+        """Destroy node `name` and boot it again: memory no test has touched, a new root
+        disk overlay, a new SSH port, the same console file. Returns the boot seconds."""
+        return self._boot_again(self._node(name), "reboot")
+
+    def revive(self, name: str) -> float:
+        """Boot node `name` again after its QEMU exited under it, as a reboot does; the
+        boot seconds."""
+        return self._boot_again(self._node(name), "revive")
+
+    def _boot_again(self, rt: NodeRuntime, phase: str) -> float:
+        name = rt.node.name
         backed = rt.node.backing == "hugepages-1G"
-        with self.bus.phase("reboot", name, f"boot {rt.boots + 1}"):
+        with self.bus.phase(phase, name, f"boot {rt.boots + 1}"):
             try:
                 # the pages the old domain frees stay in the pool until the new one has them
                 with locked(virt.POOL_LOCK) if backed else nullcontext():
@@ -264,6 +432,40 @@ class Lab:
             finally:
                 self._write_state("running")
         return rt.boot_seconds
+
+    def exit_cause(self, name: str) -> str | None:
+        """None while node `name`'s domain runs; once its QEMU is gone, how it ended
+        ("signal 9", "libvirt: crashed", ...)."""
+        rt = self._node(name)
+        status = self.exits.status(rt.domain)
+        if status is None:
+            if virt.is_active(self._conn(rt.node.uri), rt.domain):
+                return None
+            if self.exits.listening:  # libvirt can see the exit before the event is read
+                status = self.exits.status(rt.domain, wait=0.5)
+        log = ""
+        if rt.node.uri == "qemu:///system":
+            with suppress(OSError):
+                log = (QEMU_LOG_DIR / f"{rt.domain}.log").read_text(errors="replace")
+        return describe_exit(status, log)
+
+    def retire(self, name: str, why: str) -> None:
+        """Node `name` is down (its QEMU exited): its Guest refuses every command, naming
+        `why`, and state.json says so."""
+        rt = self._node(name)
+        if rt.guest is not None:
+            rt.guest.retire(why)
+            rt.guest = None
+        self._write_state("running")
+
+    def console_tail(self, name: str, lines: int = CONSOLE_TAIL_LINES) -> str:
+        """The last console lines of node `name`'s current boot."""
+        rt = self._node(name)
+        try:
+            _, data = read_from(rt.console, rt.console_from)
+        except OSError:
+            return f"(no console file at {rt.console})"
+        return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
 
     def guest(self, name: str) -> Guest:
         rt = self.nodes.get(name)
@@ -297,6 +499,7 @@ class Lab:
         if self._lock_handle is not None:
             self._lock_handle.close()
             self._lock_handle = None
+        self.exits.close()
         if errors:
             raise LabError("teardown could not destroy: " + "; ".join(errors) +
                            " ('hplab reap' retries)")

@@ -45,3 +45,25 @@ class GuestError(LabError):
 
 class HostKeyMismatch(GuestError):
     """The guest presented a host key other than the one pinned at image build."""
+
+
+class NodeDied(LabError):
+    """A node's QEMU exited under a test: names the node, how QEMU ended, the test, and
+    ends with the console tail."""
+
+    def __init__(self, node: str, cause: str, moment: str, *, console_tail: str = "",
+                 after: str = "") -> None:
+        super().__init__(f"node {node}: QEMU exited ({cause}) {moment}")  # "during <test>"
+        self.node = node
+        self.cause = cause
+        self.moment = moment
+        self.console_tail = console_tail
+        self.after = after  # what happens to the node next
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.after:
+            text += f"; {self.after}"
+        if self.console_tail:
+            text += f"\n--- last console lines of {self.node} ---\n{self.console_tail}"
+        return text

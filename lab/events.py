@@ -70,6 +70,23 @@ class PhaseTimer:
                             time.monotonic() - self.started))
 
 
+def progress_line(event: Event) -> str:
+    """The line a person watching the run sees for `event`."""
+    if event.state == "start":
+        line = f"[hplab] {event.phase} {event.subject} ..."
+        if event.detail:
+            line += f" ({event.detail})"
+    elif event.state == "end":
+        line = f"[hplab] {event.phase} {event.subject} done in {event.elapsed:.1f}s"
+    elif event.state == "fail":
+        line = f"[hplab] {event.phase} {event.subject} FAILED after {event.elapsed:.1f}s"
+        if event.detail:
+            line += f": {event.detail}"
+    else:
+        line = f"[hplab] {event.phase} {event.subject}: {event.detail}"
+    return line
+
+
 class ProgressPrinter:
     """A line per phase start and end, for people watching a terminal or a CI log."""
 
@@ -77,16 +94,4 @@ class ProgressPrinter:
         self.stream = stream or sys.stderr
 
     def __call__(self, event: Event) -> None:
-        if event.state == "start":
-            line = f"[hplab] {event.phase} {event.subject} ..."
-            if event.detail:
-                line += f" ({event.detail})"
-        elif event.state == "end":
-            line = f"[hplab] {event.phase} {event.subject} done in {event.elapsed:.1f}s"
-        elif event.state == "fail":
-            line = f"[hplab] {event.phase} {event.subject} FAILED after {event.elapsed:.1f}s"
-            if event.detail:
-                line += f": {event.detail}"
-        else:
-            line = f"[hplab] {event.phase} {event.subject}: {event.detail}"
-        print(line, file=self.stream, flush=True)
+        print(progress_line(event), file=self.stream, flush=True)

@@ -6,7 +6,9 @@ import json
 import re
 import signal
 import sys
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Generator, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +17,8 @@ import pytest
 from lab import topology as topologies
 from lab import triage
 from lab.engine import Lab, NodeRuntime
-from lab.errors import LabError
-from lab.events import EventBus, ProgressPrinter
+from lab.errors import GuestError, LabError, NodeDied
+from lab.events import Event, EventBus, progress_line
 from lab.fragment import FragmentRun, GuestFragmenter
 from lab.guest import Guest
 from lab.paths import lab_dir
@@ -25,6 +27,30 @@ from lab.stress import FragmentSpec, Target
 from lab.topology import Node, Topology
 
 DEFAULT_TOPOLOGY = "topologies/single.yaml"
+MAX_REVIVALS = 3  # per node and session
+DEATH_SETTLE_S = 2.0  # libvirt's word that a domain is gone can trail SSH's by a moment
+
+
+class TerminalProgress:
+    """Progress lines through pytest's terminal reporter as they happen, with capturing
+    suspended, so a passing test's phases show too; stderr where no reporter runs."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    def __call__(self, event: Event) -> None:
+        line = progress_line(event)
+        plugins = self.config.pluginmanager
+        reporter = plugins.getplugin("terminalreporter")
+        capture = plugins.getplugin("capturemanager")
+        suspended: AbstractContextManager[None] = (
+            capture.global_and_fixture_disabled() if capture is not None else nullcontext())
+        with suspended:
+            if reporter is None:
+                print(line, file=sys.stderr, flush=True)
+            else:
+                reporter.write_line(line)  # after a newline when a test's line is open
+                reporter.flush()
 
 
 class LabSession:
@@ -36,13 +62,17 @@ class LabSession:
         self.keep = bool(config.getoption("keep_vms"))
         self.kmod_source = Path(config.rootpath) / config.getoption("kmod_source")
         self.bus = EventBus()
-        self.bus.subscribe(ProgressPrinter())
+        self.bus.subscribe(TerminalProgress(config))
         self._topology: Topology | None = None
         self._lab: Lab | None = None
         self._failure: BaseException | None = None
         self.watches: dict[str, triage.ConsoleWatch] = {}
         self.untouched: set[str] = set()  # nodes booted since the last test ended
         self.results: dict[str, dict[str, object]] = {}
+        self.deaths: dict[str, list[NodeDied]] = {}
+        self.revivals: dict[str, int] = {}
+        self.retired_for: list[str] = []  # why the Guests of dead nodes refuse commands
+        self.stale = False  # cached fixtures may hold the Guest of a dead node
 
     @property
     def topology(self) -> Topology:
@@ -95,6 +125,105 @@ class LabSession:
     @property
     def running(self) -> Lab | None:
         return self._lab
+
+    def nodes_of(self, item: pytest.Item) -> list[str]:
+        """The nodes `item` runs on: its node_name, else every node if it uses the lab."""
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and "node_name" in callspec.params:
+            return [str(callspec.params["node_name"])]
+        if self._lab is not None and "lab" in getattr(item, "fixturenames", ()):
+            return list(self._lab.nodes)
+        return []
+
+    def notice_deaths(self, item: pytest.Item, moment: str, *,
+                      settle: bool = False) -> list[NodeDied]:
+        """Nodes whose QEMU exited since the last look: each death is recorded and
+        announced once, the node's Guest retired. Returns the deaths on nodes `item`
+        uses; with `settle`, gives libvirt a moment to see a death of one of those."""
+        lab = self._lab
+        if lab is None:
+            return []
+        used = self.nodes_of(item)
+        deadline = time.monotonic() + (DEATH_SETTLE_S if settle and used else 0.0)
+        died: list[NodeDied] = []
+        while True:
+            died += self._look(lab, moment)
+            mine = [death for death in died if death.node in used]
+            if mine or time.monotonic() >= deadline:
+                return mine
+            time.sleep(0.1)
+
+    def _look(self, lab: Lab, moment: str) -> list[NodeDied]:
+        died = []
+        for name, rt in lab.nodes.items():
+            if rt.guest is None:
+                continue
+            try:
+                cause = lab.exit_cause(name)
+            except LabError:  # libvirt unreachable: SSH will say what it can
+                continue
+            if cause is None:
+                continue
+            deaths = self.deaths.setdefault(name, [])
+            revived = self.revivals.get(name, 0)
+            after = (f"the next test on {name} boots it again "
+                     f"(revival {revived + 1} of {MAX_REVIVALS})" if revived < MAX_REVIVALS
+                     else f"no revival left ({MAX_REVIVALS} this session)")
+            death = NodeDied(name, cause, moment, console_tail=lab.console_tail(name),
+                             after=after)
+            why = f"QEMU exited ({cause}) {moment}"
+            lab.retire(name, why)
+            self.retired_for.append(why)
+            deaths.append(death)
+            self.stale = True
+            self.bus.phase("qemu", name).info(f"exited ({cause}) {moment}; {after}")
+            died.append(death)
+        return died
+
+    def consequence(self, exc: BaseException) -> bool:
+        """Whether `exc` is only a Guest of a dead node refusing a command."""
+        if isinstance(exc, BaseExceptionGroup):
+            return all(self.consequence(e) for e in exc.exceptions)
+        return isinstance(exc, GuestError) and any(why in str(exc) for why in self.retired_for)
+
+    def drop_fixtures(self, item: pytest.Item) -> list[BaseException]:
+        """Finalize every cached fixture, so that none set up with the Guest of a dead
+        node outlives it (class and module ones are set up again for the next test);
+        the errors of the finalizers."""
+        self.stale = False
+        try:
+            item.session._setupstate.teardown_exact(None)
+        except BaseException as exc:  # each finalizer's error is judged by the caller
+            return [exc]
+        return []
+
+    def prepare_nodes(self, item: pytest.Item) -> list[str]:
+        """Before `item`'s fixtures: notice nodes that died between tests, drop fixtures
+        holding their Guests, boot the dead nodes `item` uses again (at most
+        MAX_REVIVALS times per node). Returns the nodes booted."""
+        lab = self._lab
+        if lab is None:
+            return []
+        self.notice_deaths(item, f"between tests, before {item.nodeid}")
+        if self.stale:
+            real = [e for e in self.drop_fixtures(item) if not self.consequence(e)]
+            if real:
+                raise real[0]
+        revived = []
+        for name in self.nodes_of(item):
+            rt = lab.nodes.get(name)
+            deaths = self.deaths.get(name)
+            if rt is None or rt.guest is not None or not deaths:
+                continue
+            if self.revivals.get(name, 0) >= MAX_REVIVALS:
+                raise LabError(f"node {name} died {len(deaths)} times this session "
+                               f"(last: {deaths[-1].args[0]}); not reviving")
+            self.revivals[name] = self.revivals.get(name, 0) + 1
+            seconds = lab.revive(name)
+            item.user_properties.append(("revive_seconds", round(seconds, 2)))
+            self.untouched.add(name)
+            revived.append(name)
+        return revived
 
     def console_findings(self) -> list[tuple[str, triage.Finding]]:
         return [(name, finding) for name, watch in self.watches.items()
@@ -223,17 +352,102 @@ def _save_dmesg(lab: Lab, nodeid: str, node: str, text: str) -> str:
     return str(path.relative_to(lab.run_dir))
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Mark every node's kernel log before the test's fixtures run."""
+def _passes_through(exc: BaseException) -> bool:
+    return isinstance(exc, KeyboardInterrupt | SystemExit | pytest.exit.Exception)
+
+
+def _lost_connection(exc: BaseException) -> bool:
+    """An error that a guest gone under the lab would raise."""
+    if isinstance(exc, BaseExceptionGroup):
+        return any(_lost_connection(e) for e in exc.exceptions)
+    return isinstance(exc, GuestError | OSError | EOFError) or triage.from_paramiko(exc)
+
+
+def _moment(item: pytest.Item, when: str) -> str:
+    return f"during {item.nodeid}" if when == "call" else f"during {when} of {item.nodeid}"
+
+
+def _watch_nodes(item: pytest.Item, when: str) -> Generator[None, None, None]:
+    """Run one phase of `item`; if a node it uses died meanwhile, the phase fails with
+    that death, whatever else happened."""
+    session = item.config.stash[SESSION]
+    moment = _moment(item, when)
+    try:
+        yield
+    except BaseException as exc:
+        if _passes_through(exc):
+            raise
+        died = session.notice_deaths(item, moment, settle=_lost_connection(exc))
+        if died:
+            raise died[0] from exc
+        raise
+    died = session.notice_deaths(item, moment)
+    if died:
+        raise died[0]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    """Before the test's fixtures (class-scoped ones too): boot the test's nodes that died
+    again, mark every node's kernel log."""
     session = item.config.stash[SESSION]
     if session.running is not None:
+        revived = session.prepare_nodes(item)
         item.stash[CANARIES] = _canaries(session, item)
+        for name in revived:  # its log of this test starts at the new boot
+            item.stash[CANARIES][name] = None
+    yield from _watch_nodes(item, "setup")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    yield from _watch_nodes(item, "call")
+
+
+TEARDOWN_NOTES = pytest.StashKey[list[str]]()
+OUTCOME_CLASS = pytest.StashKey[str]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item,
+                            nextitem: pytest.Item | None) -> Generator[None, None, None]:
+    """As the other phases; and after a death every cached fixture is finalized, where
+    what fails only because the dead node's Guest is retired is noted, not raised."""
+    session = item.config.stash[SESSION]
+    errors: list[BaseException] = []
+    try:
+        yield
+    except BaseException as exc:
+        if _passes_through(exc):
+            raise
+        errors.append(exc)
+    died = session.notice_deaths(item, _moment(item, "teardown"),
+                                 settle=any(_lost_connection(e) for e in errors))
+    if session.stale:
+        errors += session.drop_fixtures(item)
+    real = [e for e in errors if not session.consequence(e)]
+    notes = [f"{type(e).__name__}: {e}" for e in errors if session.consequence(e)]
+    if notes:
+        item.stash[TEARDOWN_NOTES] = notes
+    failure = None
+    if real:
+        failure = real[0] if len(real) == 1 else BaseExceptionGroup(
+            "errors during test teardown", real)
+    if died:
+        raise died[0] from failure
+    if failure is not None:
+        raise failure
+
+
+def _set_property(properties: list[tuple[str, object]], name: str, value: object) -> None:
+    properties[:] = [(k, v) for k, v in properties if k != name]
+    properties.append((name, value))
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    """Fail a test whose nodes logged a kernel failure or gained taint; record the class."""
+    """Fail a test whose nodes logged a kernel failure or gained taint; record the class
+    the test has after this phase."""
     outcome = yield
     report: pytest.TestReport = outcome.get_result()
     session = item.config.stash[SESSION]
@@ -264,11 +478,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         text = "\n\n".join(f"kernel {f.kind} on node {node}:\n{f.excerpt}" for node, f in findings)
         report.outcome = "failed"
         report.longrepr = f"{text}\n\n{report.longrepr or ''}".rstrip()
-    if report.when == "call" or (report.when == "setup" and not report.passed):
-        exc = call.excinfo.value if call.excinfo is not None else None
-        kind = triage.classify(exc if report.failed else None, [f for _, f in findings],
-                               report.skipped)
-        item.user_properties.append(("outcome", kind))
+    notes = item.stash.get(TEARDOWN_NOTES, [])
+    if report.when == "teardown" and notes:
+        report.sections.append(("hplab: cleanup of a dead node's guest skipped",
+                                "\n".join(notes)))
+    exc = call.excinfo.value if call.excinfo is not None else None
+    kind = triage.classify(exc if report.failed else None, [f for _, f in findings],
+                           report.skipped, when=report.when,
+                           earlier=item.stash.get(OUTCOME_CLASS, None))
+    item.stash[OUTCOME_CLASS] = kind
+    _set_property(item.user_properties, "outcome", kind)
+    _set_property(report.user_properties, "outcome", kind)
     session.record(report, list(item.user_properties))
 
 

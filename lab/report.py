@@ -17,7 +17,10 @@ PHASE_COLOURS = {"kernel": "#8c564b", "image": "#9467bd", "accel-probe": "#7f7f7
 FAIL_COLOUR = "#d62728"
 OTHER_COLOUR = "#bcbd22"
 OUTCOME_COLOURS = {"passed": "#dff0d8", "test-failure": "#f2dede", "kernel-crash": "#f2b8b8",
-                   "hang": "#fcd9a8", "precondition-unreachable": "#eeeeee"}
+                   "hang": "#fcd9a8", "precondition-unreachable": "#eeeeee",
+                   "infrastructure": "#d9e4f2", "infrastructure-ssh": "#d9e4f2",
+                   "infrastructure-boot": "#d9e4f2", "configuration": "#e8e0f0"}
+UNCLASSIFIED = "(not classified)"
 
 
 class ReportError(LabError):
@@ -98,7 +101,8 @@ def results_table(results: list[dict[str, Any]]) -> str:
     rows = []
     for result in results:
         props = dict(result.get("properties") or {})
-        outcome_class = str(props.pop("outcome", result.get("outcome", "")))
+        # the class JUnit carries: the test's "outcome" property, never pytest's outcome
+        outcome_class = str(props.pop("outcome", UNCLASSIFIED))
         colour = OUTCOME_COLOURS.get(outcome_class, "#f9f2f4")
         shown = ", ".join(f"{html.escape(str(k))}={_property_value(v)}"
                           for k, v in props.items())

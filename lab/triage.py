@@ -103,20 +103,87 @@ def unexpected_taint(before: int, after: int) -> int:
     return (after & ~before) & ~EXPECTED_TAINT
 
 
-def classify(excinfo: BaseException | None, findings: list[Finding], skipped: bool) -> str:
-    """The outcome class recorded in JUnit: what kind of failure this was."""
-    if findings:
-        return "hang" if findings[0].kind in ("lockup", "hung-task") else "kernel-crash"
-    if skipped:
-        return "precondition-unreachable"
-    if excinfo is None:
-        return "passed"
-    if isinstance(excinfo, BootError):
+KERNEL_CLASSES = ("kernel-crash", "hang")
+NO_FAILURE = ("passed", "precondition-unreachable")
+
+
+def _innermost_module(exc: BaseException) -> str:
+    """The module whose code raised `exc`."""
+    tb = exc.__traceback__
+    if tb is None:
+        return ""
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return str(tb.tb_frame.f_globals.get("__name__", ""))
+
+
+def from_paramiko(exc: BaseException) -> bool:
+    """SSHException, or an OSError or EOFError that paramiko raised (SFTP's
+    `OSError: Failure`, a closed channel)."""
+    return (type(exc).__module__.startswith("paramiko.")
+            or (isinstance(exc, OSError | EOFError)
+                and _innermost_module(exc).startswith("paramiko.")))
+
+
+def _lab_cause(exc: BaseException) -> BaseException | None:
+    """The lab error, or paramiko's, that `exc` was raised from (raise ... from ...)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, LabError) or from_paramiko(current):
+            return current
+        current = current.__cause__
+    return None
+
+
+def _exception_class(exc: BaseException, when: str) -> str:
+    if isinstance(exc, BaseExceptionGroup):
+        return _exception_class(exc.exceptions[0], when)
+    if when != "call":
+        exc = _lab_cause(exc) or exc
+    if isinstance(exc, BootError):
         return "infrastructure-boot"
-    if isinstance(excinfo, HostKeyMismatch):
+    if isinstance(exc, HostKeyMismatch):
         return "infrastructure-ssh"
-    if isinstance(excinfo, GuestError):
-        return "hang" if "did not finish within" in str(excinfo) else "infrastructure-ssh"
-    if isinstance(excinfo, LabError):
+    if isinstance(exc, GuestError):
+        return "hang" if "did not finish within" in str(exc) else "infrastructure-ssh"
+    if isinstance(exc, LabError):
+        return exc.outcome
+    if from_paramiko(exc):
+        return "infrastructure-ssh"
+    if when == "call":
+        return "test-failure"
+    # in a fixture: a host error, or an assertion of the lab's own code, is no check of
+    # the test's
+    if isinstance(exc, OSError) or (isinstance(exc, AssertionError)
+                                    and _innermost_module(exc).startswith("lab.")):
         return "infrastructure"
     return "test-failure"
+
+
+def classify(excinfo: BaseException | None, findings: list[Finding], skipped: bool,
+             *, when: str = "call", earlier: str | None = None) -> str:
+    """The outcome class recorded in JUnit, results.json and the report: what kind of
+    failure this was, after phase `when` (setup, call or teardown) of a test whose
+    earlier phases were classed `earlier`.
+
+    The first failure of a test names its class (a teardown error after a passed call
+    does), except that a kernel crash or hang found later explains an earlier one.
+    """
+    if findings:
+        current = "hang" if findings[0].kind in ("lockup", "hung-task") else "kernel-crash"
+    elif skipped:
+        current = "precondition-unreachable"
+    elif excinfo is None:
+        current = "passed"
+    else:
+        current = _exception_class(excinfo, when)
+    if earlier is None or earlier == "passed" or (
+            earlier == "precondition-unreachable" and current != "passed"):
+        return current
+    if earlier in NO_FAILURE:
+        return earlier
+    if current in KERNEL_CLASSES and earlier not in KERNEL_CLASSES:
+        return current
+    return earlier

@@ -1,15 +1,20 @@
 from __future__ import annotations
 
+import html
 import json
+import re
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from fakelab import run_inner
 
 from lab import cli, report
 from lab.memory import MemorySnapshot
+
+pytest_plugins = ["pytester"]
 
 DATA = Path(__file__).parent / "data" / "memory"
 
@@ -132,3 +137,98 @@ def test_page_renders_with_its_plots_in_headless_chromium(run_dir: Path) -> None
     subprocess.run([*common, f"--screenshot={shot}", page.as_uri()], capture_output=True,
                    timeout=120, check=True)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+
+
+OUTCOMES = '''
+import paramiko
+import pytest
+from lab.errors import GuestError, LabError
+
+
+def sftp_failure():
+    status = paramiko.Message()
+    status.add_int(paramiko.sftp.SFTP_FAILURE)
+    status.add_string("Failure")
+    status.rewind()
+    paramiko.SFTPClient._convert_status(None, status)
+
+
+@pytest.fixture
+def broken_lab():
+    raise LabError("libvirt refused domain hplab-x-cn1")
+
+
+@pytest.fixture
+def sftp_put():
+    sftp_failure()
+
+
+@pytest.fixture
+def teardown_ssh_lost(guest):
+    yield
+    raise GuestError("cn1: SSH to 127.0.0.1:4000 failed: Unable to connect")
+
+
+@pytest.fixture
+def teardown_check():
+    yield
+    assert False, "the module is still loaded"
+
+
+def test_passes(lab, guest):
+    guest.check("true")
+
+def test_assertion():
+    assert 1 == 2
+
+def test_setup_lab_error(broken_lab):
+    pass
+
+def test_setup_sftp_failure(sftp_put):
+    pass
+
+def test_teardown_error_after_a_passed_call(teardown_ssh_lost):
+    pass
+
+def test_teardown_check_fails(teardown_check):
+    pass
+
+def test_call_fails_then_teardown_error(teardown_ssh_lost):
+    assert False
+
+def test_skipped():
+    pytest.skip("needs 3 x 1G")
+'''
+
+
+def _report_classes(page: str) -> dict[str, str]:
+    rows = re.findall(r"<tr[^>]*><td>([^<]*)</td><td>[^<]*</td><td class=\"class\">([^<]*)</td>",
+                      page)
+    return {html.unescape(nodeid).split("::", 1)[1]: kind for nodeid, kind in rows}
+
+
+def test_report_junit_and_results_agree_on_every_class(pytester: pytest.Pytester,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    inner = run_inner(pytester, monkeypatch, OUTCOMES)
+    expected = {
+        "test_passes[cn1]": "passed",
+        "test_assertion": "test-failure",
+        "test_setup_lab_error": "infrastructure",
+        "test_setup_sftp_failure": "infrastructure-ssh",
+        "test_teardown_error_after_a_passed_call[cn1]": "infrastructure-ssh",
+        "test_teardown_check_fails": "test-failure",
+        "test_call_fails_then_teardown_error[cn1]": "test-failure",
+        "test_skipped": "precondition-unreachable",
+    }
+    assert inner.classes() == expected
+    assert inner.junit_classes() == expected  # one outcome property per test case
+    assert _report_classes((inner.run_dir / "report.html").read_text()) == expected
+    outcomes = {name: e["outcome"] for name, e in inner.results().items()}
+    assert outcomes["test_teardown_error_after_a_passed_call[cn1]"] == "error"
+    assert outcomes["test_setup_sftp_failure"] == "error"
+
+
+def test_a_result_without_a_class_is_not_given_its_pytest_outcome_as_one(run_dir: Path) -> None:
+    (run_dir / "results.json").write_text(json.dumps([
+        {"nodeid": "t.py::test_old", "outcome": "error", "duration": 1.0, "properties": {}}]))
+    assert _report_classes(report.render(run_dir)) == {"test_old": report.UNCLASSIFIED}

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from lab import triage
-from lab.errors import BootError, GuestError, HostKeyMismatch, LabError
+from lab.errors import BootError, GuestError, HostKeyMismatch, LabError, NodeDied, TopologyError
 
 OOPS = """\
 [   12.000000] hplab-canary test_x abc
@@ -118,6 +118,91 @@ def test_sysrq_crash_is_a_kernel_crash_even_when_ssh_broke_too() -> None:
     lost = GuestError("cn1: SSH connection lost")
     assert triage.classify(lost, findings, skipped=False) == "kernel-crash"
     assert triage.classify(lost, [], skipped=False) == "infrastructure-ssh"
+
+
+def _raised(exc: BaseException, module: str = __name__) -> BaseException:
+    """`exc` raised by code of `module`, with its traceback."""
+    try:
+        exec("raise exc", {"__name__": module, "exc": exc})
+    except BaseException as raised:
+        return raised
+    raise AssertionError("unreachable")
+
+
+def _sftp_failure() -> OSError:
+    """What paramiko raises when an SFTP request fails: `OSError: Failure`."""
+    import paramiko
+
+    status = paramiko.Message()
+    status.add_int(paramiko.sftp.SFTP_FAILURE)
+    status.add_string("Failure")
+    status.rewind()
+    try:
+        convert = paramiko.SFTPClient._convert_status  # type: ignore[attr-defined]
+        convert(None, status)
+    except OSError as exc:
+        return exc
+    raise AssertionError("paramiko accepted a failure status")
+
+
+def _raised_from(exc: BaseException, cause: BaseException) -> BaseException:
+    try:
+        raise exc from cause
+    except BaseException as raised:
+        return raised
+
+
+@pytest.mark.parametrize("when", ["setup", "teardown"])
+@pytest.mark.parametrize(("exc", "kind"), [
+    (LabError("libvirt refused"), "infrastructure"),
+    (BootError("x", node="cn1", phase="boot"), "infrastructure-boot"),
+    (GuestError("cn1: SSH to 127.0.0.1:4000 failed: Unable to connect"), "infrastructure-ssh"),
+    (NodeDied("cn1", "signal 9", "during t"), "infrastructure"),
+    (TopologyError("t.yaml: node 'cn1': memory"), "configuration"),
+    (_sftp_failure(), "infrastructure-ssh"),
+    (_raised(EOFError(), "paramiko.transport"), "infrastructure-ssh"),
+    (_raised(OSError(28, "No space left on device")), "infrastructure"),
+    (_raised(AssertionError("unreachable"), "lab.engine"), "infrastructure"),
+    (_raised(AssertionError("module still loaded")), "test-failure"),  # the suite's check
+    (_raised(ValueError("agent output is not JSON")), "test-failure"),
+    (_raised_from(RuntimeError("fixture gave up"), GuestError("cn1: lost")), "infrastructure-ssh"),
+    (ExceptionGroup("errors during test teardown", [GuestError("cn1: lost"), ValueError()]),
+     "infrastructure-ssh"),
+])
+def test_a_lab_failure_in_a_fixture_is_infrastructure(exc: BaseException, kind: str,
+                                                       when: str) -> None:
+    assert triage.classify(exc, [], skipped=False, when=when) == kind
+
+
+@pytest.mark.parametrize(("exc", "kind"), [
+    (_sftp_failure(), "infrastructure-ssh"),
+    (_raised(OSError(28, "No space left on device")), "test-failure"),
+    (_raised(AssertionError("unreachable"), "lab.engine"), "test-failure"),
+    (_raised_from(RuntimeError("x"), GuestError("cn1: lost")), "test-failure"),
+])
+def test_in_the_call_only_lab_errors_and_ssh_are_not_the_tests_own(exc: BaseException,
+                                                                   kind: str) -> None:
+    assert triage.classify(exc, [], skipped=False, when="call") == kind
+
+
+@pytest.mark.parametrize(("earlier", "exc", "findings", "skipped", "kind"), [
+    ("passed", GuestError("cn1: lost"), "", False, "infrastructure-ssh"),
+    ("passed", AssertionError("leaked a page"), "", False, "test-failure"),
+    ("passed", None, "", False, "passed"),
+    ("test-failure", GuestError("cn1: lost"), "", False, "test-failure"),
+    ("infrastructure-ssh", AssertionError(), "", False, "infrastructure-ssh"),
+    ("precondition-unreachable", None, "", False, "precondition-unreachable"),
+    ("precondition-unreachable", LabError("x"), "", False, "infrastructure"),
+    ("test-failure", None, "Kernel panic - not syncing: x", False, "kernel-crash"),
+    ("kernel-crash", None, "INFO: task a:1 blocked for more than 120 seconds.", False,
+     "kernel-crash"),
+    (None, None, "", True, "precondition-unreachable"),
+])
+def test_a_teardown_after_the_call_keeps_the_first_failure(
+        earlier: str | None, exc: BaseException | None, findings: str, skipped: bool,
+        kind: str) -> None:
+    found = triage.scan_console(findings)
+    assert triage.classify(exc, found, skipped, when="teardown", earlier=earlier) == kind
 
 
 def test_console_watch_starts_again_when_virtlogd_rotated_the_file(tmp_path: Path) -> None:
