@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,11 @@ class FragmentSample:
     seed: int
     reached: bool
     seconds: float
+    release_seconds: float  # from the release request until the holder is gone
+    free_mib_after: int  # free outside ZONE_DMA once fragmented
+    blocking_kind: str  # the kind most pages in the way are (/proc/kpageflags)
+    blocking_share: float
+    free_migratetype: str  # where most free pages sit (/proc/pagetypeinfo)
     failed_fraction: tuple[float, ...]  # per order 0..10, GFP_ATOMIC
 
 
@@ -47,21 +53,30 @@ def run(topology_path: Path, fragment_specs: list[FragmentSpec], base_dir: Path,
         rt = lab.nodes[node]
         fragmenter = GuestFragmenter(lab.guest(node), rt.kernel, lab.cache)
         for spec in fragment_specs:
-            with bus.phase("fragment", node, f"{spec.profile}, seed {spec.seed}"):
-                result = fragmenter.fragment(spec)
+            with bus.phase("fragment", node, f"{spec.profile}, seed {spec.seed}") as phase:
+                result = fragmenter.fragment(spec, progress=phase.info)
             probes = fragmenter.probe_orders("atomic", probe_count, ORDERS)
+            started = time.monotonic()
             fragmenter.release()
+            released = time.monotonic() - started
+            summary, blockers = result.summary, result.summary.blockers
+            free = blockers.free_pages_by_migratetype
             samples.append(FragmentSample(
-                spec.profile, spec.seed, result.summary.reached, result.summary.elapsed_s,
+                spec.profile, spec.seed, summary.reached, summary.elapsed_s, released,
+                summary.free_outside_dma_kib_after // 1024, blockers.dominant or "-",
+                blockers.share(blockers.dominant) if blockers.dominant else 0.0,
+                max(free, key=lambda m: free[m]) if free else "-",
                 tuple(p.failed / p.count for p in probes)))
     return samples
 
 
 def table(samples: list[FragmentSample]) -> list[str]:
-    """Per profile: median/min/max seconds to target, targets reached, failed fraction per
-    order (median over the repeats)."""
+    """Per profile: seconds to the target (median, min, max) and to release (median),
+    targets reached, MiB still free, what blocks order 10 and where the free pages sit,
+    and the failed fraction per order (medians over the repeats)."""
     orders = " ".join(f"{f'o{o}':>5}" for o in ORDERS)
-    lines = [f"{'profile':12} {'median s':>8} {'min':>6} {'max':>6} {'reached':>7}  "
+    lines = [f"{'profile':12} {'target s':>8} {'min':>5} {'max':>5} {'release s':>9} "
+             f"{'reached':>7} {'free MiB':>8}  {'blocked by':18} {'free pages in':13}  "
              f"failed fraction GFP_ATOMIC: {orders}"]
     for profile in PROFILES:
         rows = [s for s in samples if s.profile == profile]
@@ -70,9 +85,15 @@ def table(samples: list[FragmentSample]) -> list[str]:
         seconds = [s.seconds for s in rows]
         fractions = " ".join(f"{statistics.median(s.failed_fraction[o] for s in rows):5.2f}"
                              for o in ORDERS)
-        lines.append(f"{profile:12} {statistics.median(seconds):8.1f} {min(seconds):6.1f} "
-                     f"{max(seconds):6.1f} {sum(s.reached for s in rows):3d}/{len(rows):<3d}  "
-                     f"{'':27}{fractions}")
+        kind = statistics.mode(s.blocking_kind for s in rows)
+        share = statistics.median(s.blocking_share for s in rows if s.blocking_kind == kind)
+        blocked = f"{kind} ({share:.0%})"
+        lines.append(
+            f"{profile:12} {statistics.median(seconds):8.1f} {min(seconds):5.1f} "
+            f"{max(seconds):5.1f} {statistics.median(s.release_seconds for s in rows):9.2f} "
+            f"{sum(s.reached for s in rows):3d}/{len(rows):<3d} "
+            f"{statistics.median(s.free_mib_after for s in rows):8.0f}  {blocked:18} "
+            f"{statistics.mode(s.free_migratetype for s in rows):13}  {'':27}{fractions}")
     return lines
 
 

@@ -1,9 +1,12 @@
 """Insert at any time: on a fragmented guest the legacy module fails, huge pages succeed.
 
-Each profile runs the whole story in one guest: fragment until no order-10 block is
-free outside ZONE_DMA, prove it with the allocation probe, watch `mem=btable` fail with
-ENOMEM, then load `mem=hugepage`, set up, fill both tables until full, unload and load
-again and find the same tables on the same pages.
+Each profile runs the whole story in a freshly booted guest: show that order-10
+allocations succeed there, fragment until no order-10 block is free outside ZONE_DMA
+with enough memory still free that a refusal means fragmentation and not exhaustion,
+check that the pages in the way are the profile's own kind, prove the state with the
+allocation probe, watch `mem=btable` fail with ENOMEM on its first chunk, then load
+`mem=hugepage`, set up, fill both tables until full, unload and load again and find
+the same tables on the same pages.
 """
 
 from __future__ import annotations
@@ -12,13 +15,14 @@ import re
 from collections.abc import Callable
 
 import pytest
-from vrhp_support import fragmentation_lost
+from vrhp_support import PROBE_COUNT, fragmentation_lost
 
 from lab import vrhp as view
 from lab.engine import NodeRuntime
 from lab.fragment import FragmentRun, GuestFragmenter
 from lab.guest import Guest
 from lab.kmod import GuestModule
+from lab.stress import MIN_FREE_AFTER_MIB, ProbeSpec
 
 pytestmark = [pytest.mark.lab, pytest.mark.hugepages(size="1G", count=2)]
 
@@ -28,6 +32,17 @@ BTABLE_FAILURE = re.compile(
 # anon-pinned is the recipe that holds on every guest; the others depend on what the
 # kernel can reclaim and are skipped, with the state they reached, when they cannot.
 REQUIRED_PROFILE = "anon-pinned"
+MSG_KEY = 0x68706C00  # the fragmenter's System V message queue keys start here
+# The kind of page (/proc/kpageflags) that must hold most of the blocks with free pages.
+BLOCKING_KIND = {"anon-pinned": "anon", "pagecache": "file", "slab": "slab"}
+# Where the free pages of each profile sit (/proc/pagetypeinfo): slab pages come from
+# unmovable and reclaimable pageblocks, anonymous and file pages from movable ones.
+FREE_MIGRATETYPES = {"anon-pinned": ("Movable",), "pagecache": ("Movable",),
+                     "slab": ("Unmovable", "Reclaimable")}
+# The btable load asks for every chunk of a table in turn; on fragmented memory the
+# flow table, first, gets none of its chunks.
+EXPECTED_CHUNKS = {"flow": view.flow_sizes().btable_chunks,
+                   "bridge": view.bridge_sizes().btable_chunks}
 
 
 def _fragment(fragmented: Callable[..., FragmentRun], profile: str) -> FragmentRun:
@@ -52,6 +67,37 @@ def _assert_still_fragmented(fragmenter: GuestFragmenter, run: FragmentRun, prof
     assert lost is None, f"the guest is not fragmented: {lost}"
 
 
+def _order_10_available(fragmenter: GuestFragmenter) -> None:
+    """The positive control: before fragmenting, this guest does give order-10 blocks."""
+    probe = fragmenter.probe(ProbeSpec(order=10, count=PROBE_COUNT, gfp="atomic",
+                                       tag="control"))
+    assert probe.outside_dma == PROBE_COUNT, (
+        f"only {probe.outside_dma} of {PROBE_COUNT} order-10 allocations succeeded before "
+        "fragmenting: the guest was not fresh")
+
+
+def _assert_profile_blocks(run: FragmentRun, profile: str) -> None:
+    """Fragmentation, not exhaustion, and by the profile's own kind of page."""
+    summary = run.summary
+    free_mib = summary.free_outside_dma_kib_after // 1024
+    assert free_mib >= MIN_FREE_AFTER_MIB, (
+        f"{profile}: only {free_mib} MiB free outside ZONE_DMA after fragmenting; a refused "
+        f"btable load then proves exhaustion, not fragmentation (want >= {MIN_FREE_AFTER_MIB})")
+    blockers = summary.blockers
+    assert blockers.error is None, f"{profile}: {blockers.error}"
+    if profile in BLOCKING_KIND:
+        kind = BLOCKING_KIND[profile]
+        assert blockers.dominant == kind and blockers.share(kind) > 0.5, (
+            f"{profile}: the pages in the way are not mostly {kind}: {blockers.describe()}")
+        types = FREE_MIGRATETYPES[profile]
+        assert blockers.free_share(*types) > 0.6, (
+            f"{profile}: free pages are not mostly in {'/'.join(types)} pageblocks: "
+            f"{blockers.describe()}")
+    else:
+        assert all(blockers.pages.get(kind, 0) > 0 for kind in BLOCKING_KIND.values()), (
+            f"{profile}: not every kind holds blocks: {blockers.describe()}")
+
+
 def _btable_refused(guest: Guest, module: GuestModule) -> tuple[str, int, int]:
     mark = guest.canary("btable-insmod")
     result = module.insmod(mem="btable")
@@ -60,6 +106,9 @@ def _btable_refused(guest: Guest, module: GuestModule) -> tuple[str, int, int]:
     found = BTABLE_FAILURE.search(guest.dmesg_since(mark))
     assert found, "no dmesg line names the table whose btable allocation failed"
     table, got, wanted = found.group(1), int(found.group(2)), int(found.group(3))
+    assert wanted == EXPECTED_CHUNKS[table], (
+        f"{table} table asked for {wanted} chunks, its default size needs "
+        f"{EXPECTED_CHUNKS[table]}")
     assert got < wanted
     assert not module.loaded()
     return table, got, wanted
@@ -79,14 +128,19 @@ def _segments(module: GuestModule) -> dict[str, tuple[str, int, int]]:
     return {s.table: (s.path, s.len, s.page_size) for s in module.info().segments}
 
 
+@pytest.mark.fresh_guest
 @pytest.mark.parametrize("profile", ["anon-pinned", "pagecache", "slab", "mixed"])
 def test_insert_at_any_time(profile: str, guest: Guest, node: NodeRuntime, vrhp: GuestModule,
                             fragmenter: GuestFragmenter,
                             fragmented: Callable[..., FragmentRun],
                             record_property: Callable[[str, object], None]) -> None:
     record_property("backend", "btable (refused), hugepage")
+    _order_10_available(fragmenter)
     run = _fragment(fragmented, profile)
     record_property("fragment_seconds", run.summary.elapsed_s)
+    record_property("free_mib_after", run.summary.free_outside_dma_kib_after // 1024)
+    record_property("blockers", run.summary.blockers.describe())
+    _assert_profile_blocks(run, profile)
     _assert_still_fragmented(fragmenter, run, profile, f"{profile}-before")
 
     table, got, wanted = _btable_refused(guest, vrhp)
@@ -110,3 +164,36 @@ def test_insert_at_any_time(profile: str, guest: Guest, node: NodeRuntime, vrhp:
     assert {name: stats[name].used for name in inserted} == inserted
 
     _assert_still_fragmented(fragmenter, run, profile, f"{profile}-after")
+
+
+@pytest.mark.fresh_guest
+def test_a_release_that_hangs_is_killed_and_says_so(guest: Guest, fragmenter: GuestFragmenter,
+                                                    fragmented: Callable[..., FragmentRun],
+                                                    record_property: Callable[[str, object],
+                                                                              None]) -> None:
+    """A holder that never lets go (the fragmenter's release-hang fault) is killed, what
+    it left is removed, and the outcome names the cause; the next test gets a fresh
+    guest anyway."""
+    free_before = _free_mib(guest)
+    run = fragmented("slab", fault="release-hang")
+    assert run.summary.reached, run.summary.reason
+    outcome = fragmenter.release(bound=2.0)
+    assert outcome is not None and outcome.how == "killed", outcome
+    assert "release did not finish" in outcome.cause
+    record_property("release", str(outcome))
+    assert guest.run(f"test -e {fragmenter.pidfile}").exit_status == 1
+    queues = guest.check(f"awk 'NR > 1 && $1 >= {MSG_KEY} && $1 < {MSG_KEY + 0x10000}' "
+                         "/proc/sysvipc/msg")
+    assert not queues.strip(), f"message queues of the killed holder are left: {queues}"
+    free_after = _free_mib(guest)
+    assert free_after > free_before - 16, (
+        f"the killed holder's memory did not come back: {free_before} MiB free before "
+        f"fragmenting, {free_after} MiB after the kill")
+
+
+def _free_mib(guest: Guest) -> int:
+    """MemFree plus the pages on per-cpu lists, which MemFree leaves out: a process that
+    exits frees through them, and they hold tens of MiB afterwards."""
+    kib = guest.check("awk '/^MemFree:/ {print $2}' /proc/meminfo; "
+                      "awk '$1 == \"count:\" {n += $2} END {print n * 4}' /proc/zoneinfo")
+    return sum(int(v) for v in kib.split()) // 1024

@@ -85,12 +85,14 @@ def test_bench_specs_validate_before_booting() -> None:
 
 def test_bench_table_reports_medians_per_profile() -> None:
     fractions = tuple([0.0] * 10 + [1.0])
-    samples = [bench.FragmentSample("anon-pinned", seed, True, seconds, fractions)
-               for seed, seconds in ((1, 12.0), (2, 30.0), (3, 14.0))]
+    samples = [bench.FragmentSample("anon-pinned", seed, True, seconds, release, 480,
+                                    "anon", 0.8, "Movable", fractions)
+               for seed, seconds, release in ((1, 12.0, 0.2), (2, 30.0, 0.9), (3, 14.0, 0.3))]
     lines = bench.table(samples)
     assert len(lines) == 2
     row = lines[1].split()
-    assert row[:5] == ["anon-pinned", "14.0", "12.0", "30.0", "3/3"]
+    assert row[:8] == ["anon-pinned", "14.0", "12.0", "30.0", "0.30", "3/3", "480", "anon"]
+    assert row[8:10] == ["(80%)", "Movable"]
     assert row[-1] == "1.00" and row[-11] == "0.00"
 
 
