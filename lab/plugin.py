@@ -19,7 +19,7 @@ from lab import triage
 from lab.engine import Lab, NodeRuntime
 from lab.errors import GuestError, LabError, NodeDied
 from lab.events import Event, EventBus, progress_line
-from lab.fragment import FragmentRun, GuestFragmenter
+from lab.fragment import FragmentRun, GuestFragmenter, ReleaseOutcome
 from lab.guest import Guest
 from lab.paths import lab_dir
 from lab.report import write_report
@@ -592,11 +592,26 @@ def vrhp(vrhp_variant: Any) -> Any:
 
 
 @pytest.fixture
-def fragmenter(guest: Guest, node: NodeRuntime, lab: Lab) -> Iterator[GuestFragmenter]:
-    """The fragmenter and allocation probe installed in the node; memory released after."""
+def fragmenter(request: pytest.FixtureRequest, guest: Guest, node: NodeRuntime, lab: Lab,
+               lab_session: LabSession) -> Iterator[GuestFragmenter]:
+    """The fragmenter and allocation probe installed in the node; memory released after.
+
+    A holder that does not release is killed; a guest that cannot even do that is
+    rebooted. Either is said on the terminal and in the test's ``fragment_release``
+    property, so the next test starts on a guest in a known state.
+    """
     tools = GuestFragmenter(guest, node.kernel, lab.cache)
     yield tools
-    tools.release()
+    name = node.node.name
+    try:
+        outcome = tools.release()
+    except LabError as exc:
+        outcome = ReleaseOutcome("rebooted", str(exc).splitlines()[0])
+        with lab.bus.phase("fragment-release", name, f"release failed, rebooting: {exc}"):
+            lab_session.reboot(name, request.node)
+    if outcome is not None and outcome.how != "released":
+        request.node.user_properties.append(("fragment_release", str(outcome)))
+        lab.bus.phase("fragment-release", name).info(str(outcome))
 
 
 @pytest.fixture
@@ -611,8 +626,8 @@ def fragmented(fragmenter: GuestFragmenter, node: NodeRuntime, lab: Lab) -> Iter
     def make(profile: str = "anon-pinned", target: Target | None = None, seed: int = 1,
              **options: Any) -> FragmentRun:
         spec = FragmentSpec(profile, target or Target(), seed, **options)
-        with lab.bus.phase("fragment", node.node.name, profile):
-            run = fragmenter.fragment(spec)
+        with lab.bus.phase("fragment", node.node.name, profile) as phase:
+            run = fragmenter.fragment(spec, progress=phase.info)
         runs.append(run)
         return run
 
