@@ -17,6 +17,8 @@ from lab.kernel import Kernel
 from lab.kmod import build_kbuild
 from lab.memory import SNAPSHOT_COMMAND, MemorySnapshot
 from lab.stress import (
+    EXIT_MISSED,
+    EXIT_REACHED,
     FragmentSpec,
     FragmentSummary,
     ProbeResult,
@@ -108,6 +110,9 @@ class GuestFragmenter:
         `progress` gets each of the fragmenter's progress lines as it prints them
         ("fill: free order-10 blocks 37, MemFree 402 MiB at 6.1 s ...").
         """
+        if self.held is not None:
+            raise GuestError(f"{self.guest.node}: fragment --profile {spec.profile}: the "
+                             f"{self.held.profile} run still holds its memory; release it first")
         before = self.snapshot()
         spec.check_machine(before.meminfo_kib("MemTotal"), before.max_order)
         if spec.profile != "anon-pinned" and spec.dir == "/tmp":
@@ -120,6 +125,8 @@ class GuestFragmenter:
         self.held = spec  # from here on, release() gives back whatever the command left
         result = self.guest.run(command, timeout=timeout or spec.timeout_s + 60,
                                 on_stderr_line=_progress_lines(progress))
+        if result.exit_status not in (EXIT_REACHED, EXIT_MISSED):
+            self.held = None  # it gave everything back itself, or never took anything
         try:
             summary = summary_from_output(result.stdout, result.exit_status)
         except ValueError as exc:
@@ -135,9 +142,12 @@ class GuestFragmenter:
             return None
         outcome = ReleaseOutcome("released")
         try:
-            self.guest.check(shlex.join(release_argv(self.binary, self.pidfile,
-                                                     self.guest.scaled(bound))),
-                             timeout=bound + 10)
+            answer = self.guest.check(shlex.join(release_argv(self.binary, self.pidfile,
+                                                              self.guest.scaled(bound))),
+                                      timeout=bound + 10)
+            if '"was_running":false' in answer:
+                outcome = ReleaseOutcome("died", "the holder had exited before its release "
+                                                 "(killed, or the OOM killer)")
         except GuestError as exc:
             outcome = ReleaseOutcome("killed", f"release did not finish: {_first_line(exc)}")
             self._kill_holder()

@@ -161,6 +161,8 @@ def test_fresh_guest_reboots_only_a_node_a_test_has_used(tmp_path: Path) -> None
 
 
 class _LoggingGuest:
+    silent = False
+
     def check(self, command: str) -> str:
         assert command == "dmesg"
         return "[0.0] Linux version\n[9.0] vrhp: loaded\n"
@@ -177,6 +179,19 @@ def test_a_node_without_a_canary_gives_its_log_since_boot(tmp_path: Path) -> Non
     sections = plugin._dmesg_sections(session, {"cn1": "hplab-canary t 1", "cn2": None})
     assert sections == [("cn1", "after hplab-canary t 1\n"),
                         ("cn2", "[0.0] Linux version\n[9.0] vrhp: loaded\n")]
+
+
+def test_a_guest_that_stopped_answering_is_not_asked_for_its_log_or_taint(
+        tmp_path: Path) -> None:
+    session = plugin.LabSession(_Config(tmp_path))  # type: ignore[arg-type]
+    guest = _LoggingGuest()
+    guest.silent = True
+    node = SimpleNamespace(guest=guest, console=tmp_path / "console.log")
+    session._lab = SimpleNamespace(nodes={"cn1": node})  # type: ignore[assignment]
+    [(name, text)] = plugin._dmesg_sections(session, {"cn1": "hplab-canary t 1"})
+    assert name == "cn1" and "did not answer its last command" in text
+    assert "console.log" in text
+    assert session.taints() == {}
 
 
 def test_a_retired_guest_never_reconnects(tmp_path: Path) -> None:

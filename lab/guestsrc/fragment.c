@@ -495,8 +495,11 @@ static void parse_options(int argc, char **argv, struct options *o)
 			usage_error("--release needs --pidfile");
 		return;
 	}
-	if (o->cleanup)
+	if (o->cleanup) {
+		if (strlen(o->dir) > 1024 || strchr(o->dir, '\''))
+			usage_error("--dir must be at most 1024 characters without a quote");
 		return;
+	}
 	if (!profile)
 		usage_error("--profile is required (anon-pinned|pagecache|slab|mixed)");
 	for (int i = 0; i < 4; i++)
@@ -667,14 +670,14 @@ static int write_atomic(const char *path, const char *text);
 
 static void save_state(const struct state *s)
 {
-	char text[1024];
+	char text[1024] = "";
 	size_t len = 0;
 
-	for (size_t i = 0; i < NSYSCTL; i++)
+	for (size_t i = 0; i < NSYSCTL && len < sizeof(text); i++)
 		if (sysctls[i].changed)
 			len += (size_t)snprintf(text + len, sizeof(text) - len, "%s %s\n",
 						sysctls[i].path, sysctls[i].saved);
-	if (s->pool_saved)
+	if (s->pool_saved && len < sizeof(text))
 		snprintf(text + len, sizeof(text) - len, "%s %ld\n", POOL_2M, s->pool_before);
 	write_atomic(SAVED, text);
 }
@@ -871,12 +874,13 @@ static int pagecache_fill(struct state *s, size_t pages)
 			n = FILE_PAGES - page % FILE_PAGES;
 		/* fallocate puts the same page-cache pages in without copying into them */
 		off = (off_t)(page % FILE_PAGES) * (off_t)PAGE;
-		if (!s->no_fallocate && fallocate(fd, 0, off, (off_t)(n * PAGE)) == 0) {
+		/* on a disk file system it would make unwritten extents, not page cache */
+		if (s->tmpfs && !s->no_fallocate && fallocate(fd, 0, off, (off_t)(n * PAGE)) == 0) {
 			w = (ssize_t)(n * PAGE);
 		} else {
-			if (errno == EOPNOTSUPP)
+			if (s->tmpfs && errno == EOPNOTSUPP)
 				s->no_fallocate = true;
-			w = errno == EOPNOTSUPP || s->no_fallocate ? pwrite(fd, buf, n * PAGE, off) : -1;
+			w = !s->tmpfs || s->no_fallocate ? pwrite(fd, buf, n * PAGE, off) : -1;
 		}
 		if (w < 0) {
 			if (errno == ENOSPC || errno == ENOMEM) {
@@ -1156,21 +1160,24 @@ static void read_pagetypeinfo(struct blockers *r)
 		char zone[16], type[24];
 		int node, used = 0, i;
 
+		if (!strncmp(line, "Number of mixed blocks", 22))
+			break; /* page_owner's second table has the same shape */
 		if (!strncmp(line, "Number of blocks type", 21)) {
 			counts = true;
 			for (char *p = line + 21; sscanf(p, "%23s%n", type, &used) == 1; p += used)
 				type_index(r, type);
 			continue;
 		}
-		if (!counts && sscanf(line, "Node %d, zone %15s type %23s%n", &node, zone, type,
-				      &used) == 3) {
-			char *p = line + used;
+		if (!counts && sscanf(line, "Node %d, zone %15[^,], type %23s%n", &node, zone,
+				      type, &used) == 3) {
+			char *p = line + used, *z = zone + strspn(zone, " ");
 			unsigned long v;
 			int o = 0, n;
 
-			if (!strcmp(zone, "DMA") || (i = type_index(r, type)) < 0)
+			if (!strcmp(z, "DMA") || (i = type_index(r, type)) < 0)
 				continue;
-			while (sscanf(p, "%lu%n", &v, &n) == 1) {
+			/* counts of 100000 and more are printed as ">100000" */
+			while (sscanf(p, " >%lu%n", &v, &n) == 1 || sscanf(p, "%lu%n", &v, &n) == 1) {
 				r->free_pages[i] += v << o++;
 				p += n;
 			}
@@ -1688,6 +1695,8 @@ static int fragment(struct state *s, struct result *res, char *err, size_t errle
 			snprintf(err, errlen, "cannot parse /proc/buddyinfo");
 			return -1;
 		}
+		if (stop_requested)
+			break;
 		if (target_met(o, &b) && settle(s, deadline, err, errlen)) {
 			res->reached = true;
 			break;
@@ -1710,7 +1719,11 @@ static int fragment(struct state *s, struct result *res, char *err, size_t errle
 	read_buddy(&res->after);
 	res->free_outside_dma_kib = (long)free_blocks(&res->after, 0) * 4;
 	progress(s, res->reached ? "reached" : "missed");
-	find_blockers(&res->blockers, o->target_order);
+	if (stop_requested)
+		snprintf(res->blockers.error, sizeof(res->blockers.error),
+			 "not looked for: interrupted");
+	else
+		find_blockers(&res->blockers, o->target_order);
 	return 0;
 }
 
@@ -1736,6 +1749,10 @@ static int do_release(const struct options *o)
 	long pid;
 	char *end;
 
+	if (access(o->pidfile, F_OK) && errno == ENOENT) { /* the holder is gone already */
+		printf("{\"released\":true,\"pid\":null,\"was_running\":false}\n");
+		return 0;
+	}
 	if (read_file(o->pidfile, buf, sizeof(buf)) <= 0) {
 		fprintf(stderr, "fragment: error: cannot read pid file %s: %s\n", o->pidfile,
 			strerror(errno ? errno : ENOENT));
@@ -1767,17 +1784,28 @@ static int do_release(const struct options *o)
 
 static void wait_for_release(bool watch_stdin)
 {
+	sigset_t stops, old;
+
+	/* checked and waited for with the signals blocked: none is lost in between */
+	sigemptyset(&stops);
+	sigaddset(&stops, SIGTERM);
+	sigaddset(&stops, SIGINT);
+	sigaddset(&stops, SIGUSR1);
+	sigaddset(&stops, SIGHUP);
+	sigprocmask(SIG_BLOCK, &stops, &old);
 	while (!stop_requested) {
 		struct pollfd p = { .fd = 0, .events = POLLIN };
+		struct timespec second = { 1, 0 };
 		char c;
 
 		if (!watch_stdin) {
-			pause();
+			sigsuspend(&old);
 			continue;
 		}
-		if (poll(&p, 1, 1000) > 0 && (read(0, &c, 1) <= 0 || c == '\n'))
+		if (ppoll(&p, 1, &second, &old) > 0 && (read(0, &c, 1) <= 0 || c == '\n'))
 			break;
 	}
+	sigprocmask(SIG_SETMASK, &old, NULL);
 }
 
 int main(int argc, char **argv)
@@ -1799,6 +1827,8 @@ int main(int argc, char **argv)
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGUSR1, &sa, NULL);
 	sigaction(SIGHUP, &sa, NULL);
+	/* a holder whose SSH channel went away keeps holding until it is released */
+	signal(SIGPIPE, SIG_IGN);
 	if (o.release)
 		return do_release(&o);
 	if (o.cleanup)
