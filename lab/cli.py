@@ -19,9 +19,11 @@ from lab.engine import (
     Lab,
     RunRecord,
     kernel_cmdline,
+    owned_domains,
     reap,
     remove_work_files,
     runs,
+    stray_qemu,
 )
 from lab.errors import LabError
 from lab.events import EventBus, ProgressPrinter
@@ -152,7 +154,8 @@ def cmd_reap(args: argparse.Namespace) -> int:
     removed = reap(lab_dir(args.lab_dir), include_kept=args.all)
     for name in removed:
         print(f"reaped {name}")
-    leftovers = virt.qemu_processes()
+    base = lab_dir(args.lab_dir)
+    leftovers = stray_qemu(virt.qemu_processes(), owned_domains(base))
     for line in leftovers:
         print(f"warning: QEMU process still running: {line}", file=sys.stderr)
     if not removed:

@@ -614,5 +614,18 @@ def reap(base_dir: Path, *, include_kept: bool = False, uri: str = "qemu:///syst
     return removed
 
 
+def owned_domains(base_dir: Path) -> set[str]:
+    """Domains of runs whose owner still runs, or that were kept on purpose."""
+    return {n["domain"] for r in runs(base_dir)
+            if r.owner_alive or r.state.get("status") == "kept"
+            for n in r.state.get("nodes", {}).values()}
+
+
+def stray_qemu(processes: list[str], owned: set[str]) -> list[str]:
+    """QEMU command lines of lab domains no live or kept run owns."""
+    return [line for line in processes
+            if not any(f"guest={domain}," in line for domain in owned)]
+
+
 def remove_run(record: RunRecord) -> None:
     shutil.rmtree(record.path, ignore_errors=True)

@@ -199,3 +199,12 @@ def test_a_retired_guest_never_reconnects(tmp_path: Path) -> None:
     guest.retire("rebooted into boot 2")
     with pytest.raises(GuestError, match="cn1: rebooted into boot 2: this connection is not"):
         guest.run("true")
+
+
+def test_reap_counts_only_qemu_no_live_run_owns() -> None:
+    from lab.engine import stray_qemu
+    lines = ["101 qemu-system-x86_64 -name guest=hplab-aaaa-cn1,debug-threads=on -S",
+             "102 qemu-system-x86_64 -name guest=hplab-bbbb-cn1,debug-threads=on -S"]
+    assert stray_qemu(lines, {"hplab-aaaa-cn1"}) == [lines[1]]
+    assert stray_qemu(lines, {"hplab-aaaa-cn1", "hplab-bbbb-cn1"}) == []
+    assert stray_qemu(lines, {"hplab-aaaa-cn"}) == lines
