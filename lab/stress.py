@@ -66,7 +66,7 @@ MAX_BUDDY_ORDER = 10
 #: sets vm.min_free_kbytes=8192; the recipe was measured with 12 MiB).
 SAFE_FLOOR_MIB = 8
 DEFAULT_FLOOR_MIB = 12
-DEFAULT_AREA_MIB = 512
+DEFAULT_AREA_MIB = 448
 #: Twice the 44 x 4 MiB chunks btable needs at default sizes: with this much free after
 #: fragmenting, a refused btable load proves fragmentation, not exhaustion.
 MIN_FREE_AFTER_MIB = 352

@@ -78,7 +78,7 @@ def test_fragment_command_line() -> None:
     assert argv == [
         "/usr/local/bin/hplab-fragment", "--profile", "pagecache", "--seed", "7",
         "--target-order", "10", "--max-free-blocks", "2", "--floor-mib", "16",
-        "--area-mib", "512", "--timeout", "300", "--dir", "/tmp", "--hold",
+        "--area-mib", "448", "--timeout", "300", "--dir", "/tmp", "--hold",
         "--pidfile", "/run/f.pid", "--summary", "/run/f.json",
     ]  # fmt: skip
     assert shlex.split(spec.command("/x", pidfile="/p")) == spec.argv("/x", pidfile="/p")

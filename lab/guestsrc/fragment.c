@@ -42,7 +42,7 @@
  * summary says what they are (/proc/kpageflags) and which migratetypes the free
  * pages sit in (/proc/pagetypeinfo). Blocks left under the floor are taken by
  * mlocked transparent huge pages (order 9; target orders 9 and 10 only).
- * The target must then hold three times, 0.5 s apart (per-cpu lists drain late).
+ * The target must then hold three times, 0.25 s apart (per-cpu lists drain late).
  * vm.compaction_proactiveness=0, vm.compact_unevictable_allowed=0 and
  * vm.min_free_kbytes=8192 are set for every profile unless --no-sysctl, and
  * restored on release.
@@ -439,7 +439,7 @@ static void parse_options(int argc, char **argv, struct options *o)
 	o->max_free_blocks = -1;
 	o->unusable = -1.0;
 	o->floor_mib = 12;
-	o->area_mib = 512;
+	o->area_mib = 448;
 	o->timeout_s = 600;
 	o->dir = "/tmp";
 	o->sysctl = true;
@@ -1591,7 +1591,7 @@ static int run_round(struct state *s, double deadline, char *err, size_t errlen,
 /*
  * Pages freed a moment ago sit on per-cpu lists and can merge back into a big
  * block when drained: the target counts only if it still holds 3 times in a row,
- * half a second apart (re-running the finisher in between).
+ * a quarter of a second apart (re-running the finisher in between).
  */
 /*
  * Per-cpu page lists hold pages they took from big blocks; buddyinfo does not show
@@ -1624,7 +1624,7 @@ static bool settle(struct state *s, double deadline, char *err, size_t errlen)
 	int stable = 0;
 
 	for (int i = 0; i < 20 && stable < 3; i++) {
-		usleep(500000);
+		usleep(250000);
 		flush_pcp(s);
 		if (read_buddy(&b))
 			return false;
