@@ -294,6 +294,12 @@ static struct sysctl_setting sysctls[] = {
 	{ "vm.compaction_proactiveness", "/proc/sys/vm/compaction_proactiveness", "0", "", false, false },
 	{ "vm.compact_unevictable_allowed", "/proc/sys/vm/compact_unevictable_allowed", "0", "", false, false },
 	{ "vm.min_free_kbytes", "/proc/sys/vm/min_free_kbytes", "8192", "", false, false },
+	/*
+	 * Per-cpu lists as short as they go: pages freed onto them are missing from
+	 * buddyinfo, and 6.12 tunes them up to hundreds of MiB, which then merge back.
+	 */
+	{ "vm.percpu_pagelist_high_fraction", "/proc/sys/vm/percpu_pagelist_high_fraction",
+	  "1000000", "", false, false },
 };
 #define NSYSCTL (sizeof(sysctls) / sizeof(sysctls[0]))
 
