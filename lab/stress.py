@@ -31,7 +31,7 @@ migratetypes the free pages sit in (``/proc/pagetypeinfo``).
     are gone, then holes punched (tmpfs) or ranges dropped with POSIX_FADV_DONTNEED
     (disk file systems) so one page in 8 stays: the blockers are file pages.
 ``slab``
-    System V messages of two kmalloc-4k objects each (unmovable slab pages), one in 32
+    System V messages of two kmalloc-4k objects each (unmovable slab pages), one in 64
     sent to a queue that is kept, the others to one that is removed in one call.
 ``mixed``
     Seeded random mix of the three, chunk by chunk.

@@ -95,7 +95,7 @@
 #define THP_SIZE (2UL << 20)
 /* one page in KEEP_EVERY of the profile's area is kept; one message in KEEP_EVERY_MSG */
 #define KEEP_EVERY 8
-#define KEEP_EVERY_MSG 32
+#define KEEP_EVERY_MSG 64
 #define MAX_BULK 64
 #define BULK_STEP (512UL << 20)
 #define MAX_FILES 64
