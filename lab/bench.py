@@ -51,8 +51,12 @@ def run(topology_path: Path, fragment_specs: list[FragmentSpec], base_dir: Path,
     samples = []
     with Lab(topology, base_dir, bus) as lab:
         rt = lab.nodes[node]
-        fragmenter = GuestFragmenter(lab.guest(node), rt.kernel, lab.cache)
-        for spec in fragment_specs:
+        for n, spec in enumerate(fragment_specs):
+            # each sample in a freshly booted guest, as in the suite: the probes' atomic
+            # high-order allocations leave HighAtomic reserves that only atomic callers use
+            if n:
+                lab.reboot(node)
+            fragmenter = GuestFragmenter(lab.guest(node), rt.kernel, lab.cache)
             with bus.phase("fragment", node, f"{spec.profile}, seed {spec.seed}") as phase:
                 result = fragmenter.fragment(spec, progress=phase.info)
             probes = fragmenter.probe_orders("atomic", probe_count, ORDERS)
