@@ -43,6 +43,10 @@ class GuestError(LabError):
     """A command or transfer in a guest failed."""
 
 
+class CanaryLost(GuestError):
+    """The kernel log no longer holds a canary: the ring buffer wrapped past it."""
+
+
 class HostKeyMismatch(GuestError):
     """The guest presented a host key other than the one pinned at image build."""
 

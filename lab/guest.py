@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import paramiko
 
-from lab.errors import GuestError, HostKeyMismatch
+from lab.errors import CanaryLost, GuestError, HostKeyMismatch
 from lab.timeouts import SPEED_WORKLOAD, Bound, Speed, Timeouts, parse_speed
 
 log = logging.getLogger(__name__)
@@ -321,7 +321,7 @@ class Guest:
         text = self.check("dmesg")
         _, found, after = text.partition(mark)
         if not found:
-            raise GuestError(f"{self.node}: dmesg canary {mark!r} not found (log wrapped?)")
+            raise CanaryLost(f"{self.node}: dmesg canary {mark!r} not found (log wrapped?)")
         return after.split("\n", 1)[1] if "\n" in after else ""
 
     def testinfra_host(self) -> Any:

@@ -17,7 +17,7 @@ import pytest
 from lab import topology as topologies
 from lab import triage
 from lab.engine import Lab, NodeRuntime
-from lab.errors import GuestError, LabError, NodeDied
+from lab.errors import CanaryLost, GuestError, LabError, NodeDied
 from lab.events import Event, EventBus, progress_line
 from lab.fragment import FragmentRun, GuestFragmenter, ReleaseOutcome
 from lab.guest import Guest
@@ -340,6 +340,10 @@ def _dmesg_sections(session: LabSession, marks: dict[str, str | None]
             continue
         try:
             text = rt.guest.dmesg_since(mark) if mark else rt.guest.check("dmesg")
+        except CanaryLost as exc:
+            shown = triage.console_since(rt.console, mark) if mark else None
+            text = (f"(dmesg unavailable: {exc}; not on the console either)" if shown is None
+                    else f"(the kernel log wrapped; this is the console from the mark)\n{shown}")
         except LabError as exc:
             text = f"(dmesg unavailable: {exc})"
         if text.strip():

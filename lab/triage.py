@@ -71,6 +71,20 @@ def read_from(path: Path, offset: int) -> tuple[int, bytes]:
         return offset, handle.read()
 
 
+def console_since(path: Path, mark: str) -> str | None:
+    """What a node's console shows after the last line holding `mark`, or None when the
+    console never showed it."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return None
+    at = text.rfind(mark)
+    if at < 0:
+        return None
+    after = text[at:]
+    return after.split("\n", 1)[1] if "\n" in after else ""
+
+
 class ConsoleWatch:
     """Reads a node's console file from where it last stopped."""
 

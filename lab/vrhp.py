@@ -403,7 +403,9 @@ class SetupOutcome:
 
     @property
     def ok(self) -> bool:
-        return self.outcome in (Outcome.SUCCESS, Outcome.ALREADY_INITIALISED)
+        """Tables exist, and every table the agent mapped is the one the module holds."""
+        return self.outcome in (Outcome.SUCCESS, Outcome.ALREADY_INITIALISED) and all(
+            t.header_matches_module is not False for t in self.tables.values())
 
 
 def parse_setup(text: str) -> SetupOutcome:

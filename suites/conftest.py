@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -51,3 +52,9 @@ def record_property(request: pytest.FixtureRequest) -> RecordProperty:
         request.node.user_properties.append((name, value))
 
     return record
+
+
+@pytest.fixture
+def uapi(lab_session: LabSession) -> tuple[Path, ...]:
+    """Where the guest tools that speak vrhp's ioctls find its UAPI header."""
+    return (lab_session.kmod_source / "include",)

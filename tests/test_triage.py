@@ -212,3 +212,12 @@ def test_console_watch_starts_again_when_virtlogd_rotated_the_file(tmp_path: Pat
     watch.read_new()
     console.write_text("[    1.0] Kernel panic - not syncing: sysrq triggered crash\n")
     assert [f.kind for f in watch.new_findings()] == ["panic"]
+
+
+def test_console_since_gives_what_follows_the_last_mark_or_none(tmp_path: Path) -> None:
+    console = tmp_path / "console.log"
+    console.write_text("boot\nhplab-canary t1 abc\nold\nhplab-canary t1 abc\nvrhp: one\n"
+                       "vrhp: two\n")
+    assert triage.console_since(console, "hplab-canary t1 abc") == "vrhp: one\nvrhp: two\n"
+    assert triage.console_since(console, "hplab-canary t2 def") is None
+    assert triage.console_since(tmp_path / "absent.log", "x") is None

@@ -91,6 +91,7 @@ static const char *errname(int e)
 	case EPROTO: return "EPROTO";
 	case EINTR: return "EINTR";
 	case EACCES: return "EACCES";
+	case EUCLEAN: return "EUCLEAN";
 	default: return "EOTHER";
 	}
 }
@@ -482,7 +483,7 @@ static int cmd_setup(int argc, char **argv)
 	int merr[VRHP_NR_TABLES] = { 0, 0 };
 	uint64_t off[VRHP_NR_TABLES] = { 0, 0 }, whole_len = 0;
 	void *whole = NULL;
-	int reset = 0, one_file = 0, i, rc;
+	int reset = 0, one_file = 0, mismatched = -1, i, rc;
 
 	for (i = 2; i < argc; i++) {
 		if (!strcmp(argv[i], "--mount") && i + 1 < argc)
@@ -565,6 +566,8 @@ static int cmd_setup(int argc, char **argv)
 			const struct vrhp_table_hdr *h = maps[i];
 
 			match = h->instance == after.tables[i].instance;
+			if (!match && mismatched < 0)
+				mismatched = i;
 		}
 		printf("%s\"%s\":{\"path\":", i ? "," : "", table_names[i]);
 		json_str(path[i]);
@@ -590,6 +593,12 @@ static int cmd_setup(int argc, char **argv)
 	case VRHP_OUT_SUCCESS:
 	case VRHP_OUT_ALREADY_INITIALISED:
 		rc = 0;
+		if (mismatched >= 0) {
+			fprintf(stderr, "vrhp-agent: setup: the %s table in the module is not the "
+				"one in %s (its header names another instance)\n",
+				table_names[mismatched], path[mismatched]);
+			rc = 2;
+		}
 		break;
 	case VRHP_OUT_PARTIAL:
 	case VRHP_OUT_INVALID_ARG_FALLBACK_IN_USE:

@@ -36,6 +36,10 @@
 #include <linux/version.h>
 #include <linux/compat.h>
 #include <linux/string.h>
+#include <linux/sort.h>
+#include <linux/delay.h>
+#include <linux/dcache.h>
+#include <linux/ratelimit.h>
 
 #include "vrhp_uapi.h"
 
@@ -71,10 +75,41 @@ static bool fault_zero_size;
 module_param(fault_zero_size, bool, 0444);
 MODULE_PARM_DESC(fault_zero_size,
 		 "fault injection: INFO reports every table size as 0 (the upstream agent's field crash)");
+static unsigned int fault_cfg_delay_ms;
+module_param(fault_cfg_delay_ms, uint, 0644);
+MODULE_PARM_DESC(fault_cfg_delay_ms,
+		 "fault injection: HP_CONFIG sleeps this long (at most 10 s) holding the config lock");
+
+#define VRHP_FAULT_DELAY_MAX_MS	10000
+#define VRHP_FILL_BATCH		1024	/* inserts per FILL step under the locks */
 
 struct vrhp_ehdr {
 	u32 flags;
 	u32 next;
+};
+
+/* A range of physically adjacent 4 KiB pages of a segment. */
+struct vrhp_run {
+	unsigned long pfn;
+	unsigned long nr;
+};
+
+/* One table's memory; HP_CONFIG builds it before it takes the config lock. */
+struct vrhp_mem {
+	u32 backend;
+	struct vrhp_table_hdr *hdr;
+	void *base;		/* hugepage: kernel address of the header (linear or vmap) */
+	void **chunks;		/* btable */
+	u32 nr_chunks;
+
+	struct page **pages;	/* hugepage: pinned small pages */
+	unsigned long nr_pages;
+	struct vrhp_run *runs;	/* the pinned pages as physical ranges */
+	unsigned long nr_runs;
+	bool vmapped;
+	bool contiguous;
+	u32 nr_hpages;
+	struct vrhp_seg_info seg;
 };
 
 struct vrhp_table {
@@ -89,19 +124,7 @@ struct vrhp_table {
 	u64 table_bytes;
 	u64 file_bytes;
 
-	u32 backend;
-	struct vrhp_table_hdr *hdr;
-	void *base;		/* hugepage: linear kernel address of the header */
-	void **chunks;		/* btable */
-	u32 nr_chunks;
-
-	struct page **pages;	/* hugepage: pinned small pages */
-	unsigned long nr_pages;
-	bool vmapped;
-	bool contiguous;
-	u32 nr_hpages;
-	struct vrhp_seg_info seg;
-
+	struct vrhp_mem m;
 	int detached_warned;	/* the hugetlbfs file let go of the pinned pages */
 
 	u64 ocursor;
@@ -137,13 +160,18 @@ static const char *vrhp_outcome_name(u32 o)
 
 /* ---------------------------------------------------------------- entries */
 
-static void *vrhp_entry(struct vrhp_table *t, u64 idx)
+static void *vrhp_mem_entry(const struct vrhp_table *t, const struct vrhp_mem *m, u64 idx)
 {
 	u64 off = VRHP_HDR_SIZE + idx * t->esz;
 
-	if (t->base)
-		return t->base + off;
-	return t->chunks[off >> 22] + (off & (VRHP_CHUNK_SIZE - 1));
+	if (m->base)
+		return m->base + off;
+	return m->chunks[off >> 22] + (off & (VRHP_CHUNK_SIZE - 1));
+}
+
+static void *vrhp_entry(struct vrhp_table *t, u64 idx)
+{
+	return vrhp_mem_entry(t, &t->m, idx);
 }
 
 static inline struct vrhp_ehdr *vrhp_eh(struct vrhp_table *t, u64 idx)
@@ -153,15 +181,33 @@ static inline struct vrhp_ehdr *vrhp_eh(struct vrhp_table *t, u64 idx)
 
 static u64 vrhp_bucket(struct vrhp_table *t, const void *key)
 {
-	return jhash2(key, t->ksz / 4, t->hdr->hash_seed) % t->nbuckets;
+	return jhash2(key, t->ksz / 4, t->m.hdr->hash_seed) % t->nbuckets;
 }
 
-/* next overflow entry index (absolute) or ~0 on end / corruption */
+static u64 vrhp_bucket_tail(struct vrhp_table *t, const void *key)
+{
+	return vrhp_bucket(t, key) * VRHP_BUCKET_SIZE + VRHP_BUCKET_SIZE - 1;
+}
+
+/* next overflow entry index (absolute) or ~0 on end / out of range */
 static u64 vrhp_next(struct vrhp_table *t, u32 next)
 {
 	if (!next || next > t->oentries)
 		return ~0ULL;
 	return t->entries + next - 1;
+}
+
+/*
+ * A chain longer than the overflow area revisits an entry: the table memory,
+ * writable by the agent, holds a cycle. Every walk stops there.
+ */
+static bool vrhp_chain_too_long(struct vrhp_table *t, u64 *steps)
+{
+	if (++*steps <= t->oentries)
+		return false;
+	pr_warn_ratelimited("%s table: an overflow chain is longer than the %llu overflow entries (a cycle in the table memory)\n",
+			    t->name, t->oentries);
+	return true;
 }
 
 static bool vrhp_key_eq(struct vrhp_table *t, u64 idx, const void *key)
@@ -172,38 +218,57 @@ static bool vrhp_key_eq(struct vrhp_table *t, u64 idx, const void *key)
 	       !memcmp((char *)eh + t->koff, key, t->ksz);
 }
 
-static int vrhp_lookup(struct vrhp_table *t, const void *key, u64 *idx)
+/*
+ * Find key. *prev_next, when asked for, is the next field that points at an
+ * overflow entry found (NULL for a main entry).
+ */
+static int vrhp_find(struct vrhp_table *t, const void *key, u64 *idx, u32 **prev_next)
 {
-	u64 b = vrhp_bucket(t, key) * VRHP_BUCKET_SIZE;
+	u64 tail = vrhp_bucket_tail(t, key);
 	u64 i, n, steps = 0;
+	u32 *link = &vrhp_eh(t, tail)->next;
 
-	for (i = 0; i < VRHP_BUCKET_SIZE; i++) {
-		if (vrhp_key_eq(t, b + i, key)) {
-			*idx = b + i;
+	for (i = tail + 1 - VRHP_BUCKET_SIZE; i <= tail; i++) {
+		if (vrhp_key_eq(t, i, key)) {
+			*idx = i;
+			if (prev_next)
+				*prev_next = NULL;
 			return 0;
 		}
 	}
-	n = vrhp_next(t, READ_ONCE(vrhp_eh(t, b + VRHP_BUCKET_SIZE - 1)->next));
-	while (n != ~0ULL && steps++ <= t->oentries) {
+	n = vrhp_next(t, READ_ONCE(*link));
+	while (n != ~0ULL) {
+		if (vrhp_chain_too_long(t, &steps))
+			return -EUCLEAN;
 		if (vrhp_key_eq(t, n, key)) {
 			*idx = n;
+			if (prev_next)
+				*prev_next = link;
 			return 0;
 		}
-		n = vrhp_next(t, READ_ONCE(vrhp_eh(t, n)->next));
+		link = &vrhp_eh(t, n)->next;
+		n = vrhp_next(t, READ_ONCE(*link));
 	}
 	return -ENOENT;
+}
+
+static int vrhp_lookup(struct vrhp_table *t, const void *key, u64 *idx)
+{
+	return vrhp_find(t, key, idx, NULL);
 }
 
 /* Insert key; returns the entry index with the key written and VALID set. */
 static int vrhp_insert(struct vrhp_table *t, const void *key, u64 *idx)
 {
-	u64 b = vrhp_bucket(t, key) * VRHP_BUCKET_SIZE;
+	u64 b = vrhp_bucket_tail(t, key) + 1 - VRHP_BUCKET_SIZE;
 	struct vrhp_ehdr *tail = vrhp_eh(t, b + VRHP_BUCKET_SIZE - 1);
 	struct vrhp_ehdr *eh;
 	u64 i, n, slot = ~0ULL, steps = 0;
+	int err;
 
-	if (!vrhp_lookup(t, key, &n))
-		return -EEXIST;
+	err = vrhp_lookup(t, key, &n);
+	if (err != -ENOENT)
+		return err ? err : -EEXIST;
 
 	for (i = 0; i < VRHP_BUCKET_SIZE; i++) {
 		if (!(READ_ONCE(vrhp_eh(t, b + i)->flags) & VRHP_EF_VALID)) {
@@ -211,9 +276,11 @@ static int vrhp_insert(struct vrhp_table *t, const void *key, u64 *idx)
 			goto found;
 		}
 	}
-	/* reuse an invalidated entry already in this bucket's chain */
+	/* reuse an entry of this bucket's chain that the agent aged out */
 	n = vrhp_next(t, READ_ONCE(tail->next));
-	while (n != ~0ULL && steps++ <= t->oentries) {
+	while (n != ~0ULL) {
+		if (vrhp_chain_too_long(t, &steps))
+			return -EUCLEAN;
 		eh = vrhp_eh(t, n);
 		if (!(READ_ONCE(eh->flags) & VRHP_EF_VALID)) {
 			slot = n;
@@ -248,13 +315,109 @@ found:
 	return 0;
 }
 
-static void vrhp_remove(struct vrhp_table *t, u64 idx)
+/*
+ * Delete key. An overflow entry leaves its chain and goes back to the free
+ * pool; its own next stays, so a reader standing on it still reaches the rest.
+ */
+static int vrhp_delete(struct vrhp_table *t, const void *key)
 {
-	struct vrhp_ehdr *eh = vrhp_eh(t, idx);
+	struct vrhp_ehdr *eh;
+	u32 *prev_next;
+	u64 idx;
+	int err;
 
+	err = vrhp_find(t, key, &idx, &prev_next);
+	if (err)
+		return err;
+	eh = vrhp_eh(t, idx);
 	WRITE_ONCE(eh->flags, READ_ONCE(eh->flags) & ~VRHP_EF_VALID);
 	smp_wmb();
 	memset((char *)eh + sizeof(*eh), 0, t->esz - sizeof(*eh));
+	if (prev_next) {
+		WRITE_ONCE(*prev_next, READ_ONCE(eh->next));
+		smp_wmb();
+		WRITE_ONCE(eh->flags, 0);
+		if (t->olinked)
+			t->olinked--;
+	}
+	return 0;
+}
+
+/*
+ * Walk the overflow chain of bucket b, marking its entries in seen. Returns the
+ * chain's length, or -EUCLEAN when a next is out of range, an entry is reached
+ * a second time (a cycle, or two chains merged) or, with need_linked, an entry
+ * is not marked LINKED. All walks of one table together take at most oentries
+ * steps.
+ */
+static long vrhp_chain_walk(const struct vrhp_table *t, const struct vrhp_mem *m, u64 b,
+			    unsigned long *seen, bool need_linked)
+{
+	const struct vrhp_ehdr *eh = vrhp_mem_entry(t, m, b * VRHP_BUCKET_SIZE +
+						    VRHP_BUCKET_SIZE - 1);
+	u32 next = READ_ONCE(eh->next);
+	long len = 0;
+
+	while (next) {
+		if (next > t->oentries || test_and_set_bit(next - 1, seen))
+			return -EUCLEAN;
+		eh = vrhp_mem_entry(t, m, t->entries + next - 1);
+		if (need_linked && !(READ_ONCE(eh->flags) & VRHP_EF_LINKED))
+			return -EUCLEAN;
+		len++;
+		next = READ_ONCE(eh->next);
+	}
+	return len;
+}
+
+static unsigned long *vrhp_seen_alloc(const struct vrhp_table *t)
+{
+	return kvcalloc(BITS_TO_LONGS(t->oentries), sizeof(unsigned long), GFP_KERNEL);
+}
+
+/*
+ * Before adopting a table: every chain ends, no overflow entry is on two chains
+ * or twice on one, and an overflow entry is LINKED exactly when it is on a
+ * chain. *linked is then the number of linked entries.
+ */
+static int vrhp_chains_check(const struct vrhp_table *t, const struct vrhp_mem *m, u64 *linked)
+{
+	unsigned long *seen = vrhp_seen_alloc(t);
+	u64 b, o, n = 0;
+	int err = 0;
+
+	if (!seen)
+		return -ENOMEM;
+	for (b = 0; b < t->nbuckets; b++) {
+		long len = vrhp_chain_walk(t, m, b, seen, true);
+
+		if (len < 0) {
+			pr_err_ratelimited("%s table: overflow chain of bucket %llu is corrupt (a cycle, a merge or a next out of range): not adopting\n",
+					   t->name, b);
+			err = len;
+			goto out;
+		}
+		n += len;
+		if (!(b & 4095))
+			cond_resched();
+	}
+	for (o = 0; o < t->oentries; o++) {
+		const struct vrhp_ehdr *eh = vrhp_mem_entry(t, m, t->entries + o);
+
+		if (!!(READ_ONCE(eh->flags) & VRHP_EF_LINKED) != test_bit(o, seen)) {
+			pr_err_ratelimited("%s table: overflow entry %llu is %s a chain but %s LINKED: not adopting\n",
+					   t->name, o, test_bit(o, seen) ? "on" : "not on",
+					   test_bit(o, seen) ? "not" : "marked");
+			err = -EUCLEAN;
+			goto out;
+		}
+		if (!(o & 65535))
+			cond_resched();
+	}
+	*linked = n;
+out:
+	kvfree(seen);
+	return err;
 }
 
 /* ---------------------------------------------------------------- sizes */
@@ -308,7 +471,7 @@ static int vrhp_compute(struct vrhp_table *t, const char *pname, unsigned long m
 
 static void vrhp_hdr_init(struct vrhp_table *t, u32 seed)
 {
-	struct vrhp_table_hdr *h = t->hdr;
+	struct vrhp_table_hdr *h = t->m.hdr;
 
 	memset(h, 0, VRHP_HDR_SIZE);
 	h->magic = VRHP_HDR_MAGIC;
@@ -338,7 +501,7 @@ static int vrhp_hdr_check(struct vrhp_table *t, const struct vrhp_table_hdr *h)
 		return 1;
 #define VRHP_CHK(field, want) do {						\
 	if ((u64)h->field != (u64)(want)) {					\
-		pr_err("%s table: file header " #field " %llu, module expects %llu: layout mismatch\n", \
+		pr_err_ratelimited("%s table: file header " #field " %llu, module expects %llu: layout mismatch\n", \
 		       t->name, (u64)h->field, (u64)(want));			\
 		return -EPROTO;							\
 	} } while (0)
@@ -361,105 +524,245 @@ static void vrhp_zero_entries(struct vrhp_table *t)
 	for (off = 0; off < t->table_bytes; off += VRHP_CHUNK_SIZE) {
 		u64 len = min_t(u64, VRHP_CHUNK_SIZE, t->table_bytes - off);
 
-		memset(t->base + VRHP_HDR_SIZE + off, 0, len);
+		memset(t->m.base + VRHP_HDR_SIZE + off, 0, len);
 		cond_resched();
 	}
 }
 
 /* ---------------------------------------------------------------- btable */
 
-static void vrhp_bt_free(struct vrhp_table *t)
+static void vrhp_bt_free(struct vrhp_mem *m)
 {
 	u32 i;
 
-	if (!t->chunks)
+	if (!m->chunks)
 		return;
-	for (i = 0; i < t->nr_chunks; i++)
-		if (t->chunks[i])
-			free_pages((unsigned long)t->chunks[i], VRHP_CHUNK_ORDER);
-	kfree(t->chunks);
-	t->chunks = NULL;
-	t->nr_chunks = 0;
+	for (i = 0; i < m->nr_chunks; i++)
+		if (m->chunks[i])
+			free_pages((unsigned long)m->chunks[i], VRHP_CHUNK_ORDER);
+	kfree(m->chunks);
+	m->chunks = NULL;
+	m->nr_chunks = 0;
 }
 
-static int vrhp_bt_alloc(struct vrhp_table *t)
+static int vrhp_bt_alloc(struct vrhp_table *t, struct vrhp_mem *m)
 {
 	u32 n = DIV_ROUND_UP(t->file_bytes, VRHP_CHUNK_SIZE);
 	u32 i;
 
-	t->chunks = kcalloc(n, sizeof(*t->chunks), GFP_KERNEL);
-	if (!t->chunks)
+	m->chunks = kcalloc(n, sizeof(*m->chunks), GFP_KERNEL);
+	if (!m->chunks)
 		return -ENOMEM;
-	t->nr_chunks = n;
+	m->nr_chunks = n;
 	for (i = 0; i < n; i++) {
 		/* __GFP_NOWARN: we report the failure ourselves, with numbers */
-		t->chunks[i] = (void *)__get_free_pages(GFP_ATOMIC | __GFP_ZERO | __GFP_COMP |
+		m->chunks[i] = (void *)__get_free_pages(GFP_ATOMIC | __GFP_ZERO | __GFP_COMP |
 							__GFP_NOWARN, VRHP_CHUNK_ORDER);
-		if (!t->chunks[i]) {
-			pr_err("%s table: btable allocation failed: got %u of %u 4 MiB chunks (order %d, GFP_ATOMIC)\n",
-			       t->name, i, n, VRHP_CHUNK_ORDER);
-			vrhp_bt_free(t);
+		if (!m->chunks[i]) {
+			pr_err_ratelimited("%s table: btable allocation failed: got %u of %u 4 MiB chunks (order %d, GFP_ATOMIC)\n",
+					   t->name, i, n, VRHP_CHUNK_ORDER);
+			vrhp_bt_free(m);
 			return -ENOMEM;
 		}
 	}
-	t->hdr = t->chunks[0];
-	t->base = NULL;
-	t->backend = VRHP_BACKEND_BTABLE;
-	vrhp_hdr_init(t, get_random_u32());
-	pr_info("%s table: btable, %u chunks of 4 MiB, %llu + %llu entries\n", t->name, n,
-		t->entries, t->oentries);
+	m->hdr = m->chunks[0];
+	m->base = NULL;
+	m->backend = VRHP_BACKEND_BTABLE;
+	pr_info_ratelimited("%s table: btable, %u chunks of 4 MiB, %llu + %llu entries\n",
+			    t->name, n, t->entries, t->oentries);
 	return 0;
 }
 
 /* ---------------------------------------------------------------- hugepage */
 
-static void vrhp_hp_release(struct vrhp_table *t)
+static void vrhp_hp_release(struct vrhp_mem *m)
 {
-	if (t->vmapped && t->base)
-		vunmap(t->base);
-	if (t->pages) {
-		unpin_user_pages(t->pages, t->nr_pages);
-		kvfree(t->pages);
+	if (m->vmapped && m->base)
+		vunmap(m->base);
+	if (m->pages) {
+		unpin_user_pages(m->pages, m->nr_pages);
+		kvfree(m->pages);
 	}
-	t->pages = NULL;
-	t->nr_pages = 0;
-	t->base = NULL;
-	t->vmapped = false;
-	t->nr_hpages = 0;
-	t->detached_warned = 0;
+	kvfree(m->runs);
+	m->runs = NULL;
+	m->nr_runs = 0;
+	m->pages = NULL;
+	m->nr_pages = 0;
+	m->base = NULL;
+	m->vmapped = false;
+	m->nr_hpages = 0;
+}
+
+static void vrhp_mem_free(struct vrhp_mem *m)
+{
+	if (m->backend == VRHP_BACKEND_BTABLE)
+		vrhp_bt_free(m);
+	else if (m->backend == VRHP_BACKEND_HUGEPAGE)
+		vrhp_hp_release(m);
+	memset(m, 0, sizeof(*m));
 }
 
 static int vrhp_seg_validate(struct vrhp_table *t, const struct vrhp_segment *s)
 {
 	if (s->page_size != VRHP_PAGE_1G && s->page_size != VRHP_PAGE_2M) {
-		pr_err("%s segment: page size %llu not 1 GiB or 2 MiB\n", t->name, s->page_size);
+		pr_err_ratelimited("%s segment: page size %llu not 1 GiB or 2 MiB\n", t->name,
+				   s->page_size);
 		return -EINVAL;
 	}
 	if (!s->uaddr || s->uaddr & ~PAGE_MASK || s->len & ~PAGE_MASK || !s->len ||
 	    s->offset & ~PAGE_MASK ||
 	    (s->offset & (s->page_size - 1)) != (s->uaddr & (s->page_size - 1))) {
-		pr_err("%s segment: address 0x%llx / length %llu / file offset %llu not aligned to %lu bytes and to the %llu-byte pages\n",
-		       t->name, s->uaddr, s->len, s->offset, PAGE_SIZE, s->page_size);
+		pr_err_ratelimited("%s segment: address 0x%llx / length %llu / file offset %llu not aligned to %lu bytes and to the %llu-byte pages\n",
+				   t->name, s->uaddr, s->len, s->offset, PAGE_SIZE, s->page_size);
 		return -EINVAL;
 	}
-	if (s->len < t->file_bytes || s->len > VRHP_SEG_MAX_LEN) {
-		pr_err("%s segment: length %llu outside [%llu, %llu]\n", t->name, s->len,
-		       t->file_bytes, VRHP_SEG_MAX_LEN);
+	/* no longer than the table needs: the length decides what is pinned */
+	if (s->len < t->file_bytes || s->len > round_up(t->file_bytes, s->page_size) ||
+	    s->len > VRHP_SEG_MAX_LEN) {
+		pr_err_ratelimited("%s segment: length %llu outside [%llu, %llu]\n", t->name,
+				   s->len, t->file_bytes,
+				   min_t(u64, round_up(t->file_bytes, s->page_size),
+					 VRHP_SEG_MAX_LEN));
 		return -EINVAL;
 	}
 	if (s->uaddr + s->len < s->uaddr || s->uaddr + s->len > TASK_SIZE_MAX ||
 	    !access_ok((void __user *)(unsigned long)s->uaddr, s->len)) {
-		pr_err("%s segment: bad user range 0x%llx+%llu\n", t->name, s->uaddr, s->len);
+		pr_err_ratelimited("%s segment: bad user range 0x%llx+%llu\n", t->name, s->uaddr,
+				   s->len);
 		return -EFAULT;
 	}
 	if (s->flags) {
-		pr_err("%s segment: unknown flags 0x%x\n", t->name, s->flags);
+		pr_err_ratelimited("%s segment: unknown flags 0x%x\n", t->name, s->flags);
 		return -EINVAL;
 	}
 	return 0;
 }
 
-static int vrhp_hp_attach(struct vrhp_table *t, const struct vrhp_segment *s)
+/*
+ * Before anything is pinned: the segment is one shared hugetlbfs mapping of the
+ * named file at the named offset, so the file keeps the table across modules.
+ * Called with the mmap lock held.
+ */
+static int vrhp_seg_vma_check(struct vrhp_table *t, const struct vrhp_segment *s)
+{
+	struct vm_area_struct *vma = find_vma(current->mm, s->uaddr);
+	char *buf, *path;
+	u64 off;
+	int err = 0;
+
+	if (!vma || vma->vm_start > s->uaddr || s->uaddr + s->len > vma->vm_end) {
+		pr_err_ratelimited("%s segment: 0x%llx+%llu is not inside one mapping\n",
+				   t->name, s->uaddr, s->len);
+		return -EINVAL;
+	}
+	if (!is_vm_hugetlb_page(vma) || !vma->vm_file) {
+		pr_err_ratelimited("%s segment: 0x%llx is not a hugetlbfs file mapping\n",
+				   t->name, s->uaddr);
+		return -EINVAL;
+	}
+	if (!(vma->vm_flags & VM_SHARED)) {
+		pr_err_ratelimited("%s segment: 0x%llx is a private mapping: the file would not keep the table\n",
+				   t->name, s->uaddr);
+		return -EINVAL;
+	}
+	if (huge_page_size(hstate_vma(vma)) != s->page_size) {
+		pr_err_ratelimited("%s segment: the file's pages are %lu bytes, not %llu\n",
+				   t->name, huge_page_size(hstate_vma(vma)), s->page_size);
+		return -EINVAL;
+	}
+	off = s->uaddr - vma->vm_start + ((u64)vma->vm_pgoff << PAGE_SHIFT);
+	if (off != s->offset) {
+		pr_err_ratelimited("%s segment: 0x%llx maps file offset %llu, not %llu\n",
+				   t->name, s->uaddr, off, s->offset);
+		return -EINVAL;
+	}
+	buf = kmalloc(VRHP_PATH_MAX, GFP_KERNEL);
+	if (!buf)
+		return -ENOMEM;
+	path = d_path(&vma->vm_file->f_path, buf, VRHP_PATH_MAX);
+	if (IS_ERR(path) || strcmp(path, s->path)) {
+		pr_err_ratelimited("%s segment: 0x%llx maps %s, not %s\n", t->name, s->uaddr,
+				   IS_ERR(path) ? "a file whose path is too long" : path,
+				   s->path);
+		err = -EINVAL;
+	}
+	kfree(buf);
+	return err;
+}
+
+static int vrhp_run_cmp(const void *a, const void *b)
+{
+	const struct vrhp_run *x = a, *y = b;
+
+	return x->pfn < y->pfn ? -1 : x->pfn > y->pfn;
+}
+
+/* The first physical page that two of the runs share, or 0. Sorts the runs. */
+static unsigned long vrhp_runs_shared_pfn(struct vrhp_run *runs, unsigned long n)
+{
+	unsigned long i;
+
+	sort(runs, n, sizeof(*runs), vrhp_run_cmp, NULL);
+	for (i = 1; i < n; i++)
+		if (runs[i - 1].pfn + runs[i - 1].nr > runs[i].pfn)
+			return runs[i].pfn;
+	return 0;
+}
+
+/* Do two tables' memories share a physical page? */
+static unsigned long vrhp_mems_shared_pfn(const struct vrhp_mem *a, const struct vrhp_mem *b)
+{
+	unsigned long n = a->nr_runs + b->nr_runs, pfn;
+	struct vrhp_run *all;
+
+	if (!a->nr_runs || !b->nr_runs)
+		return 0;
+	all = kvmalloc_array(n, sizeof(*all), GFP_KERNEL);
+	if (!all)
+		return ~0UL;
+	memcpy(all, a->runs, a->nr_runs * sizeof(*all));
+	memcpy(all + a->nr_runs, b->runs, b->nr_runs * sizeof(*all));
+	pfn = vrhp_runs_shared_pfn(all, n);
+	kvfree(all);
+	return pfn;
+}
+
+/* Cut the pinned pages into physical runs: every page must be in exactly one. */
+static int vrhp_hp_runs(struct vrhp_table *t, struct vrhp_mem *m)
+{
+	unsigned long i, n = 0, pfn;
+	struct vrhp_run *sorted;
+
+	for (i = 0; i < m->nr_pages; i++)
+		if (!i || page_to_pfn(m->pages[i]) != page_to_pfn(m->pages[i - 1]) + 1)
+			n++;
+	m->runs = kvmalloc_array(n, sizeof(*m->runs), GFP_KERNEL);
+	if (!m->runs)
+		return -ENOMEM;
+	for (i = 0; i < m->nr_pages; i++) {
+		pfn = page_to_pfn(m->pages[i]);
+		if (!i || pfn != page_to_pfn(m->pages[i - 1]) + 1)
+			m->runs[m->nr_runs++] = (struct vrhp_run){ .pfn = pfn, .nr = 0 };
+		m->runs[m->nr_runs - 1].nr++;
+	}
+	m->contiguous = m->nr_runs == 1;
+	if (m->contiguous)
+		return 0;
+	sorted = kvmalloc_array(n, sizeof(*sorted), GFP_KERNEL);
+	if (!sorted)
+		return -ENOMEM;
+	memcpy(sorted, m->runs, n * sizeof(*sorted));
+	pfn = vrhp_runs_shared_pfn(sorted, n);
+	kvfree(sorted);
+	if (pfn) {
+		pr_err_ratelimited("%s segment: physical page 0x%lx is mapped more than once\n",
+				   t->name, pfn);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static int vrhp_hp_attach(struct vrhp_table *t, struct vrhp_mem *m, const struct vrhp_segment *s)
 {
 	unsigned long nr = s->len >> PAGE_SHIFT;
 	unsigned long per = s->page_size >> PAGE_SHIFT;
@@ -469,26 +772,33 @@ static int vrhp_hp_attach(struct vrhp_table *t, const struct vrhp_segment *s)
 	long pinned;
 	int err;
 
-	t->pages = kvmalloc_array(nr, sizeof(*t->pages), GFP_KERNEL);
-	if (!t->pages)
+	if (mmap_read_lock_killable(current->mm))
+		return -EINTR;
+	err = vrhp_seg_vma_check(t, s);
+	if (err) {
+		mmap_read_unlock(current->mm);
+		return err;
+	}
+	m->pages = kvmalloc_array(nr, sizeof(*m->pages), GFP_KERNEL);
+	if (!m->pages) {
+		mmap_read_unlock(current->mm);
 		return -ENOMEM;
-
-	mmap_read_lock(current->mm);
+	}
 #if LINUX_VERSION_CODE < KERNEL_VERSION(6, 5, 0)
-	pinned = pin_user_pages(s->uaddr, nr, FOLL_WRITE | FOLL_LONGTERM, t->pages, NULL);
+	pinned = pin_user_pages(s->uaddr, nr, FOLL_WRITE | FOLL_LONGTERM, m->pages, NULL);
 #else
-	pinned = pin_user_pages(s->uaddr, nr, FOLL_WRITE | FOLL_LONGTERM, t->pages);
+	pinned = pin_user_pages(s->uaddr, nr, FOLL_WRITE | FOLL_LONGTERM, m->pages);
 #endif
 	mmap_read_unlock(current->mm);
+	m->backend = VRHP_BACKEND_HUGEPAGE;
 	if (pinned < 0) {
-		pr_err("%s segment: pin_user_pages failed: %ld\n", t->name, pinned);
-		kvfree(t->pages);
-		t->pages = NULL;
-		return pinned;
+		pr_err_ratelimited("%s segment: pin_user_pages failed: %ld\n", t->name, pinned);
+		err = pinned;
+		goto fail;
 	}
-	t->nr_pages = pinned;
+	m->nr_pages = pinned;
 	if (pinned != nr) {
-		pr_err("%s segment: pinned %ld of %lu pages\n", t->name, pinned, nr);
+		pr_err_ratelimited("%s segment: pinned %ld of %lu pages\n", t->name, pinned, nr);
 		err = -EFAULT;
 		goto fail;
 	}
@@ -497,76 +807,71 @@ static int vrhp_hp_attach(struct vrhp_table *t, const struct vrhp_segment *s)
 	 * Every 4 KiB page must sit in a hugetlb page of the declared size, at the
 	 * place its user address says; a new huge page starts at its head.
 	 */
-	t->contiguous = true;
-	t->nr_hpages = 0;
 	for (i = 0; i < nr; i++) {
-		struct page *p = t->pages[i];
+		struct page *p = m->pages[i];
 		struct page *head = compound_head(p);
 
 		if (head != prev_head) {
 			if (!PageHuge(head) || page_size(head) != s->page_size) {
-				pr_err("%s segment: page %lu is not in a %llu-byte hugetlb page\n",
-				       t->name, i, s->page_size);
+				pr_err_ratelimited("%s segment: page %lu is not in a %llu-byte hugetlb page\n",
+						   t->name, i, s->page_size);
 				err = -EINVAL;
 				goto fail;
 			}
-			t->nr_hpages++;
+			m->nr_hpages++;
 			prev_head = head;
 		}
 		if (page_to_pfn(p) - page_to_pfn(head) != ((first + i) & (per - 1))) {
-			pr_err("%s segment: page %lu not linear in its huge page\n", t->name, i);
+			pr_err_ratelimited("%s segment: page %lu not linear in its huge page\n",
+					   t->name, i);
 			err = -EINVAL;
 			goto fail;
 		}
-		if (i && page_to_pfn(p) != page_to_pfn(t->pages[i - 1]) + 1)
-			t->contiguous = false;
 		if (!(i & 65535))
 			cond_resched();
 	}
+	err = vrhp_hp_runs(t, m);
+	if (err)
+		goto fail;
 
-	if (t->nr_hpages == 1) {
-		t->base = page_address(t->pages[0]);
-		t->vmapped = false;
+	/* page_address() holds only for physically linear memory */
+	if (m->nr_hpages == 1 && m->contiguous) {
+		m->base = page_address(m->pages[0]);
+		m->vmapped = false;
 	} else {
-		t->base = vmap(t->pages, nr, VM_MAP, PAGE_KERNEL);
-		if (!t->base) {
-			pr_err("%s segment: vmap of %lu pages failed\n", t->name, nr);
+		m->base = vmap(m->pages, nr, VM_MAP, PAGE_KERNEL);
+		if (!m->base) {
+			pr_err_ratelimited("%s segment: vmap of %lu pages failed\n", t->name, nr);
 			err = -ENOMEM;
 			goto fail;
 		}
-		t->vmapped = true;
+		m->vmapped = true;
 	}
-	t->hdr = t->base;
-	memset(&t->seg, 0, sizeof(t->seg));
-	t->seg.uaddr = s->uaddr;
-	t->seg.len = s->len;
-	t->seg.page_size = s->page_size;
-	t->seg.table = t->id;
-	t->seg.nr_hpages = t->nr_hpages;
-	t->seg.contiguous = t->contiguous;
-	t->seg.vmapped = t->vmapped;
-	t->seg.offset = s->offset;
-	strscpy(t->seg.path, s->path, sizeof(t->seg.path));
+	m->hdr = m->base;
+	memset(&m->seg, 0, sizeof(m->seg));
+	m->seg.uaddr = s->uaddr;
+	m->seg.len = s->len;
+	m->seg.page_size = s->page_size;
+	m->seg.table = t->id;
+	m->seg.nr_hpages = m->nr_hpages;
+	m->seg.contiguous = m->contiguous;
+	m->seg.vmapped = m->vmapped;
+	m->seg.offset = s->offset;
+	strscpy(m->seg.path, s->path, sizeof(m->seg.path));
 	return 0;
 
 fail:
-	vrhp_hp_release(t);
+	vrhp_mem_free(m);
 	return err;
 }
 
 static void vrhp_table_free(struct vrhp_table *t)
 {
-	if (t->backend == VRHP_BACKEND_BTABLE)
-		vrhp_bt_free(t);
-	else if (t->backend == VRHP_BACKEND_HUGEPAGE)
-		vrhp_hp_release(t);
-	t->backend = VRHP_BACKEND_NONE;
-	t->hdr = NULL;
-	t->base = NULL;
+	vrhp_mem_free(&t->m);
+	t->detached_warned = 0;
 	t->ocursor = 0;
 	t->olinked = 0;
 	t->inserts = t->deletes = t->insert_failures = t->nospc = 0;
-	memset(&t->seg, 0, sizeof(t->seg));
 }
 
 static void vrhp_free_all(void)
@@ -580,11 +885,125 @@ static void vrhp_free_all(void)
 
 /* ---------------------------------------------------------------- HP_CONFIG */
 
+static void vrhp_fault_delay(void)
+{
+	unsigned int ms = READ_ONCE(fault_cfg_delay_ms);
+
+	if (ms)
+		msleep_interruptible(min_t(unsigned int, ms, VRHP_FAULT_DELAY_MAX_MS));
+}
+
+static void vrhp_report_live(struct vrhp_hp_config *cfg)
+{
+	u32 i;
+
+	for (i = 0; i < VRHP_NR_TABLES; i++) {
+		cfg->tables[i].backend = vrhp_tables[i].m.backend;
+		cfg->tables[i].generation = vrhp_tables[i].m.hdr ?
+					    vrhp_tables[i].m.hdr->generation : 0;
+	}
+}
+
+/*
+ * Phase 1, before the config lock (pinning takes the mmap lock, which mmap of the
+ * map devices holds while it takes the config lock): pin, check and classify each
+ * segment into stage[]. Returns 0 or -EINVAL when the two tables share memory.
+ */
+static int vrhp_hp_stage(struct vrhp_hp_config *cfg, const struct vrhp_segment **seg,
+			 struct vrhp_mem *stage, int *hdrstate, u64 *linked, int *invalid)
+{
+	bool reset = cfg->flags & VRHP_CFG_RESET;
+	unsigned long pfn;
+	u32 i;
+
+	for (i = 0; i < VRHP_NR_TABLES; i++) {
+		struct vrhp_table *t = &vrhp_tables[i];
+		struct vrhp_table_result *r = &cfg->tables[i];
+		int err;
+
+		hdrstate[i] = 0;
+		linked[i] = 0;
+		if (!seg[i])
+			continue;
+		err = vrhp_seg_validate(t, seg[i]);
+		if (!err)
+			err = vrhp_hp_attach(t, &stage[i], seg[i]);
+		else
+			(*invalid)++;
+		if (err) {
+			r->err = err;
+			r->action = VRHP_ACT_FAILED;
+			continue;
+		}
+		hdrstate[i] = vrhp_hdr_check(t, stage[i].hdr);
+		if (!hdrstate[i] && !reset)
+			hdrstate[i] = vrhp_chains_check(t, &stage[i], &linked[i]);
+		if (hdrstate[i] < 0 && !reset) {
+			r->err = hdrstate[i];
+			r->action = VRHP_ACT_MISMATCH;
+		}
+	}
+	pfn = vrhp_mems_shared_pfn(&stage[0], &stage[1]);
+	if (pfn) {
+		pr_err_ratelimited("HP_CONFIG: flow and bridge segments share physical page 0x%lx\n",
+				   pfn);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+/* Phase 3, under the config lock: the staged memory becomes the tables. */
+static void vrhp_hp_commit(struct vrhp_hp_config *cfg, struct vrhp_mem *stage,
+			   const int *hdrstate, const u64 *linked)
+{
+	bool reset = cfg->flags & VRHP_CFG_RESET;
+	u32 i;
+
+	if (vrhp_state == VRHP_STATE_READY) {
+		pr_info("HP_CONFIG reset: tearing down tables\n");
+		vrhp_free_all();
+	}
+	for (i = 0; i < VRHP_NR_TABLES; i++) {
+		struct vrhp_table *t = &vrhp_tables[i];
+		struct vrhp_table_result *r = &cfg->tables[i];
+
+		t->m = stage[i];
+		memset(&stage[i], 0, sizeof(stage[i]));
+		if (t->m.backend == VRHP_BACKEND_BTABLE) {
+			vrhp_hdr_init(t, get_random_u32());
+			continue;
+		}
+		if (hdrstate[i] != 0 || reset) {
+			vrhp_hdr_init(t, get_random_u32());
+			vrhp_zero_entries(t);
+			r->action = VRHP_ACT_FRESH;
+			pr_info_ratelimited("%s table: hugepage %s, initialised (%u x %llu MiB pages, %s)\n",
+					    t->name, t->m.seg.path, t->m.nr_hpages,
+					    t->m.seg.page_size >> 20,
+					    t->m.vmapped ? "vmap" : "page_address");
+		} else {
+			t->olinked = linked[i];
+			t->m.hdr->generation++;
+			t->m.hdr->instance = get_random_u64();
+			t->m.hdr->writer_version = VRHP_VERSION;
+			r->action = VRHP_ACT_ADOPTED;
+			pr_info_ratelimited("%s table: hugepage %s, adopted, generation %llu (%u x %llu MiB pages, %s)\n",
+					    t->name, t->m.seg.path, t->m.hdr->generation,
+					    t->m.nr_hpages, t->m.seg.page_size >> 20,
+					    t->m.vmapped ? "vmap" : "page_address");
+		}
+	}
+	vrhp_report_live(cfg);
+	vrhp_state = VRHP_STATE_READY;
+}
+
 static long vrhp_hp_config(struct vrhp_hp_config __user *uarg)
 {
 	struct vrhp_hp_config *cfg;
+	struct vrhp_mem *stage = NULL;
 	const struct vrhp_segment *seg[VRHP_NR_TABLES] = { NULL, NULL };
 	int hpok = 0, bt = 0, invalid = 0, mismatch = 0, hdrstate[VRHP_NR_TABLES];
+	u64 linked[VRHP_NR_TABLES];
 	bool reset;
 	long ret = 0;
 	u32 i, out;
@@ -604,13 +1023,13 @@ static long vrhp_hp_config(struct vrhp_hp_config __user *uarg)
 		struct vrhp_segment *s = &cfg->segs[i];
 
 		if (s->table >= VRHP_NR_TABLES || seg[s->table]) {
-			pr_err("HP_CONFIG: segment %u names table %u (unknown or duplicate)\n",
-			       i, s->table);
+			pr_err_ratelimited("HP_CONFIG: segment %u names table %u (unknown or duplicate)\n",
+					   i, s->table);
 			ret = -EINVAL;
 			goto out_free;
 		}
 		if (strnlen(s->path, VRHP_PATH_MAX) == VRHP_PATH_MAX) {
-			pr_err("HP_CONFIG: segment %u path not NUL terminated\n", i);
+			pr_err_ratelimited("HP_CONFIG: segment %u path not NUL terminated\n", i);
 			ret = -EINVAL;
 			goto out_free;
 		}
@@ -618,131 +1037,83 @@ static long vrhp_hp_config(struct vrhp_hp_config __user *uarg)
 	}
 	if (seg[0] && seg[1] && seg[0]->uaddr < seg[1]->uaddr + seg[1]->len &&
 	    seg[1]->uaddr < seg[0]->uaddr + seg[0]->len) {
-		pr_err("HP_CONFIG: flow and bridge segments overlap\n");
+		pr_err_ratelimited("HP_CONFIG: flow and bridge segments overlap\n");
 		ret = -EINVAL;
 		goto out_free;
 	}
 	reset = cfg->flags & VRHP_CFG_RESET;
 	memset(cfg->tables, 0, sizeof(cfg->tables));
+	stage = kcalloc(VRHP_NR_TABLES, sizeof(*stage), GFP_KERNEL);
+	if (!stage) {
+		ret = -ENOMEM;
+		goto out_free;
+	}
 
-	down_write(&vrhp_cfg_sem);
+	ret = vrhp_hp_stage(cfg, seg, stage, hdrstate, linked, &invalid);
+	if (ret)
+		goto out_release;
+	for (i = 0; i < VRHP_NR_TABLES; i++) {
+		if (stage[i].backend == VRHP_BACKEND_HUGEPAGE)
+			hpok++;
+		if (cfg->tables[i].action == VRHP_ACT_MISMATCH)
+			mismatch++;
+	}
+
+	if (down_write_killable(&vrhp_cfg_sem)) {
+		ret = -EINTR;
+		goto out_release;
+	}
+	vrhp_fault_delay();
 	if (vrhp_state == VRHP_STATE_READY && (!reset || vrhp_mem == VRHP_BACKEND_BTABLE)) {
 		out = VRHP_OUT_ALREADY_INITIALISED;
-		for (i = 0; i < VRHP_NR_TABLES; i++) {
-			cfg->tables[i].backend = vrhp_tables[i].backend;
-			cfg->tables[i].generation = vrhp_tables[i].hdr->generation;
-		}
+		memset(cfg->tables, 0, sizeof(cfg->tables));
+		vrhp_report_live(cfg);
 		goto done;
 	}
 	if (vrhp_state == VRHP_STATE_READY) {
 		for (i = 0; i < VRHP_NR_TABLES; i++) {
 			if (atomic_read(&vrhp_tables[i].mmap_count)) {
-				pr_err("HP_CONFIG reset: %s table is mmapped\n",
-				       vrhp_tables[i].name);
+				pr_err_ratelimited("HP_CONFIG reset: %s table is mmapped\n",
+						   vrhp_tables[i].name);
 				ret = -EBUSY;
 				goto unlock;
 			}
 		}
-		pr_info("HP_CONFIG reset: tearing down tables\n");
-		vrhp_free_all();
 	}
-
-	/* phase 1: pin and classify, write nothing */
-	for (i = 0; i < VRHP_NR_TABLES; i++) {
-		struct vrhp_table *t = &vrhp_tables[i];
-		struct vrhp_table_result *r = &cfg->tables[i];
-		int err;
-
-		hdrstate[i] = 0;
-		if (!seg[i])
-			continue;
-		err = vrhp_seg_validate(t, seg[i]);
-		if (err) {
-			r->err = err;
-			r->action = VRHP_ACT_FAILED;
-			invalid++;
-			continue;
-		}
-		err = vrhp_hp_attach(t, seg[i]);
-		if (err) {
-			r->err = err;
-			r->action = VRHP_ACT_FAILED;
-			continue;
-		}
-		t->backend = VRHP_BACKEND_HUGEPAGE;
-		hdrstate[i] = vrhp_hdr_check(t, t->hdr);
-		if (hdrstate[i] < 0 && !reset) {
-			r->err = hdrstate[i];
-			r->action = VRHP_ACT_MISMATCH;
-			mismatch++;
-		}
-		hpok++;
-	}
+	/* from here on a refusal leaves the tables that exist as they are */
 	if (mismatch) {
 		out = VRHP_OUT_LAYOUT_MISMATCH;
-		goto undo;
+		goto refused;
 	}
 
 	/* phase 2: fallback for tables without huge pages */
 	for (i = 0; i < VRHP_NR_TABLES; i++) {
 		struct vrhp_table *t = &vrhp_tables[i];
 
-		if (t->backend == VRHP_BACKEND_HUGEPAGE)
+		if (stage[i].backend == VRHP_BACKEND_HUGEPAGE)
 			continue;
 		if (!seg[i])
-			pr_warn("%s table: the agent sent no huge-page segment\n", t->name);
+			pr_warn_ratelimited("%s table: the agent sent no huge-page segment\n",
+					    t->name);
 		else
-			pr_warn("%s table: huge-page segment unusable (%d)\n", t->name,
-				cfg->tables[i].err);
+			pr_warn_ratelimited("%s table: huge-page segment unusable (%d)\n", t->name,
+					    cfg->tables[i].err);
 		if (!fallback) {
-			pr_err("%s table: no usable huge pages and fallback=0: refusing\n",
-			       t->name);
+			pr_err_ratelimited("%s table: no usable huge pages and fallback=0: refusing\n",
+					   t->name);
 			out = VRHP_OUT_REFUSED;
-			goto undo;
+			goto refused;
 		}
-		pr_warn("%s table: falling back to btable\n", t->name);
-		if (vrhp_bt_alloc(t)) {
+		pr_warn_ratelimited("%s table: falling back to btable\n", t->name);
+		if (vrhp_bt_alloc(t, &stage[i])) {
 			out = VRHP_OUT_MEM_FAILURE;
-			goto undo;
+			goto refused;
 		}
 		cfg->tables[i].action = VRHP_ACT_FALLBACK;
 		bt++;
 	}
 
-	/* phase 3: commit headers */
-	for (i = 0; i < VRHP_NR_TABLES; i++) {
-		struct vrhp_table *t = &vrhp_tables[i];
-		struct vrhp_table_result *r = &cfg->tables[i];
-
-		if (t->backend != VRHP_BACKEND_HUGEPAGE)
-			continue;
-		if (hdrstate[i] != 0 || reset) {
-			vrhp_hdr_init(t, get_random_u32());
-			vrhp_zero_entries(t);
-			r->action = VRHP_ACT_FRESH;
-			pr_info("%s table: hugepage %s, initialised (%u x %llu MiB pages, %s)\n",
-				t->name, t->seg.path, t->nr_hpages, t->seg.page_size >> 20,
-				t->vmapped ? "vmap" : "page_address");
-		} else {
-			u64 o;
-
-			for (o = 0; o < t->oentries; o++)
-				if (READ_ONCE(vrhp_eh(t, t->entries + o)->flags) & VRHP_EF_LINKED)
-					t->olinked++;
-			t->hdr->generation++;
-			t->hdr->instance = get_random_u64();
-			t->hdr->writer_version = VRHP_VERSION;
-			r->action = VRHP_ACT_ADOPTED;
-			pr_info("%s table: hugepage %s, adopted, generation %llu (%u x %llu MiB pages, %s)\n",
-				t->name, t->seg.path, t->hdr->generation, t->nr_hpages,
-				t->seg.page_size >> 20, t->vmapped ? "vmap" : "page_address");
-		}
-	}
-	for (i = 0; i < VRHP_NR_TABLES; i++) {
-		cfg->tables[i].backend = vrhp_tables[i].backend;
-		cfg->tables[i].generation = vrhp_tables[i].hdr->generation;
-	}
-	vrhp_state = VRHP_STATE_READY;
+	vrhp_hp_commit(cfg, stage, hdrstate, linked);
 	if (!bt)
 		out = VRHP_OUT_SUCCESS;
 	else if (hpok)
@@ -753,25 +1124,30 @@ static long vrhp_hp_config(struct vrhp_hp_config __user *uarg)
 		out = VRHP_OUT_HUGEPAGE_FAILURE_FALLBACK_IN_USE;
 	goto done;
 
-undo:
+refused:
 	for (i = 0; i < VRHP_NR_TABLES; i++) {
 		if (cfg->tables[i].action == VRHP_ACT_FALLBACK)
 			cfg->tables[i].action = VRHP_ACT_NONE;
 		cfg->tables[i].backend = VRHP_BACKEND_NONE;
 	}
-	vrhp_free_all();
+	if (vrhp_state == VRHP_STATE_READY)
+		pr_warn_ratelimited("HP_CONFIG reset refused: the tables stay as they were\n");
 done:
 	cfg->outcome = out;
 	vrhp_last_outcome = out;
 	if (out == VRHP_OUT_SUCCESS || out == VRHP_OUT_ALREADY_INITIALISED)
-		pr_info("HP_CONFIG: %s\n", vrhp_outcome_name(out));
+		pr_info_ratelimited("HP_CONFIG: %s\n", vrhp_outcome_name(out));
 	else
-		pr_warn("HP_CONFIG: %s\n", vrhp_outcome_name(out));
+		pr_warn_ratelimited("HP_CONFIG: %s\n", vrhp_outcome_name(out));
 unlock:
 	up_write(&vrhp_cfg_sem);
+out_release:
+	for (i = 0; i < VRHP_NR_TABLES; i++)
+		vrhp_mem_free(&stage[i]);
 	if (!ret && copy_to_user(uarg, cfg, sizeof(*cfg)))
 		ret = -EFAULT;
 out_free:
+	kfree(stage);
 	kfree(cfg);
 	return ret;
 }
@@ -805,13 +1181,14 @@ static struct vrhp_table *vrhp_get_table(u32 id)
 
 	if (id >= VRHP_NR_TABLES)
 		return ERR_PTR(-EINVAL);
-	down_read(&vrhp_cfg_sem);
+	if (down_read_killable(&vrhp_cfg_sem))
+		return ERR_PTR(-EINTR);
 	t = &vrhp_tables[id];
-	if (t->backend == VRHP_BACKEND_NONE) {
+	if (t->m.backend == VRHP_BACKEND_NONE) {
 		up_read(&vrhp_cfg_sem);
 		return ERR_PTR(-ENODEV);
 	}
-	if (mutex_lock_interruptible(&t->lock)) {
+	if (mutex_lock_killable(&t->lock)) {
 		up_read(&vrhp_cfg_sem);
 		return ERR_PTR(-EINTR);
 	}
@@ -854,11 +1231,9 @@ static long vrhp_flow_op(unsigned int cmd, void __user *uarg)
 		t->inserts++;
 		break;
 	case VRHP_IOC_FLOW_DEL:
-		err = vrhp_lookup(t, &req.key, &idx);
-		if (!err) {
-			vrhp_remove(t, idx);
+		err = vrhp_delete(t, &req.key);
+		if (!err)
 			t->deletes++;
-		}
 		break;
 	default:
 		err = vrhp_lookup(t, &req.key, &idx);
@@ -910,11 +1285,9 @@ static long vrhp_bridge_op(unsigned int cmd, void __user *uarg)
 		t->inserts++;
 		break;
 	case VRHP_IOC_BRIDGE_DEL:
-		err = vrhp_lookup(t, &req.key, &idx);
-		if (!err) {
-			vrhp_remove(t, idx);
+		err = vrhp_delete(t, &req.key);
+		if (!err)
 			t->deletes++;
-		}
 		break;
 	default:
 		err = vrhp_lookup(t, &req.key, &idx);
@@ -944,20 +1317,86 @@ static u64 vrhp_mix(u64 *s)
 	return z ^ (z >> 31);
 }
 
+/* Insert the next pseudo-random key of f's sequence. */
+static int vrhp_fill_one(struct vrhp_table *t, struct vrhp_fill *f, u64 *s, u64 now)
+{
+	u64 r1 = vrhp_mix(s), r2 = vrhp_mix(s), r3 = vrhp_mix(s);
+	u64 age = (r3 >> 40) % 3600;
+	u64 idx;
+	int err;
+
+	if (f->table == VRHP_TABLE_FLOW) {
+		struct vrhp_flow_key k = {};
+		struct vrhp_flow_entry *e;
+
+		k.vrf = r3 & 0xf;
+		k.proto = (r3 & 0x10) ? 17 : 6;
+		k.sport = r1 >> 48;
+		k.dport = r2 >> 48;
+		if ((r3 & 0x300) == 0) {
+			u64 r4 = vrhp_mix(s), r5 = vrhp_mix(s);
+
+			k.family = VRHP_AF_INET6;
+			memcpy(k.src, &r1, 8);
+			memcpy(k.src + 8, &r4, 8);
+			memcpy(k.dst, &r2, 8);
+			memcpy(k.dst + 8, &r5, 8);
+		} else {
+			k.family = VRHP_AF_INET;
+			memcpy(k.src, &r1, 4);
+			memcpy(k.dst, &r2, 4);
+		}
+		err = vrhp_insert(t, &k, &idx);
+		if (!err) {
+			e = vrhp_entry(t, idx);
+			e->action = 1 + (r3 >> 60);
+			e->packets = (r2 >> 8) & 0xffff;
+			e->bytes = e->packets * 512;
+			e->last_used = now - age * NSEC_PER_SEC;
+		} else if (f->first_fail_index == ~0ULL) {
+			memcpy(f->first_fail_key, &k, sizeof(k));
+		}
+	} else {
+		struct vrhp_bridge_key k = {};
+		struct vrhp_bridge_entry *e;
+
+		k.vrf = r3 & 0x3f;
+		memcpy(k.mac, &r1, 6);
+		k.mac[0] &= 0xfe;
+		err = vrhp_insert(t, &k, &idx);
+		if (!err) {
+			e = vrhp_entry(t, idx);
+			e->nexthop = r2 & 0xffff;
+			e->label = (r2 >> 16) & 0xfffff;
+			e->last_used = now - age * NSEC_PER_SEC;
+		} else if (f->first_fail_index == ~0ULL) {
+			memcpy(f->first_fail_key, &k, sizeof(k));
+		}
+	}
+	return err;
+}
+
+/*
+ * FILL takes and drops the locks every VRHP_FILL_BATCH keys, so INFO, STATS and
+ * HP_CONFIG get in between; it asks for at most twice the table's entries.
+ */
 static long vrhp_fill(void __user *uarg)
 {
 	struct vrhp_fill f;
 	struct vrhp_table *t;
-	u64 i, s, idx, now, start;
-	int err;
+	u64 i = 0, s, now, start;
+	long ret = 0;
 
 	if (copy_from_user(&f, uarg, sizeof(f)))
 		return -EFAULT;
-	if (f.table >= VRHP_NR_TABLES || f.count > (1ULL << 32))
+	if (f.table >= VRHP_NR_TABLES)
 		return -EINVAL;
-	t = vrhp_get_table(f.table);
-	if (IS_ERR(t))
-		return PTR_ERR(t);
+	t = &vrhp_tables[f.table];
+	if (f.count > 2 * (t->entries + t->oentries)) {
+		pr_err_ratelimited("FILL: count %llu is more than twice the %s table's %llu entries\n",
+				   f.count, t->name, t->entries + t->oentries);
+		return -EINVAL;
+	}
 	f.inserted = f.failed = 0;
 	memset(f.first_fail_key, 0, sizeof(f.first_fail_key));
 	f.first_fail_index = ~0ULL;
@@ -965,59 +1404,22 @@ static long vrhp_fill(void __user *uarg)
 	s = f.seed;
 	start = ktime_get_ns();
 	now = ktime_get_real_ns();
-	for (i = 0; i < f.count; i++) {
-		u64 r1 = vrhp_mix(&s), r2 = vrhp_mix(&s), r3 = vrhp_mix(&s);
-		u64 age = (r3 >> 40) % 3600;
+	while (i < f.count && !ret) {
+		u64 end = min_t(u64, f.count, i + VRHP_FILL_BATCH);
 
-		if (f.table == VRHP_TABLE_FLOW) {
-			struct vrhp_flow_key k = {};
-			struct vrhp_flow_entry *e;
-
-			k.vrf = r3 & 0xf;
-			k.proto = (r3 & 0x10) ? 17 : 6;
-			k.sport = r1 >> 48;
-			k.dport = r2 >> 48;
-			if ((r3 & 0x300) == 0) {
-				u64 r4 = vrhp_mix(&s), r5 = vrhp_mix(&s);
-
-				k.family = VRHP_AF_INET6;
-				memcpy(k.src, &r1, 8);
-				memcpy(k.src + 8, &r4, 8);
-				memcpy(k.dst, &r2, 8);
-				memcpy(k.dst + 8, &r5, 8);
-			} else {
-				k.family = VRHP_AF_INET;
-				memcpy(k.src, &r1, 4);
-				memcpy(k.dst, &r2, 4);
-			}
-			err = vrhp_insert(t, &k, &idx);
-			if (!err) {
-				e = vrhp_entry(t, idx);
-				e->action = 1 + (r3 >> 60);
-				e->packets = (r2 >> 8) & 0xffff;
-				e->bytes = e->packets * 512;
-				e->last_used = now - age * NSEC_PER_SEC;
-			} else if (f.first_fail_index == ~0ULL) {
-				memcpy(f.first_fail_key, &k, sizeof(k));
-			}
-		} else {
-			struct vrhp_bridge_key k = {};
-			struct vrhp_bridge_entry *e;
-
-			k.vrf = r3 & 0x3f;
-			memcpy(k.mac, &r1, 6);
-			k.mac[0] &= 0xfe;
-			err = vrhp_insert(t, &k, &idx);
-			if (!err) {
-				e = vrhp_entry(t, idx);
-				e->nexthop = r2 & 0xffff;
-				e->label = (r2 >> 16) & 0xfffff;
-				e->last_used = now - age * NSEC_PER_SEC;
-			} else if (f.first_fail_index == ~0ULL) {
-				memcpy(f.first_fail_key, &k, sizeof(k));
-			}
+		t = vrhp_get_table(f.table);
+		if (IS_ERR(t)) {
+			ret = PTR_ERR(t);
+			break;
 		}
-		if (err) {
+		for (; i < end; i++) {
+			int err = vrhp_fill_one(t, &f, &s, now);
+
+			if (!err) {
+				f.inserted++;
+				t->inserts++;
+				continue;
+			}
 			f.failed++;
 			t->insert_failures++;
 			if (err == -ENOSPC)
@@ -1026,34 +1428,42 @@ static long vrhp_fill(void __user *uarg)
 				f.first_fail_index = i;
 				f.first_fail_err = err;
 			}
-		} else {
-			f.inserted++;
-			t->inserts++;
-		}
-		if (!(i & 1023)) {
-			cond_resched();
-			if (fatal_signal_pending(current))
+			if (err == -EUCLEAN) {
+				ret = err;
 				break;
+			}
 		}
+		vrhp_put_table(t);
+		cond_resched();
+		if (fatal_signal_pending(current))
+			ret = -EINTR;
 	}
 	f.elapsed_ns = ktime_get_ns() - start;
-	vrhp_put_table(t);
 	if (copy_to_user(uarg, &f, sizeof(f)))
 		return -EFAULT;
-	return 0;
+	return ret;
 }
 
 static long vrhp_stats(void __user *uarg)
 {
 	struct vrhp_stats st;
 	struct vrhp_table *t;
+	unsigned long *seen;
+	long ret = 0;
 	u64 i, b;
 
 	if (copy_from_user(&st, uarg, sizeof(st)))
 		return -EFAULT;
+	if (st.table >= VRHP_NR_TABLES)
+		return -EINVAL;
+	seen = vrhp_seen_alloc(&vrhp_tables[st.table]);
+	if (!seen)
+		return -ENOMEM;
 	t = vrhp_get_table(st.table);
-	if (IS_ERR(t))
+	if (IS_ERR(t)) {
+		kvfree(seen);
 		return PTR_ERR(t);
+	}
 	b = st.table;
 	memset(&st, 0, sizeof(st));
 	st.table = b;
@@ -1069,16 +1479,18 @@ static long vrhp_stats(void __user *uarg)
 		if (!(i & 65535))
 			cond_resched();
 	}
+	/* each overflow entry is visited once over all chains: O(entries) in all */
 	for (b = 0; b < t->nbuckets; b++) {
-		u64 len = 0, n;
+		long len = vrhp_chain_walk(t, &t->m, b, seen, false);
 
-		n = vrhp_next(t, READ_ONCE(vrhp_eh(t, b * VRHP_BUCKET_SIZE + 3)->next));
-		while (n != ~0ULL && len <= t->oentries) {
-			len++;
-			n = vrhp_next(t, READ_ONCE(vrhp_eh(t, n)->next));
+		if (len < 0) {
+			pr_warn_ratelimited("%s table: STATS: overflow chain of bucket %llu is corrupt (a cycle, a merge or a next out of range)\n",
+					    t->name, b);
+			ret = len;
+			break;
 		}
-		st.longest_chain = max(st.longest_chain, len);
-		if (!(b & 65535))
+		st.longest_chain = max_t(u64, st.longest_chain, len);
+		if (!(b & 4095))
 			cond_resched();
 	}
 	st.used = st.main_used + st.oflow_used;
@@ -1087,6 +1499,9 @@ static long vrhp_stats(void __user *uarg)
 	st.insert_failures = t->insert_failures;
 	st.nospc_failures = t->nospc;
 	vrhp_put_table(t);
+	kvfree(seen);
+	if (ret)
+		return ret;
 	if (copy_to_user(uarg, &st, sizeof(st)))
 		return -EFAULT;
 	return 0;
@@ -1111,8 +1526,8 @@ static long vrhp_pattern(void __user *uarg)
 		u64 a = VRHP_HDR_SIZE + off;
 		u64 len = min_t(u64, t->table_bytes - off,
 				VRHP_CHUNK_SIZE - (a & (VRHP_CHUNK_SIZE - 1)));
-		u64 *w = t->base ? t->base + a :
-			 t->chunks[a >> 22] + (a & (VRHP_CHUNK_SIZE - 1));
+		u64 *w = t->m.base ? t->m.base + a :
+			 t->m.chunks[a >> 22] + (a & (VRHP_CHUNK_SIZE - 1));
 
 		if (!p.seed)
 			memset(w, 0, len);
@@ -1132,8 +1547,8 @@ static long vrhp_pattern(void __user *uarg)
 	p.bytes = off;
 	p.elapsed_ns = ktime_get_ns() - start;
 	vrhp_put_table(t);
-	pr_info("%s table: %s %llu bytes through the module's mapping\n", t->name,
-		p.seed ? "pattern written over" : "zeroed", off);
+	pr_info_ratelimited("%s table: %s %llu bytes through the module's mapping\n", t->name,
+			    p.seed ? "pattern written over" : "zeroed", off);
 	if (err)
 		return err;
 	if (copy_to_user(uarg, &p, sizeof(p)))
@@ -1147,16 +1562,16 @@ static bool vrhp_detached(struct vrhp_table *t)
 	unsigned long i;
 	bool gone = false;
 
-	if (t->backend != VRHP_BACKEND_HUGEPAGE || !t->pages)
+	if (t->m.backend != VRHP_BACKEND_HUGEPAGE || !t->m.pages)
 		return false;
 	/* stepping by a huge page from the first 4 KiB page visits each huge page */
-	for (i = 0; i < t->nr_pages && !gone; i += t->seg.page_size >> PAGE_SHIFT)
-		gone = !READ_ONCE(compound_head(t->pages[i])->mapping);
+	for (i = 0; i < t->m.nr_pages && !gone; i += t->m.seg.page_size >> PAGE_SHIFT)
+		gone = !READ_ONCE(compound_head(t->m.pages[i])->mapping);
 	if (!gone)
-		gone = !READ_ONCE(compound_head(t->pages[t->nr_pages - 1])->mapping);
+		gone = !READ_ONCE(compound_head(t->m.pages[t->m.nr_pages - 1])->mapping);
 	if (gone && !xchg(&t->detached_warned, 1))
-		pr_warn("%s table: hugetlbfs file %s no longer holds the pinned pages (deleted or truncated); keeping the pinned memory\n",
-			t->name, t->seg.path);
+		pr_warn_ratelimited("%s table: hugetlbfs file %s no longer holds the pinned pages (deleted or truncated); keeping the pinned memory\n",
+				    t->name, t->m.seg.path);
 	return gone;
 }
 
@@ -1187,19 +1602,19 @@ static long vrhp_info(void __user *uarg)
 		ti->table_bytes = t->table_bytes;
 		ti->file_bytes = t->file_bytes;
 		ti->entry_size = t->esz;
-		ti->backend = t->backend;
-		if (t->hdr) {
-			ti->generation = t->hdr->generation;
-			ti->instance = t->hdr->instance;
-			ti->hash_seed = t->hdr->hash_seed;
+		ti->backend = t->m.backend;
+		if (t->m.hdr) {
+			ti->generation = t->m.hdr->generation;
+			ti->instance = t->m.hdr->instance;
+			ti->hash_seed = t->m.hdr->hash_seed;
 		}
 		if (fault_zero_size)
 			ti->entries = ti->oentries = ti->table_bytes = ti->file_bytes = 0;
-		if (t->backend == VRHP_BACKEND_BTABLE) {
-			ti->nr_chunks = t->nr_chunks;
-		} else if (t->backend == VRHP_BACKEND_HUGEPAGE) {
-			ti->nr_chunks = t->nr_hpages;
-			inf->segs[n] = t->seg;
+		if (t->m.backend == VRHP_BACKEND_BTABLE) {
+			ti->nr_chunks = t->m.nr_chunks;
+		} else if (t->m.backend == VRHP_BACKEND_HUGEPAGE) {
+			ti->nr_chunks = t->m.nr_hpages;
+			inf->segs[n] = t->m.seg;
 			inf->segs[n++].detached = vrhp_detached(t);
 		}
 	}
@@ -1288,12 +1703,16 @@ static int vrhp_map_mmap(struct file *file, struct vm_area_struct *vma)
 	int err = 0;
 
 	t = &vrhp_tables[md == &vrhp_bridge_dev ? VRHP_TABLE_BRIDGE : VRHP_TABLE_FLOW];
+	/* an fd carries its opener's rights: whoever holds one opened with them may map */
+	if (!file_ns_capable(file, &init_user_ns, CAP_NET_ADMIN) &&
+	    !file_ns_capable(file, &init_user_ns, CAP_SYS_ADMIN))
+		return -EPERM;
 	if (vma->vm_flags & VM_WRITE)
 		return -EPERM;
 	if (vma->vm_pgoff)
 		return -EINVAL;
 	down_read(&vrhp_cfg_sem);
-	if (t->backend != VRHP_BACKEND_BTABLE) {
+	if (t->m.backend != VRHP_BACKEND_BTABLE) {
 		err = -ENODEV;
 		goto out;
 	}
@@ -1310,7 +1729,7 @@ static int vrhp_map_mmap(struct file *file, struct vm_area_struct *vma)
 #endif
 	while (off < size) {
 		unsigned long len = min_t(unsigned long, VRHP_CHUNK_SIZE, size - off);
-		void *chunk = t->chunks[off / VRHP_CHUNK_SIZE];
+		void *chunk = t->m.chunks[off / VRHP_CHUNK_SIZE];
 
 		err = remap_pfn_range(vma, vma->vm_start + off, page_to_pfn(virt_to_page(chunk)),
 				      len, vma->vm_page_prot);
@@ -1398,11 +1817,12 @@ static int __init vrhp_init(void)
 
 	if (vrhp_mem == VRHP_BACKEND_BTABLE) {
 		for (i = 0; i < VRHP_NR_TABLES; i++) {
-			err = vrhp_bt_alloc(&vrhp_tables[i]);
+			err = vrhp_bt_alloc(&vrhp_tables[i], &vrhp_tables[i].m);
 			if (err) {
 				vrhp_free_all();
 				return err;
 			}
+			vrhp_hdr_init(&vrhp_tables[i], get_random_u32());
 		}
 		vrhp_state = VRHP_STATE_READY;
 	}

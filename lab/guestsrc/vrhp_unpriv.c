@@ -62,7 +62,8 @@ int main(void)
 	printf(" \"open_flow\": \"%s\",", reopen_flow < 0 ? strerrorname_np(errno) : "OK");
 	printf(" \"mmap_private_write\": \"%s\",",
 	       map_err(flow, PROT_READ | PROT_WRITE, MAP_PRIVATE));
-	printf(" \"mmap_shared_write\": \"%s\"}\n",
+	printf(" \"mmap_shared_write\": \"%s\",",
 	       map_err(flow, PROT_READ | PROT_WRITE, MAP_SHARED));
+	printf(" \"mmap_shared_read\": \"%s\"}\n", map_err(flow, PROT_READ, MAP_SHARED));
 	return 0;
 }
