@@ -2,6 +2,8 @@
  * are not the file they name; table memory with cyclic chains; churn past the overflow
  * area; a reset that is refused; a config that races a mapping; a flood of rejects.
  * Usage: vrhp_hostile DIR SCENARIO [ARGS]   (DIR: a hugetlbfs mount of the page size used)
+ * A scenario that offers one hostile segment offers a proper one for the other table, so
+ * that a module that accepts the hostile one goes on to build both tables.
  * Prints one JSON object. Exit 0 when the scenario ran, 2 when it could not be set up. */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -114,6 +116,20 @@ static void set_seg(struct vrhp_hp_config *c, uint32_t table, const void *at, ui
 	snprintf(s->path, VRHP_PATH_MAX, "%s", path);
 }
 
+/* A proper segment for `table` in DIR, so that only the hostile one can be refused. */
+static void companion(struct vrhp_hp_config *c, uint32_t table, uint64_t ps)
+{
+	struct vrhp_info inf;
+	char path[VRHP_PATH_MAX];
+	uint64_t len;
+	void *p;
+
+	get_info(&inf);
+	len = round_up(inf.tables[table].file_bytes, ps);
+	p = map_file(table ? "bridge" : "flow", len, 0, len, MAP_SHARED, NULL, path);
+	set_seg(c, table, p, len, ps, path, 0);
+}
+
 /* HP_CONFIG and its answer as JSON fields, with the state and generations after it. */
 static void config_and_print(const char *scenario, struct vrhp_hp_config *c)
 {
@@ -149,6 +165,7 @@ static int alias(uint64_t ps, uint32_t table)
 	for (i = 0; i < n; i++)
 		map_file("alias", ps, 0, ps, MAP_SHARED, base + i * ps, path);
 	set_seg(&c, table, base, n * ps, ps, path, 0);
+	companion(&c, !table, ps);
 	config_and_print("alias", &c);
 	return 0;
 }
@@ -195,6 +212,7 @@ static int not_the_file(const char *scenario, uint64_t ps)
 		p = map_file("flow", 2 * len, len, len, MAP_SHARED, NULL, path);
 		set_seg(&c, VRHP_TABLE_FLOW, p, len, ps, path, 0);
 	}
+	companion(&c, VRHP_TABLE_BRIDGE, ps);
 	config_and_print(scenario, &c);
 	return 0;
 }
@@ -210,6 +228,7 @@ static int anon_huge(void)
 		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0) == MAP_FAILED)
 		die("mmap 64 GiB");
 	set_seg(&c, VRHP_TABLE_FLOW, p, len, VRHP_PAGE_1G, "/anon", 0);
+	companion(&c, VRHP_TABLE_BRIDGE, VRHP_PAGE_1G);
 	config_and_print("anon-huge", &c);
 	return 0;
 }
