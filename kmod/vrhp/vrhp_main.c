@@ -127,6 +127,7 @@ struct vrhp_table {
 	struct vrhp_mem m;
 	int detached_warned;	/* the hugetlbfs file let go of the pinned pages */
 
+	u64 epoch;		/* +1 each time HP_CONFIG gives the table new memory */
 	u64 ocursor;
 	u64 olinked;		/* overflow entries linked into chains (module-owned bit) */
 	struct mutex lock;	/* entries and counters */
@@ -345,13 +346,13 @@ static int vrhp_delete(struct vrhp_table *t, const void *key)
 
 /*
  * Walk the overflow chain of bucket b, marking its entries in seen. Returns the
- * chain's length, or -EUCLEAN when a next is out of range, an entry is reached
- * a second time (a cycle, or two chains merged) or, with need_linked, an entry
- * is not marked LINKED. All walks of one table together take at most oentries
- * steps.
+ * chain's length, or -EUCLEAN when an entry is reached a second time (a cycle, or
+ * two chains merged) or, when strict (adoption), a next is out of range or an
+ * entry is not marked LINKED; otherwise an out-of-range next ends the chain, as
+ * for lookups. All walks of one table together take at most oentries steps.
  */
 static long vrhp_chain_walk(const struct vrhp_table *t, const struct vrhp_mem *m, u64 b,
-			    unsigned long *seen, bool need_linked)
+			    unsigned long *seen, bool strict)
 {
 	const struct vrhp_ehdr *eh = vrhp_mem_entry(t, m, b * VRHP_BUCKET_SIZE +
 						    VRHP_BUCKET_SIZE - 1);
@@ -359,10 +360,12 @@ static long vrhp_chain_walk(const struct vrhp_table *t, const struct vrhp_mem *m
 	long len = 0;
 
 	while (next) {
-		if (next > t->oentries || test_and_set_bit(next - 1, seen))
+		if (next > t->oentries)
+			return strict ? -EUCLEAN : len;
+		if (test_and_set_bit(next - 1, seen))
 			return -EUCLEAN;
 		eh = vrhp_mem_entry(t, m, t->entries + next - 1);
-		if (need_linked && !(READ_ONCE(eh->flags) & VRHP_EF_LINKED))
+		if (strict && !(READ_ONCE(eh->flags) & VRHP_EF_LINKED))
 			return -EUCLEAN;
 		len++;
 		next = READ_ONCE(eh->next);
@@ -377,8 +380,9 @@ static unsigned long *vrhp_seen_alloc(const struct vrhp_table *t)
 
 /*
  * Before adopting a table: every chain ends, no overflow entry is on two chains
- * or twice on one, and an overflow entry is LINKED exactly when it is on a
- * chain. *linked is then the number of linked entries.
+ * or twice on one, an overflow entry on a chain is LINKED and one on no chain
+ * carries no flags (it could never be found or reused). *linked is then the
+ * number of linked entries.
  */
 static int vrhp_chains_check(const struct vrhp_table *t, const struct vrhp_mem *m, u64 *linked)
 {
@@ -404,10 +408,9 @@ static int vrhp_chains_check(const struct vrhp_table *t, const struct vrhp_mem *
 	for (o = 0; o < t->oentries; o++) {
 		const struct vrhp_ehdr *eh = vrhp_mem_entry(t, m, t->entries + o);
 
-		if (!!(READ_ONCE(eh->flags) & VRHP_EF_LINKED) != test_bit(o, seen)) {
-			pr_err_ratelimited("%s table: overflow entry %llu is %s a chain but %s LINKED: not adopting\n",
-					   t->name, o, test_bit(o, seen) ? "on" : "not on",
-					   test_bit(o, seen) ? "not" : "marked");
+		if (!test_bit(o, seen) && READ_ONCE(eh->flags)) {
+			pr_err_ratelimited("%s table: overflow entry %llu is on no chain but has flags 0x%x: not adopting\n",
+					   t->name, o, READ_ONCE(eh->flags));
 			err = -EUCLEAN;
 			goto out;
 		}
@@ -697,34 +700,39 @@ static int vrhp_run_cmp(const void *a, const void *b)
 	return x->pfn < y->pfn ? -1 : x->pfn > y->pfn;
 }
 
-/* The first physical page that two of the runs share, or 0. Sorts the runs. */
-static unsigned long vrhp_runs_shared_pfn(struct vrhp_run *runs, unsigned long n)
+/* Do two of the runs share a physical page (*pfn: the first)? Sorts the runs. */
+static bool vrhp_runs_share(struct vrhp_run *runs, unsigned long n, unsigned long *pfn)
 {
 	unsigned long i;
 
 	sort(runs, n, sizeof(*runs), vrhp_run_cmp, NULL);
-	for (i = 1; i < n; i++)
-		if (runs[i - 1].pfn + runs[i - 1].nr > runs[i].pfn)
-			return runs[i].pfn;
-	return 0;
+	for (i = 1; i < n; i++) {
+		if (runs[i - 1].pfn + runs[i - 1].nr > runs[i].pfn) {
+			*pfn = runs[i].pfn;
+			return true;
+		}
+	}
+	return false;
 }
 
-/* Do two tables' memories share a physical page? */
-static unsigned long vrhp_mems_shared_pfn(const struct vrhp_mem *a, const struct vrhp_mem *b)
+/* 1 when two tables' memories share a physical page (*pfn: the first), 0, or -ENOMEM. */
+static int vrhp_mems_share(const struct vrhp_mem *a, const struct vrhp_mem *b,
+			   unsigned long *pfn)
 {
-	unsigned long n = a->nr_runs + b->nr_runs, pfn;
+	unsigned long n = a->nr_runs + b->nr_runs;
 	struct vrhp_run *all;
+	bool shared;
 
 	if (!a->nr_runs || !b->nr_runs)
 		return 0;
 	all = kvmalloc_array(n, sizeof(*all), GFP_KERNEL);
 	if (!all)
-		return ~0UL;
+		return -ENOMEM;
 	memcpy(all, a->runs, a->nr_runs * sizeof(*all));
 	memcpy(all + a->nr_runs, b->runs, b->nr_runs * sizeof(*all));
-	pfn = vrhp_runs_shared_pfn(all, n);
+	shared = vrhp_runs_share(all, n, pfn);
 	kvfree(all);
-	return pfn;
+	return shared;
 }
 
 /* Cut the pinned pages into physical runs: every page must be in exactly one. */
@@ -732,6 +740,7 @@ static int vrhp_hp_runs(struct vrhp_table *t, struct vrhp_mem *m)
 {
 	unsigned long i, n = 0, pfn;
 	struct vrhp_run *sorted;
+	bool shared;
 
 	for (i = 0; i < m->nr_pages; i++)
 		if (!i || page_to_pfn(m->pages[i]) != page_to_pfn(m->pages[i - 1]) + 1)
@@ -752,9 +761,9 @@ static int vrhp_hp_runs(struct vrhp_table *t, struct vrhp_mem *m)
 	if (!sorted)
 		return -ENOMEM;
 	memcpy(sorted, m->runs, n * sizeof(*sorted));
-	pfn = vrhp_runs_shared_pfn(sorted, n);
+	shared = vrhp_runs_share(sorted, n, &pfn);
 	kvfree(sorted);
-	if (pfn) {
+	if (shared) {
 		pr_err_ratelimited("%s segment: physical page 0x%lx is mapped more than once\n",
 				   t->name, pfn);
 		return -EINVAL;
@@ -893,6 +902,12 @@ static void vrhp_fault_delay(void)
 		msleep_interruptible(min_t(unsigned int, ms, VRHP_FAULT_DELAY_MAX_MS));
 }
 
+/* Tables exist and this call cannot change them: the answer is ALREADY_INITIALISED. */
+static bool vrhp_cfg_keeps(u32 state, bool reset)
+{
+	return state == VRHP_STATE_READY && (!reset || vrhp_mem == VRHP_BACKEND_BTABLE);
+}
+
 static void vrhp_report_live(struct vrhp_hp_config *cfg)
 {
 	u32 i;
@@ -907,13 +922,15 @@ static void vrhp_report_live(struct vrhp_hp_config *cfg)
 /*
  * Phase 1, before the config lock (pinning takes the mmap lock, which mmap of the
  * map devices holds while it takes the config lock): pin, check and classify each
- * segment into stage[]. Returns 0 or -EINVAL when the two tables share memory.
+ * segment into stage[]. Returns 0, -EINVAL when the two tables share memory, or
+ * -ENOMEM.
  */
 static int vrhp_hp_stage(struct vrhp_hp_config *cfg, const struct vrhp_segment **seg,
 			 struct vrhp_mem *stage, int *hdrstate, u64 *linked, int *invalid)
 {
 	bool reset = cfg->flags & VRHP_CFG_RESET;
-	unsigned long pfn;
+	unsigned long pfn = 0;
+	int shared;
 	u32 i;
 
 	for (i = 0; i < VRHP_NR_TABLES; i++) {
@@ -938,18 +955,23 @@ static int vrhp_hp_stage(struct vrhp_hp_config *cfg, const struct vrhp_segment *
 		hdrstate[i] = vrhp_hdr_check(t, stage[i].hdr);
 		if (!hdrstate[i] && !reset)
 			hdrstate[i] = vrhp_chains_check(t, &stage[i], &linked[i]);
+		if (hdrstate[i] == -ENOMEM) {
+			vrhp_mem_free(&stage[i]);
+			hdrstate[i] = 0;
+			r->err = -ENOMEM;
+			r->action = VRHP_ACT_FAILED;
+			continue;
+		}
 		if (hdrstate[i] < 0 && !reset) {
 			r->err = hdrstate[i];
 			r->action = VRHP_ACT_MISMATCH;
 		}
 	}
-	pfn = vrhp_mems_shared_pfn(&stage[0], &stage[1]);
-	if (pfn) {
+	shared = vrhp_mems_share(&stage[0], &stage[1], &pfn);
+	if (shared > 0)
 		pr_err_ratelimited("HP_CONFIG: flow and bridge segments share physical page 0x%lx\n",
 				   pfn);
-		return -EINVAL;
-	}
-	return 0;
+	return shared > 0 ? -EINVAL : shared;
 }
 
 /* Phase 3, under the config lock: the staged memory becomes the tables. */
@@ -960,7 +982,7 @@ static void vrhp_hp_commit(struct vrhp_hp_config *cfg, struct vrhp_mem *stage,
 	u32 i;
 
 	if (vrhp_state == VRHP_STATE_READY) {
-		pr_info("HP_CONFIG reset: tearing down tables\n");
+		pr_info_ratelimited("HP_CONFIG reset: tearing down tables\n");
 		vrhp_free_all();
 	}
 	for (i = 0; i < VRHP_NR_TABLES; i++) {
@@ -969,6 +991,7 @@ static void vrhp_hp_commit(struct vrhp_hp_config *cfg, struct vrhp_mem *stage,
 
 		t->m = stage[i];
 		memset(&stage[i], 0, sizeof(stage[i]));
+		t->epoch++;
 		if (t->m.backend == VRHP_BACKEND_BTABLE) {
 			vrhp_hdr_init(t, get_random_u32());
 			continue;
@@ -1043,6 +1066,9 @@ static long vrhp_hp_config(struct vrhp_hp_config __user *uarg)
 	}
 	reset = cfg->flags & VRHP_CFG_RESET;
 	memset(cfg->tables, 0, sizeof(cfg->tables));
+	/* tables stay READY until rmmod: a call that cannot change them pins nothing */
+	if (vrhp_cfg_keeps(READ_ONCE(vrhp_state), reset))
+		memset(seg, 0, sizeof(seg));
 	stage = kcalloc(VRHP_NR_TABLES, sizeof(*stage), GFP_KERNEL);
 	if (!stage) {
 		ret = -ENOMEM;
@@ -1064,7 +1090,7 @@ static long vrhp_hp_config(struct vrhp_hp_config __user *uarg)
 		goto out_release;
 	}
 	vrhp_fault_delay();
-	if (vrhp_state == VRHP_STATE_READY && (!reset || vrhp_mem == VRHP_BACKEND_BTABLE)) {
+	if (vrhp_cfg_keeps(vrhp_state, reset)) {
 		out = VRHP_OUT_ALREADY_INITIALISED;
 		memset(cfg->tables, 0, sizeof(cfg->tables));
 		vrhp_report_live(cfg);
@@ -1130,8 +1156,10 @@ refused:
 			cfg->tables[i].action = VRHP_ACT_NONE;
 		cfg->tables[i].backend = VRHP_BACKEND_NONE;
 	}
-	if (vrhp_state == VRHP_STATE_READY)
+	if (vrhp_state == VRHP_STATE_READY) {
+		vrhp_report_live(cfg);
 		pr_warn_ratelimited("HP_CONFIG reset refused: the tables stay as they were\n");
+	}
 done:
 	cfg->outcome = out;
 	vrhp_last_outcome = out;
@@ -1378,13 +1406,14 @@ static int vrhp_fill_one(struct vrhp_table *t, struct vrhp_fill *f, u64 *s, u64 
 
 /*
  * FILL takes and drops the locks every VRHP_FILL_BATCH keys, so INFO, STATS and
- * HP_CONFIG get in between; it asks for at most twice the table's entries.
+ * HP_CONFIG get in between; it asks for at most twice the table's entries, and
+ * stops with -ESTALE when a reset gave the table new memory in between.
  */
 static long vrhp_fill(void __user *uarg)
 {
 	struct vrhp_fill f;
 	struct vrhp_table *t;
-	u64 i = 0, s, now, start;
+	u64 i = 0, s, now, start, epoch = 0;
 	long ret = 0;
 
 	if (copy_from_user(&f, uarg, sizeof(f)))
@@ -1412,6 +1441,13 @@ static long vrhp_fill(void __user *uarg)
 			ret = PTR_ERR(t);
 			break;
 		}
+		if (!i)
+			epoch = t->epoch;
+		if (t->epoch != epoch) {
+			vrhp_put_table(t);
+			ret = -ESTALE;
+			break;
+		}
 		for (; i < end; i++) {
 			int err = vrhp_fill_one(t, &f, &s, now);
 
@@ -1435,7 +1471,7 @@ static long vrhp_fill(void __user *uarg)
 		}
 		vrhp_put_table(t);
 		cond_resched();
-		if (fatal_signal_pending(current))
+		if (!ret && fatal_signal_pending(current))
 			ret = -EINTR;
 	}
 	f.elapsed_ns = ktime_get_ns() - start;
