@@ -315,6 +315,14 @@ def test_parse_setup() -> None:
     assert s.tables["bridge"].header_matches_module is None
 
 
+@pytest.mark.parametrize("matches, ok", [(True, True), (None, True), (False, False)])
+def test_existing_tables_are_ok_only_when_they_are_the_agents_files(
+        matches: bool | None, ok: bool) -> None:
+    doc = json.loads(_mutate(SETUP, ["tables", "flow", "header_matches_module"], matches))
+    doc.update(outcome="ALREADY_INITIALISED", outcome_code=4)
+    assert vrhp.parse_setup(json.dumps(doc)).ok is ok
+
+
 def test_parse_scan() -> None:
     scan = vrhp.parse_scan(json.dumps(SCAN))
     assert scan["flow"].backend == "hugepage"
