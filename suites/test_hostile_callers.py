@@ -55,9 +55,12 @@ class Hostile:
 
     def run(self, size: str | None, *args: str | int, timeout: float | None = None) -> Any:
         directory = self.mount(size) if size else "/tmp"
-        out = self.guest.check(" ".join(str(a) for a in (self.tool, directory, *args)),
-                               timeout=timeout)
-        return json.loads(out)
+        command = " ".join(str(a) for a in (self.tool, directory, *args))
+        out = self.guest.check(command, timeout=timeout)
+        try:
+            return json.loads(out)
+        except json.JSONDecodeError as exc:
+            raise AssertionError(f"{command} printed no JSON ({exc}): {out[:300]!r}") from None
 
 
 @pytest.fixture

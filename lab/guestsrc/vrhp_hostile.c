@@ -88,7 +88,7 @@ static void *map_file(const char *name, uint64_t bytes, uint64_t offset, uint64_
 		 fd, (off_t)offset);
 	close(fd);
 	if (p == MAP_FAILED)
-		die("mmap");
+		die(path);
 	return p;
 }
 
