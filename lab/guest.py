@@ -216,6 +216,8 @@ class Guest:
             watchdog.cancel()
             watchdog.join()
         self.silent = False
+        log.debug("%s: %.2fs, exit %d: %s", self.node, time.monotonic() - progress.started,
+                  result.exit_status, command[:160])
         if check and not result.ok:
             raise GuestError(f"{self.node}: `{command[:200]}` exited {result.exit_status}: "
                              f"{result.stderr.strip()[-800:] or result.stdout.strip()[-800:]}")

@@ -90,9 +90,13 @@ def _backing_args(spec: DomainSpec) -> list[str]:
             "-machine", f"memory-backend={RAM_BACKEND}"]
 
 
+# TCG runs `rep stosb`/`rep movsb` a byte per step, 6x slower than `rep stosq`: without
+# ERMS the guest kernel zeroes a fresh 1 GiB huge page in 0.6 s instead of 3.5-5 s.
+TCG_CPU = "<cpu mode='maximum' check='none'><feature policy='disable' name='erms'/></cpu>"
+
+
 def domain_xml(spec: DomainSpec) -> str:
-    cpu = ("<cpu mode='host-passthrough' check='none'/>" if spec.accel == "kvm"
-           else "<cpu mode='maximum' check='none'/>")
+    cpu = "<cpu mode='host-passthrough' check='none'/>" if spec.accel == "kvm" else TCG_CPU
     netdev = f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22"
     backing = "".join(f"\n    <qemu:arg value={quoteattr(arg)}/>" for arg in _backing_args(spec))
     return f"""<domain type='{"kvm" if spec.accel == "kvm" else "qemu"}'

@@ -67,7 +67,7 @@ def test_slowdown_is_clamped_and_says_from_what(loop_s: float, memory_s: float,
 
 
 def test_lines_around_the_mark_are_ignored() -> None:
-    output = "motd line\n" + workload_output(0.17, 0.16) + "trailing\n"
+    output = "motd line\n" + workload_output(MINIMAL.loop_s, MINIMAL.memory_s) + "trailing\n"
     assert parse_speed(output, "minimal").slowdown == pytest.approx(1.0)
 
 
