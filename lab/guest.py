@@ -99,6 +99,7 @@ class Guest:
         self.transient_retries = 0
         self.silent = False  # the last command got no answer within its bound
         self.retired = ""  # why this connection may not be used again
+        self.installed: dict[str, str] = {}  # remote directory -> key of what was put there
 
     def bound(self, reference: float | None = None) -> Bound:
         """This guest's bound for a wait of `reference` seconds (default: a command's)."""

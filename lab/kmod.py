@@ -116,9 +116,13 @@ class GuestModule:
         self.agent_path = f"{self.remote_dir}/vrhp-agent"
 
     def install(self) -> GuestModule:
+        """Copy the build into the guest, once per boot (its root lives in that boot)."""
+        if self.guest.installed.get(self.remote_dir) == self.build.key:
+            return self
         self.guest.check(f"mkdir -p {self.remote_dir}")
         self.guest.put(self.build.ko, self.ko)
         self.guest.put(self.build.agent, self.agent_path, mode=0o755)
+        self.guest.installed[self.remote_dir] = self.build.key
         return self
 
     def loaded(self) -> bool:
@@ -203,9 +207,21 @@ def hugepage_pool(guest: Guest, size_kib: int = 1048576) -> tuple[int, int]:
     return total, free
 
 
+REMOVE_HUGETLBFS_FILES = ("awk '$3 == \"hugetlbfs\" {print $2}' /proc/mounts | "
+                          "while read -r dir; do rm -f \"$dir\"/* 2>/dev/null; done; true")
+BUSY = 4
+# One round trip when nothing holds the module; exit BUSY while something still does.
+RESET_AT_ONCE = (f"pkill -x vrhp-agent; c=$(cat /sys/module/{MODULE_NAME}/refcnt 2>/dev/null); "
+                 f"case \"$c\" in '') ;; 0) rmmod {MODULE_NAME} || exit 3 ;; "
+                 f"*) exit {BUSY} ;; esac; {REMOVE_HUGETLBFS_FILES}")
+
+
 def reset_guest(guest: Guest, timeout: float | None = None) -> None:
     """Unload vrhp and remove the files of every hugetlbfs mount: the pool is whole again."""
-    guest.run("pkill -x vrhp-agent; true")
+    result = guest.run(RESET_AT_ONCE)
+    if result.ok:
+        return
+    if result.exit_status != BUSY:
+        raise GuestError(f"{guest.node}: rmmod {MODULE_NAME} failed: {result.stderr.strip()}")
     GuestModule.unload(guest, timeout)
-    guest.run("awk '$3 == \"hugetlbfs\" {print $2}' /proc/mounts | "
-              "while read -r dir; do rm -f \"$dir\"/* 2>/dev/null; done; true")
+    guest.run(REMOVE_HUGETLBFS_FILES)

@@ -1,0 +1,81 @@
+"""Installing and resetting vrhp in a guest, against a guest that records its commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lab import kmod
+from lab.errors import GuestError
+from lab.guest import Result
+from lab.timeouts import Bound
+
+
+class RecordingGuest:
+    node = "cn1"
+
+    def __init__(self, statuses: dict[str, int] | None = None,
+                 refcounts: list[str] | None = None) -> None:
+        self.statuses = statuses or {}
+        self.refcounts = refcounts or []
+        self.commands: list[str] = []
+        self.puts: list[str] = []
+        self.installed: dict[str, str] = {}
+
+    def run(self, command: str, timeout: float | None = None) -> Result:
+        self.commands.append(command)
+        if command.startswith("cat /sys/module/vrhp/refcnt"):
+            return Result(0, self.refcounts.pop(0) if self.refcounts else "0", "")
+        status = next((s for key, s in self.statuses.items() if key in command), 0)
+        return Result(status, "", "rmmod: ERROR: Module vrhp is in use" if status else "")
+
+    def check(self, command: str, timeout: float | None = None) -> str:
+        result = self.run(command, timeout)
+        if not result.ok:
+            raise GuestError(f"{self.node}: `{command}` exited {result.exit_status}")
+        return result.stdout
+
+    def put(self, local: Path, remote: str, mode: int | None = None) -> None:
+        self.puts.append(remote)
+
+    def bound(self, reference: float | None = None) -> Bound:
+        return Bound(reference or 1.0)
+
+    @property
+    def timeouts(self) -> object:
+        return type("T", (), {"module_unload": 1.0})()
+
+
+def build(key: str) -> kmod.ModuleBuild:
+    return kmod.ModuleBuild("6.1.0-x", 1, 1, key, Path("/b/vrhp.ko"), Path("/b/vrhp-agent"))
+
+
+def test_a_build_is_copied_once_per_boot_and_again_when_it_changes() -> None:
+    guest = RecordingGuest()
+    kmod.GuestModule(guest, build("k1")).install()  # type: ignore[arg-type]
+    kmod.GuestModule(guest, build("k1")).install()  # type: ignore[arg-type]
+    assert guest.puts == ["/opt/vrhp/v1-layout1/vrhp.ko", "/opt/vrhp/v1-layout1/vrhp-agent"]
+    kmod.GuestModule(guest, build("k2")).install()  # type: ignore[arg-type]
+    assert len(guest.puts) == 4
+    assert RecordingGuest().installed == {}  # a new boot is a new guest: nothing installed
+
+
+def test_reset_is_one_command_when_nothing_holds_the_module() -> None:
+    guest = RecordingGuest()
+    kmod.reset_guest(guest)  # type: ignore[arg-type]
+    assert guest.commands == [kmod.RESET_AT_ONCE]
+
+
+def test_reset_waits_for_the_holders_then_unloads_and_removes_the_files() -> None:
+    guest = RecordingGuest(statuses={"pkill": kmod.BUSY}, refcounts=["1", "0"])
+    kmod.reset_guest(guest)  # type: ignore[arg-type]
+    assert guest.commands[1:] == ["cat /sys/module/vrhp/refcnt 2>/dev/null",
+                                  "cat /sys/module/vrhp/refcnt 2>/dev/null",
+                                  "rmmod vrhp", kmod.REMOVE_HUGETLBFS_FILES]
+
+
+def test_a_failed_rmmod_names_the_module() -> None:
+    guest = RecordingGuest(statuses={"pkill": 3})
+    with pytest.raises(GuestError, match="cn1: rmmod vrhp failed: rmmod: ERROR"):
+        kmod.reset_guest(guest)  # type: ignore[arg-type]
