@@ -244,6 +244,16 @@ def cmd_repeat(args: argparse.Namespace) -> int:
     return 1 if any(o in bad for r in records for o in r.outcomes) else 0
 
 
+def cmd_mutants(args: argparse.Namespace) -> int:
+    from lab import mutants
+    out = Path(args.out)
+    verdicts = mutants.run(mutants.select(args.only), out, list(args.pytest_args))
+    print(mutants.table(verdicts))
+    mutants.write_json(verdicts, out / "mutants.json")
+    print(out / "mutants.json")
+    return 0 if all(v.killed for v in verdicts) else 1
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="hplab", description=__doc__)
     top.add_argument("--lab-dir", default=None,
@@ -331,12 +341,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="repeat-out", help="JUnit files and repeat.json go here")
     p.add_argument("pytest_args", nargs="*", help="pytest arguments, after --")
     p.set_defaults(func=cmd_repeat)
+    p = sub.add_parser("mutants", help="plant each known defect in vrhp; the suite named for "
+                                       "it must fail with the expected message")
+    p.add_argument("--only", action="append", default=[], metavar="DEFECT",
+                   help="this defect only (repeatable)")
+    p.add_argument("--out", default="mutants-out", help="JUnit files and mutants.json go here")
+    p.add_argument("pytest_args", nargs="*", help="more pytest arguments, after --")
+    p.set_defaults(func=cmd_mutants)
     return top
 
 
 def _split_repeat(argv: list[str]) -> tuple[list[str], list[str]]:
     """`hplab repeat N -- ARGS`: ARGS go to pytest untouched, never to our parser."""
-    if "--" in argv and "repeat" in argv[: argv.index("--")]:
+    if "--" in argv and {"repeat", "mutants"} & set(argv[: argv.index("--")]):
         cut = argv.index("--")
         return argv[:cut], argv[cut + 1:]
     return argv, []
@@ -345,7 +362,7 @@ def _split_repeat(argv: list[str]) -> tuple[list[str], list[str]]:
 def main(argv: list[str] | None = None) -> int:
     ours, pytest_args = _split_repeat(list(sys.argv[1:] if argv is None else argv))
     args = parser().parse_args(ours)
-    if args.command == "repeat":
+    if args.command in ("repeat", "mutants"):
         args.pytest_args = [*args.pytest_args, *pytest_args]
     try:
         return int(args.func(args))

@@ -84,13 +84,15 @@ def _build_copy(source: Path, kernel: Kernel, cache: Path, kind: str, extra: tup
 
 
 def build(kernel: Kernel, cache: Path, *, version: int = 1, layout: int = 1,
-          source: Path = KMOD_SOURCE) -> ModuleBuild:
-    """vrhp.ko and its agent for `kernel`, in a version and layout."""
+          source: Path = KMOD_SOURCE, defect: str | None = None) -> ModuleBuild:
+    """vrhp.ko and its agent for `kernel`, in a version and layout; `defect` plants one
+    known defect for a mutation check (lab.mutants)."""
     def make(tree: Path) -> list[str | Path]:
         return ["make", "-C", tree, f"KDIR={kernel.headers_dir}", f"VRHP_VERSION={version}",
-                f"VRHP_LAYOUT={layout}"]
+                f"VRHP_LAYOUT={layout}", f"VRHP_DEFECT={defect or ''}"]
 
-    out = _build_copy(source, kernel, cache, "kmod", (str(version), str(layout)), make,
+    extra = (str(version), str(layout), *((f"defect={defect}",) if defect else ()))
+    out = _build_copy(source, kernel, cache, "kmod", extra, make,
                       {"vrhp/vrhp.ko": "vrhp.ko", "agent/vrhp-agent": "vrhp-agent"})
     return ModuleBuild(kernel.release, version, layout, (out / "done").read_text(),
                        out / "vrhp.ko", out / "vrhp-agent")

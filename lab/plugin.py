@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from lab import mutants, triage
 from lab import topology as topologies
-from lab import triage
 from lab.engine import Lab, NodeRuntime
 from lab.errors import CanaryLost, GuestError, LabError, NodeDied
 from lab.events import Event, EventBus, progress_line
@@ -53,6 +53,13 @@ class TerminalProgress:
                 reporter.flush()
 
 
+def _kmod_defect(name: str | None) -> str | None:
+    try:
+        return mutants.check_defect(name) if name else None
+    except mutants.MutantError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
 class LabSession:
     """The one lab of a pytest session: booted on first use, torn down at exit."""
 
@@ -61,6 +68,7 @@ class LabSession:
         self.base_dir = lab_dir(config.getoption("lab_dir"))
         self.keep = bool(config.getoption("keep_vms"))
         self.kmod_source = Path(config.rootpath) / config.getoption("kmod_source")
+        self.kmod_defect = _kmod_defect(config.getoption("kmod_defect"))
         self.bus = EventBus()
         self.bus.subscribe(TerminalProgress(config))
         self._topology: Topology | None = None
@@ -288,6 +296,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="cache and run directory (default: $HPLAB_DIR or /var/tmp/hplab)")
     group.addoption("--kmod-source", default="kmod",
                     help="vrhp module and agent sources, relative to the rootdir (default: kmod)")
+    group.addoption("--kmod-defect", default=None,
+                    help="build vrhp with one planted defect of the mutation checks "
+                         f"({', '.join(mutants.DEFECTS)}; see hplab mutants)")
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -586,7 +597,8 @@ def vrhp_variant(guest: Guest, node: NodeRuntime, lab: Lab, lab_session: LabSess
         if key not in vrhp_builds:
             with lab.bus.phase("kmod-build", node.node.name, f"v{version} layout {layout}"):
                 vrhp_builds[key] = kmod.build(node.kernel, lab.cache, version=version,
-                                              layout=layout, source=lab_session.kmod_source)
+                                              layout=layout, source=lab_session.kmod_source,
+                                              defect=lab_session.kmod_defect)
         return kmod.GuestModule(guest, vrhp_builds[key]).install()
 
     yield make

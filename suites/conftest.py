@@ -34,7 +34,8 @@ def class_module(request: pytest.FixtureRequest, lab: Lab, lab_session: LabSessi
     if key not in vrhp_builds:
         with lab.bus.phase("kmod-build", node_name, "v1 layout 1"):
             vrhp_builds[key] = kmod.build(runtime.kernel, lab.cache,
-                                          source=lab_session.kmod_source)
+                                          source=lab_session.kmod_source,
+                                          defect=lab_session.kmod_defect)
     kmod.reset_guest(guest)
     module = GuestModule(guest, vrhp_builds[key]).install()
     yield module

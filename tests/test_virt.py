@@ -99,12 +99,12 @@ def test_transient_errors_are_recognised() -> None:
 
 @pytest.mark.parametrize(("text", "expected"), [
     ("nodes: [{name: a, hugepages: {size: 1G, count: 1}}]",
-     "console=ttyS0 panic=-1 quiet rdinit=/init cryptomgr.notests "
+     "console=ttyS0 panic=-1 loglevel=5 rdinit=/init cryptomgr.notests "
      "default_hugepagesz=1G hugepagesz=1G hugepages=1"),
     ("nodes: [{name: a, memory: 2G, hugepages: {size: 2M, count: 64}, cmdline: 'mitigations=off'}]",
-     "console=ttyS0 panic=-1 quiet rdinit=/init cryptomgr.notests "
+     "console=ttyS0 panic=-1 loglevel=5 rdinit=/init cryptomgr.notests "
      "default_hugepagesz=2M hugepagesz=2M hugepages=64 mitigations=off"),
-    ("nodes: [{name: a}]", "console=ttyS0 panic=-1 quiet rdinit=/init cryptomgr.notests"),
+    ("nodes: [{name: a}]", "console=ttyS0 panic=-1 loglevel=5 rdinit=/init cryptomgr.notests"),
 ])
 def test_kernel_cmdline(text: str, expected: str) -> None:
     assert kernel_cmdline(parse(text, Path("t.yaml")).nodes[0]) == expected

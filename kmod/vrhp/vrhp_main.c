@@ -47,6 +47,17 @@
 #define VRHP_VERSION 1
 #endif
 
+/*
+ * Mutation checks build the module with one known defect planted: VRHP_DEFECT=NAME
+ * (kmod/README.md). VRHP_PLANTED(NAME) is 1 in that build only.
+ */
+#define VRHP_PLANTED(name)	IS_ENABLED(VRHP_DEFECT_##name)
+#ifdef VRHP_DEFECT
+#define VRHP_PLANTED_NOTE	" planted defect " __stringify(VRHP_DEFECT)
+#else
+#define VRHP_PLANTED_NOTE	""
+#endif
+
 #define VRHP_CHUNK_ORDER	10
 #define VRHP_MAX_INDEX		0xfffffff0ULL	/* entry indices are 32 bit in the chains */
 
@@ -463,7 +474,7 @@ static int vrhp_compute(struct vrhp_table *t, const char *pname, unsigned long m
 		return -EINVAL;
 	}
 	t->entries = main;
-	t->oentries = o;
+	t->oentries = o - (VRHP_PLANTED(SHORT_TABLE) && o);
 	t->nbuckets = main / VRHP_BUCKET_SIZE;
 	t->table_bytes = bytes;
 	t->file_bytes = file;
@@ -583,7 +594,7 @@ static void vrhp_hp_release(struct vrhp_mem *m)
 	if (m->vmapped && m->base)
 		vunmap(m->base);
 	if (m->pages) {
-		unpin_user_pages(m->pages, m->nr_pages);
+		unpin_user_pages(m->pages, m->nr_pages - VRHP_PLANTED(LEAKED_PIN));
 		kvfree(m->pages);
 	}
 	kvfree(m->runs);
@@ -1124,7 +1135,7 @@ static long vrhp_hp_config(struct vrhp_hp_config __user *uarg)
 		else
 			pr_warn_ratelimited("%s table: huge-page segment unusable (%d)\n", t->name,
 					    cfg->tables[i].err);
-		if (!fallback) {
+		if (!fallback || VRHP_PLANTED(NO_FALLBACK)) {
 			pr_err_ratelimited("%s table: no usable huge pages and fallback=0: refusing\n",
 					   t->name);
 			out = VRHP_OUT_REFUSED;
@@ -1872,10 +1883,10 @@ static int __init vrhp_init(void)
 	err = misc_register(&vrhp_bridge_dev);
 	if (err)
 		goto fail_flow;
-	pr_info("loaded: version %d layout %d tag '%s' mem=%s fallback=%d flow %llu+%llu (%llu B) bridge %llu+%llu (%llu B)\n",
+	pr_info("loaded: version %d layout %d tag '%s' mem=%s fallback=%d flow %llu+%llu (%llu B) bridge %llu+%llu (%llu B)%s\n",
 		VRHP_VERSION, VRHP_LAYOUT, version_tag ? version_tag : "", mem, fallback,
 		f->entries, f->oentries, f->table_bytes, b->entries, b->oentries,
-		b->table_bytes);
+		b->table_bytes, VRHP_PLANTED_NOTE);
 	return 0;
 
 fail_flow:
@@ -1895,6 +1906,7 @@ static void __exit vrhp_exit(void)
 	down_write(&vrhp_cfg_sem);
 	vrhp_free_all();
 	up_write(&vrhp_cfg_sem);
+	WARN_ON(VRHP_PLANTED(WARN_IN_RMMOD));
 	pr_info("unloaded\n");
 }
 
@@ -1903,3 +1915,6 @@ module_exit(vrhp_exit);
 MODULE_LICENSE("GPL");
 MODULE_DESCRIPTION("Model of vRouter flow/bridge table memory on huge pages");
 MODULE_VERSION(__stringify(VRHP_VERSION) "." __stringify(VRHP_LAYOUT));
+#ifdef VRHP_DEFECT
+MODULE_INFO(planted_defect, __stringify(VRHP_DEFECT));
+#endif
