@@ -423,7 +423,37 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     yield from _watch_nodes(item, "call")
 
 
+TAINT_AFTER_CALL = pytest.StashKey[dict[str, int]]()
 TEARDOWN_NOTES = pytest.StashKey[list[str]]()
+
+
+def _fail_on_new_taint(report: pytest.TestReport, item: pytest.Item,
+                       after: dict[str, int]) -> bool:
+    """Fail the phase when a node gained taint since the test's setup (in the call) or
+    since its call (in the teardown). A node unreadable on either side is not compared,
+    and the test's properties say so."""
+    if TAINT_BEFORE not in item.stash:  # its setup did not pass: nothing to compare with
+        return False
+    gained = False
+    at_setup: dict[str, int] = item.stash[TAINT_BEFORE]
+    before = dict(at_setup)
+    if report.when == "teardown":
+        after_call: dict[str, int] = item.stash.get(TAINT_AFTER_CALL, {})
+        before.update(after_call)
+    for name in sorted(set(before) | set(after)):
+        if name not in before or name not in after:
+            side = "before" if name not in before else "after"
+            _set_property(item.user_properties, f"taint_unchecked_{report.when}_{name}",
+                          f"the node did not answer {side}")
+            continue
+        new = triage.unexpected_taint(before[name], after[name])
+        if new:
+            gained = True
+            report.outcome = "failed"
+            report.longrepr = (f"node {name}: kernel taint gained {triage.taint_names(new)} "
+                               f"during {report.when} ({before[name]} -> {after[name]})\n"
+                               f"{report.longrepr or ''}")
+    return gained
 OUTCOME_CLASS = pytest.StashKey[str]()
 
 
@@ -471,6 +501,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report: pytest.TestReport = outcome.get_result()
     session = item.config.stash[SESSION]
     findings: list[tuple[str, triage.Finding]] = []
+    tainted = False
     if session.running is not None:
         findings = session.console_findings()
         if report.when == "setup" and report.passed:
@@ -479,6 +510,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                 item.stash[CANARIES] = dict.fromkeys(session.running.nodes)
         elif report.when == "teardown":
             session.untouched.clear()
+            tainted = _fail_on_new_taint(report, item, session.taints())
             # setup after the canary, the call and the teardown (rmmod, resets)
             for node, text in _dmesg_sections(session, item.stash.get(CANARIES, {})):
                 report.sections.append((f"dmesg {node}", text))
@@ -486,13 +518,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                 item.user_properties.append(saved)
                 report.user_properties.append(saved)
         elif report.when == "call":
-            before = item.stash.get(TAINT_BEFORE, {})
-            for name, after in session.taints().items():
-                new = triage.unexpected_taint(before.get(name, after), after)
-                if new:
-                    report.outcome = "failed"
-                    report.longrepr = (f"node {name}: kernel taint gained {triage.taint_names(new)}"
-                                       f" ({before.get(name)} -> {after})\n{report.longrepr or ''}")
+            after = session.taints()
+            tainted = _fail_on_new_taint(report, item, after)
+            item.stash[TAINT_AFTER_CALL] = after
     if findings:
         text = "\n\n".join(f"kernel {f.kind} on node {node}:\n{f.excerpt}" for node, f in findings)
         report.outcome = "failed"
@@ -504,7 +532,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     exc = call.excinfo.value if call.excinfo is not None else None
     kind = triage.classify(exc if report.failed else None, [f for _, f in findings],
                            report.skipped, when=report.when,
-                           earlier=item.stash.get(OUTCOME_CLASS, None))
+                           earlier=item.stash.get(OUTCOME_CLASS, None), tainted=tainted)
     item.stash[OUTCOME_CLASS] = kind
     _set_property(item.user_properties, "outcome", kind)
     _set_property(report.user_properties, "outcome", kind)

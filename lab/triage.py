@@ -177,16 +177,19 @@ def _exception_class(exc: BaseException, when: str) -> str:
 
 
 def classify(excinfo: BaseException | None, findings: list[Finding], skipped: bool,
-             *, when: str = "call", earlier: str | None = None) -> str:
+             *, when: str = "call", earlier: str | None = None, tainted: bool = False) -> str:
     """The outcome class recorded in JUnit, results.json and the report: what kind of
     failure this was, after phase `when` (setup, call or teardown) of a test whose
     earlier phases were classed `earlier`.
 
     The first failure of a test names its class (a teardown error after a passed call
-    does), except that a kernel crash or hang found later explains an earlier one.
+    does), except that a kernel crash or hang found later explains an earlier one. Taint
+    the kernel gained in the phase is a kernel failure even where the console said nothing.
     """
     if findings:
         current = "hang" if findings[0].kind in ("lockup", "hung-task") else "kernel-crash"
+    elif tainted:
+        current = "kernel-crash"
     elif skipped:
         current = "precondition-unreachable"
     elif excinfo is None:

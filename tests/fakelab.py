@@ -41,7 +41,7 @@ class FakeGuest(Guest):
                              "Unable to connect to port 22 on 127.0.0.1")
         self.commands.append(command)
         if command == "cat /proc/sys/kernel/tainted":
-            return Result(0, "0\n", "")
+            return Result(0, f"{self.lab.taint.get(self.node, 0)}\n", "")
         return Result(0, f"{command} on boot {self.lab.nodes[self.node].boots}\n", "")
 
     def canary(self, label: str) -> str:
@@ -60,6 +60,7 @@ class FakeLab(engine.Lab):
         super().__init__(topology, base_dir, bus, keep=keep)
         self.killed: dict[str, int] = {}  # node -> wait status of its QEMU
         self.unseen: dict[str, int] = {}  # node -> looks before libvirt reports the death
+        self.taint: dict[str, int] = {}  # node -> /proc/sys/kernel/tainted (default 0)
 
     def start(self) -> FakeLab:
         self.run_dir.mkdir(parents=True)

@@ -112,7 +112,8 @@ class _Config:
     rootpath = Path("/src")
 
     def __init__(self, lab_dir: Path) -> None:
-        self.options = {"lab_dir": str(lab_dir), "keep_vms": False, "kmod_source": "kmod"}
+        self.options = {"lab_dir": str(lab_dir), "keep_vms": False, "kmod_source": "kmod",
+                        "kmod_defect": None}
 
     def getoption(self, name: str) -> object:
         return self.options[name]
