@@ -6,6 +6,7 @@ The CLI and the pytest plugin are thin front ends over `Lab`.
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from contextlib import ExitStack, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -427,9 +429,12 @@ class Lab:
                     created = self._create(rt)
                 try:
                     self._wait_ready(rt, created)
-                except BaseException:
-                    with suppress(Exception):  # a half-booted node holds no CPU or memory
+                except BaseException as exc:
+                    try:  # a half-booted node holds no CPU or memory
                         virt.destroy(self._conn(rt.node.uri), rt.domain)
+                    except Exception as failed:
+                        exc.add_note(f"destroying the half-booted {rt.domain} failed too: "
+                                     f"{failed} ('hplab reap' retries)")
                     raise
             finally:
                 self._write_state("running")
@@ -477,34 +482,42 @@ class Lab:
         return rt.guest
 
     def stop(self) -> None:
-        """Close connections and destroy every domain of this run; safe to call twice."""
+        """Close connections and destroy every domain of this run; safe to call twice.
+        Every step runs even when an earlier one fails; the failures are raised together."""
+        errors: list[str] = []
+
+        def attempt(what: str, action: Callable[[], object]) -> None:
+            try:
+                action()
+            except Exception as exc:  # every step of the teardown runs whatever failed
+                errors.append(f"{what}: {exc}")
+
         for rt in self.nodes.values():
             if rt.guest is not None:
-                rt.guest.close()
-        errors: list[str] = []
+                attempt(f"close SSH to {rt.node.name}", rt.guest.close)
         if not self.keep:
             for rt in self.nodes.values():
-                try:
-                    with self.bus.phase("destroy", rt.node.name):
-                        virt.destroy(self._conn(rt.node.uri), rt.domain)
-                except Exception as exc:  # every node is torn down even if one fails
-                    errors.append(f"{rt.domain}: {exc}")
-            remove_work_files(self.run_dir)
-        self._host_resources.close()  # pages a kept VM still maps return when it exits
+                attempt(f"destroy {rt.domain}", functools.partial(self._destroy, rt))
+            attempt("remove work files", lambda: remove_work_files(self.run_dir))
+        # pages a kept VM still maps return to the host when it exits
+        attempt("release host resources", self._host_resources.close)
         self.host_pages = 0
         if self.run_dir.exists():
-            self._write_state("kept" if self.keep else "stopped")
-            self._write_events()
-        for conn in self._conns.values():
-            conn.close()
+            attempt("write state", lambda: self._write_state("kept" if self.keep else "stopped"))
+            attempt("write events", self._write_events)
+        for uri, conn in self._conns.items():
+            attempt(f"close {uri}", conn.close)
         self._conns.clear()
         if self._lock_handle is not None:
-            self._lock_handle.close()
+            attempt("release the run lock", self._lock_handle.close)
             self._lock_handle = None
-        self.exits.close()
+        attempt("stop watching QEMU exits", self.exits.close)
         if errors:
-            raise LabError("teardown could not destroy: " + "; ".join(errors) +
-                           " ('hplab reap' retries)")
+            raise LabError("teardown: " + "; ".join(errors) + " ('hplab reap' retries)")
+
+    def _destroy(self, rt: NodeRuntime) -> None:
+        with self.bus.phase("destroy", rt.node.name):
+            virt.destroy(self._conn(rt.node.uri), rt.domain)
 
     @property
     def artifacts_dir(self) -> Path:

@@ -444,14 +444,21 @@ def hugetlbfs_mounted(mounts: str, point: Path) -> bool:
     return False
 
 
-def ensure_hugetlbfs(point: Path = HUGETLBFS_1G) -> Path:
-    """A 1 GiB hugetlbfs at `point` that QEMU (group kvm) can create its RAM file in."""
+def ensure_hugetlbfs(point: Path = HUGETLBFS_1G) -> bool:
+    """A 1 GiB hugetlbfs at `point` that QEMU (group kvm) can create its RAM file in;
+    True when this call mounted it."""
     if hugetlbfs_mounted(Path("/proc/mounts").read_text(), point):
-        return point
+        return False
     point.mkdir(parents=True, exist_ok=True)
     run(["mount", "-t", "hugetlbfs", "-o", "pagesize=1G,mode=01770,gid=kvm", "hugetlbfs",
          point], error=HostError)
-    return point
+    return True
+
+
+def unmount_unless_busy(point: Path = HUGETLBFS_1G) -> None:
+    """Undo ensure_hugetlbfs; a mount whose files a kept VM or another lab still maps
+    stays (umount refuses it as busy)."""
+    subprocess.run(["umount", str(point)], capture_output=True, check=False)
 
 
 def _mem_available_kib() -> int:
@@ -520,12 +527,16 @@ def hugepage_pool(count: int) -> Iterator[None]:
     if count <= 0:
         yield
         return
-    ensure_hugetlbfs()
-    reserve_host_pages(count)
+    mounted = ensure_hugetlbfs()
     try:
-        yield
+        reserve_host_pages(count)
+        try:
+            yield
+        finally:
+            release_host_pages(count)
     finally:
-        release_host_pages(count)
+        if mounted:
+            unmount_unless_busy()
 
 
 @dataclass(frozen=True)

@@ -307,6 +307,9 @@ class _FakeGuest:
     def retire(self, why: str) -> None:
         self.retired = why
 
+    def close(self) -> None:
+        pass
+
 
 @pytest.fixture
 def rebootable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -384,3 +387,56 @@ def test_a_reboot_that_never_answers_leaves_no_domain_and_says_the_node_is_down(
     assert state["status"] == "running" and not state["nodes"]["cn1"]["up"]
     with pytest.raises(LabError, match="node 'cn1' is not running"):
         lab.guest("cn1")
+
+
+@pytest.mark.parametrize(("mounted_here", "unmounts"), [(True, 1), (False, 0)])
+def test_the_host_pool_is_given_back_and_a_mount_made_for_it_undone(
+        monkeypatch: pytest.MonkeyPatch, mounted_here: bool, unmounts: int) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(virt, "ensure_hugetlbfs", lambda: mounted_here)
+    monkeypatch.setattr(virt, "reserve_host_pages", lambda n: calls.append(f"reserve {n}"))
+    monkeypatch.setattr(virt, "release_host_pages", lambda n: calls.append(f"release {n}"))
+    monkeypatch.setattr(virt, "unmount_unless_busy", lambda: calls.append("umount"))
+    with pytest.raises(RuntimeError), virt.hugepage_pool(3):
+        raise RuntimeError("boot failed")
+    assert calls == ["reserve 3", "release 3", *["umount"] * unmounts]
+
+
+def test_a_refused_reservation_still_undoes_the_mount(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+
+    def refuse(count: int) -> None:
+        raise HostError("no pages")
+
+    monkeypatch.setattr(virt, "ensure_hugetlbfs", lambda: True)
+    monkeypatch.setattr(virt, "reserve_host_pages", refuse)
+    monkeypatch.setattr(virt, "unmount_unless_busy", lambda: calls.append("umount"))
+    with pytest.raises(HostError), virt.hugepage_pool(1):
+        pass
+    assert calls == ["umount"]
+
+
+def test_stop_runs_every_step_when_some_fail_and_names_them(
+        rebootable: tuple[engine.Lab, engine.NodeRuntime, list[str]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    lab, rt, _ = rebootable
+    lab._conn(rt.node.uri)
+
+    def refuse(conn: object, name: str) -> None:
+        raise LabError(f"libvirt: cannot destroy {name}")
+
+    def disk_busy(run_dir: Path) -> None:
+        raise OSError(16, "Device or resource busy")
+
+    monkeypatch.setattr(virt, "destroy", refuse)
+    monkeypatch.setattr(engine, "remove_work_files", disk_busy)
+    released: list[str] = []
+    lab._host_resources.callback(lambda: released.append("pool"))
+    lab._lock_handle = (lab.run_dir / engine.OWNER_LOCK).open("w")
+    with pytest.raises(LabError) as raised:
+        lab.stop()
+    message = str(raised.value)
+    assert "destroy hplab-x-cn1: libvirt: cannot destroy hplab-x-cn1" in message
+    assert "remove work files: [Errno 16] Device or resource busy" in message
+    assert released == ["pool"] and lab._lock_handle is None and not lab._conns
+    assert json.loads((lab.run_dir / engine.STATE_FILE).read_text())["status"] == "stopped"
