@@ -328,13 +328,20 @@ class Guest:
         return after.split("\n", 1)[1] if "\n" in after else ""
 
     def testinfra_host(self) -> Any:
-        """A testinfra Host that uses this guest's pinned connection."""
+        """A testinfra Host that uses this guest's pinned connection; its commands are
+        bounded as every command of the lab is (Guest.run)."""
         import testinfra.host
         from testinfra.backend.paramiko import ParamikoBackend
 
         guest = self
 
         class PinnedBackend(ParamikoBackend):  # type: ignore[misc]
+            def run(self, command: str, *args: str, **kwargs: Any) -> Any:
+                line = self.get_command(command, *args)
+                done = guest.run(line)
+                return self.result(done.exit_status, self.encode(line),
+                                   done.stdout.encode(), done.stderr.encode())
+
             @property
             def client(self) -> paramiko.SSHClient:
                 return guest.client

@@ -77,16 +77,27 @@ def daemon_running(name: str) -> bool:
     return subprocess.run(["pgrep", "-x", name], capture_output=True, check=False).returncode == 0
 
 
+def _daemon_command(argv: list[str], *, check: bool) -> None:
+    """systemctl or a daemon's own start, bounded by READY_TIMEOUT."""
+    try:
+        subprocess.run(argv, check=check, timeout=READY_TIMEOUT, capture_output=True)
+    except subprocess.TimeoutExpired:
+        raise HostError(f"{' '.join(argv)} did not finish within {READY_TIMEOUT:.0f}s") from None
+    except subprocess.CalledProcessError as exc:
+        raise HostError(f"{' '.join(argv)} failed with exit status {exc.returncode}: "
+                        f"{exc.stderr.decode(errors='replace').strip()[-300:]}") from None
+
+
 def start_daemons() -> list[str]:
     """Start virtlogd and libvirtd when no service manager runs them; wait for libvirt."""
     started = []
     if Path("/run/systemd/system").exists():
         for unit in ("virtlogd.socket", "libvirtd.service"):
-            subprocess.run(["systemctl", "start", unit], check=False)
+            _daemon_command(["systemctl", "start", unit], check=False)
     else:
         for daemon in ("virtlogd", "libvirtd"):
             if not daemon_running(daemon):
-                subprocess.run([f"/usr/sbin/{daemon}", "-d"], check=True)
+                _daemon_command([f"/usr/sbin/{daemon}", "-d"], check=True)
                 started.append(daemon)
     deadline = time.monotonic() + READY_TIMEOUT
     while not libvirt_answers():
@@ -105,9 +116,9 @@ def restart_libvirtd() -> float:
     """
     started = time.monotonic()
     if Path("/run/systemd/system").exists():
-        subprocess.run(["systemctl", "restart", "libvirtd.service"], check=True)
+        _daemon_command(["systemctl", "restart", "libvirtd.service"], check=True)
     else:
-        subprocess.run(["pkill", "-TERM", "-x", "libvirtd"], check=False)
+        _daemon_command(["pkill", "-TERM", "-x", "libvirtd"], check=False)
         deadline = started + READY_TIMEOUT
         while daemon_running("libvirtd"):
             if time.monotonic() > deadline:

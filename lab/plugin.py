@@ -24,6 +24,7 @@ from lab.guest import Guest
 from lab.paths import lab_dir
 from lab.report import write_report
 from lab.stress import FragmentSpec, Target
+from lab.timeouts import Timeouts
 from lab.topology import Node, Topology
 
 DEFAULT_TOPOLOGY = "topologies/single.yaml"
@@ -237,6 +238,14 @@ class LabSession:
         return [(name, finding) for name, watch in self.watches.items()
                 for finding in watch.new_findings()]
 
+    def safety_net(self, reference: float) -> float:
+        """`reference` seconds for the slowest node: each node's measured slowdown, or
+        the largest accepted while none is booted (the first test also boots the lab)."""
+        lab = self._lab
+        if lab is None or not lab.nodes:
+            return Timeouts().bound(reference).seconds
+        return max(rt.timeouts.bound(reference).seconds for rt in lab.nodes.values())
+
     def taints(self) -> dict[str, int]:
         """Kernel taint of every reachable node (unreachable nodes are left out)."""
         result: dict[str, int] = {}
@@ -296,6 +305,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="cache and run directory (default: $HPLAB_DIR or /var/tmp/hplab)")
     group.addoption("--kmod-source", default="kmod",
                     help="vrhp module and agent sources, relative to the rootdir (default: kmod)")
+    group.addoption("--lab-test-timeout", type=float, default=Timeouts.test_safety_net,
+                    help="last-resort bound of a whole lab test, in reference seconds scaled "
+                         "by the slowest node's measured speed (0: none; default: "
+                         f"{Timeouts.test_safety_net:.0f})")
     group.addoption("--kmod-defect", default=None,
                     help="build vrhp with one planted defect of the mutation checks "
                          f"({', '.join(mutants.DEFECTS)}; see hplab mutants)")
@@ -314,6 +327,18 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     session = config.stash.get(SESSION, None)
     if session is not None:
         session.close()
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, None, None]:
+    """Give a lab test pytest-timeout's signal-method bound, scaled as the lab's own bounds
+    are, before pytest-timeout reads it; a test's own timeout marker wins."""
+    reference = float(item.config.getoption("lab_test_timeout"))
+    if reference > 0 and item.get_closest_marker("lab") and not item.get_closest_marker(
+            "timeout"):
+        seconds = item.config.stash[SESSION].safety_net(reference)
+        item.add_marker(pytest.mark.timeout(round(seconds, 1), method="signal"))
+    yield
 
 
 TAINT_BEFORE = pytest.StashKey[dict[str, int]]()

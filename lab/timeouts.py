@@ -134,6 +134,9 @@ class Timeouts:
     module_unload: float = 30.0  # until the module's refcount drops to 0
     agent_fill: float = 600.0  # vrhp-agent fill of a whole table
     agent_bench: float = 600.0  # vrhp-agent bench
+    # A whole lab test, setup to teardown: the last-resort safety net (pytest-timeout),
+    # far above every bound of its own. The first test's also covers the lab's boot.
+    test_safety_net: float = 1200.0
     # Host seconds, not scaled: a KVM boot the verdict is cached from, a build on the host.
     accel_probe: float = 20.0
     module_build: float = 600.0

@@ -151,11 +151,16 @@ def _lab_cause(exc: BaseException) -> BaseException | None:
     return None
 
 
+SAFETY_NET_MESSAGE = "Timeout >"  # how pytest-timeout ends a test that outlived its bound
+
+
 def _exception_class(exc: BaseException, when: str) -> str:
     if isinstance(exc, BaseExceptionGroup):
         return _exception_class(exc.exceptions[0], when)
     if when != "call":
         exc = _lab_cause(exc) or exc
+    if str(exc).startswith(SAFETY_NET_MESSAGE):
+        return "hang"
     if isinstance(exc, BootError):
         return "infrastructure-boot"
     if isinstance(exc, HostKeyMismatch):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import select
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager, suppress
@@ -135,18 +137,44 @@ def domain_xml(spec: DomainSpec) -> str:
 """
 
 
+# A daemon that answers none of 3 keepalive probes sent 5 s apart is gone: the connection
+# closes and every call blocked on it returns an error instead of waiting forever.
+KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT = 5, 3
+
+
+@functools.cache
+def _event_loop() -> threading.Thread:
+    """libvirt's default event loop, which keepalive needs; one per process, as libvirt
+    allows, registered before the first connection opens."""
+    import libvirt
+
+    libvirt.virEventRegisterDefaultImpl()
+
+    def loop() -> None:
+        while True:
+            libvirt.virEventRunDefaultImpl()
+
+    thread = threading.Thread(target=loop, name="libvirt-events", daemon=True)
+    thread.start()
+    return thread
+
+
 def connect(uri: str, wait_s: float = 0.0):  # type: ignore[no-untyped-def]
-    """A libvirt connection, with an error that says how to start libvirt.
+    """A libvirt connection that notices a daemon gone silent (keepalive), with an error
+    that says how to start libvirt.
 
     `wait_s` rides out a daemon that is restarting: the open is retried until then.
     """
     import libvirt
 
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    _event_loop()
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            return libvirt.open(uri)
+            conn = libvirt.open(uri)
+            conn.setKeepAlive(KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT)
+            return conn
         except libvirt.libvirtError as exc:
             if time.monotonic() >= deadline:
                 waited = f" (retried for {wait_s:.0f}s)" if wait_s else ""

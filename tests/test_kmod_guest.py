@@ -8,7 +8,7 @@ import pytest
 
 from lab import kmod
 from lab.errors import GuestError
-from lab.guest import Result
+from lab.guest import Guest, Result
 from lab.timeouts import Bound
 
 
@@ -79,3 +79,22 @@ def test_a_failed_rmmod_names_the_module() -> None:
     guest = RecordingGuest(statuses={"pkill": 3})
     with pytest.raises(GuestError, match="cn1: rmmod vrhp failed: rmmod: ERROR"):
         kmod.reset_guest(guest)  # type: ignore[arg-type]
+
+
+class _BoundedGuest(Guest):
+    def __init__(self) -> None:
+        super().__init__("cn1", 40022, Path("/k"), "ssh-ed25519 AAAA")
+        self.seen: list[str] = []
+
+    def run(self, command: str, *, timeout: float | None = None, check: bool = False,
+            **options: object) -> Result:
+        self.seen.append(command)
+        return Result(3, "out\n", "err\n")
+
+
+def test_testinfra_commands_go_through_the_bounded_guest_run() -> None:
+    guest = _BoundedGuest()
+    host = guest.testinfra_host()
+    done = host.run("printf %s", "a b")
+    assert guest.seen == ["printf 'a b'"]
+    assert (done.rc, done.stdout, done.stderr) == (3, "out\n", "err\n")

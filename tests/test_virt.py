@@ -440,3 +440,34 @@ def test_stop_runs_every_step_when_some_fail_and_names_them(
     assert "remove work files: [Errno 16] Device or resource busy" in message
     assert released == ["pool"] and lab._lock_handle is None and not lab._conns
     assert json.loads((lab.run_dir / engine.STATE_FILE).read_text())["status"] == "stopped"
+
+
+def test_a_connection_gets_keepalive_on_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    calls: list[str] = []
+
+    class Conn:
+        def setKeepAlive(self, interval: int, count: int) -> None:
+            calls.append(f"keepalive {interval} {count}")
+
+    fake = types.ModuleType("libvirt")
+    fake.registerErrorHandler = lambda *a: None  # type: ignore[attr-defined]
+    fake.virEventRegisterDefaultImpl = lambda: calls.append("event impl")  # type: ignore[attr-defined]
+    fake.virEventRunDefaultImpl = lambda: __import__("time").sleep(3600)  # type: ignore[attr-defined]
+    def open_(uri: str) -> Conn:
+        calls.append(f"open {uri}")
+        return Conn()
+
+    fake.open = open_  # type: ignore[attr-defined]
+    fake.libvirtError = RuntimeError  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "libvirt", fake)
+    virt._event_loop.cache_clear()
+    try:
+        virt.connect("qemu:///system")
+        virt.connect("qemu:///system")
+    finally:
+        virt._event_loop.cache_clear()
+    assert calls == ["event impl", "open qemu:///system", "keepalive 5 3",
+                     "open qemu:///system", "keepalive 5 3"]
