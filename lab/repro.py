@@ -18,7 +18,7 @@ from lab.events import EventBus
 from lab.fragment import FragmentRun, GuestFragmenter
 from lab.report import write_report
 from lab.stress import DEFAULT_FLOOR_MIB, FragmentSpec, Target
-from lab.vrhp import Outcome, bridge_sizes, flow_sizes
+from lab.vrhp import Outcome, bridge_sizes, btable_failure, flow_sizes
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,13 @@ def _try_btable(rt: NodeRuntime, module: kmod.GuestModule) -> Step:
         module.rmmod()
         return Step("btable-insmod-fails", False, "mem=btable loaded: the memory was not "
                     "fragmented enough to defeat it", {"dmesg": dmesg.strip()})
-    return Step("btable-insmod-fails", True, result.stderr.strip(), {"dmesg": dmesg.strip()})
+    failure = btable_failure(result.stderr, dmesg)
+    if failure is None:
+        return Step("btable-insmod-fails", False, "mem=btable was refused, but not for want "
+                    f"of contiguous memory: {result.stderr.strip()}", {"dmesg": dmesg.strip()})
+    return Step("btable-insmod-fails", True,
+                f"{failure.table} table got {failure.got} of {failure.wanted} 4 MiB chunks",
+                {"dmesg": dmesg.strip(), "stderr": result.stderr.strip()})
 
 
 def _try_hugepage(module: kmod.GuestModule) -> Step:

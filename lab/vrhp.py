@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
+import re
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
@@ -150,6 +151,31 @@ def bridge_sizes(
         main_name="bridge_entries",
         oflow_name="bridge_oentries",
     )
+
+
+@dataclass(frozen=True)
+class BtableFailure:
+    """The module's account of a mem=btable load that fragmentation defeated."""
+
+    table: str
+    got: int  # 4 MiB chunks allocated before one failed
+    wanted: int
+
+
+ENOMEM_TEXT = "Cannot allocate memory"  # how insmod reports the module's -ENOMEM
+_BTABLE_FAILURE = re.compile(
+    r"vrhp: (flow|bridge) table: btable allocation failed: got (\d+) of (\d+) 4 MiB chunks")
+
+
+def btable_failure(insmod_stderr: str, dmesg: str) -> BtableFailure | None:
+    """The btable refusal that fragmentation causes: ENOMEM from insmod and the kernel
+    log's line naming the table and its chunks, short of what the table needs. None for
+    any other refusal (another errno, no such line, every chunk allocated)."""
+    found = _BTABLE_FAILURE.search(dmesg)
+    if ENOMEM_TEXT not in insmod_stderr or not found:
+        return None
+    failure = BtableFailure(found.group(1), int(found.group(2)), int(found.group(3)))
+    return failure if failure.got < failure.wanted else None
 
 
 # ---------------------------------------------------------------- field access

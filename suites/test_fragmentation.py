@@ -11,7 +11,6 @@ the same tables on the same pages.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 import pytest
@@ -26,9 +25,6 @@ from lab.stress import MIN_FREE_AFTER_MIB, ProbeSpec
 
 pytestmark = [pytest.mark.lab, pytest.mark.hugepages(size="1G", count=2)]
 
-ENOMEM = "Cannot allocate memory"
-BTABLE_FAILURE = re.compile(
-    r"vrhp: (flow|bridge) table: btable allocation failed: got (\d+) of (\d+) 4 MiB chunks")
 # anon-pinned is the recipe that holds on every guest; the others depend on what the
 # kernel can reclaim and are skipped, with the state they reached, when they cannot.
 REQUIRED_PROFILE = "anon-pinned"
@@ -103,16 +99,13 @@ def _btable_refused(guest: Guest, module: GuestModule) -> tuple[str, int, int]:
     mark = guest.canary("btable-insmod")
     result = module.insmod(mem="btable")
     assert not result.ok, "mem=btable loaded on fragmented memory"
-    assert ENOMEM in result.stderr, result.stderr
-    found = BTABLE_FAILURE.search(guest.dmesg_since(mark))
-    assert found, "no dmesg line names the table whose btable allocation failed"
-    table, got, wanted = found.group(1), int(found.group(2)), int(found.group(3))
-    assert wanted == EXPECTED_CHUNKS[table], (
-        f"{table} table asked for {wanted} chunks, its default size needs "
-        f"{EXPECTED_CHUNKS[table]}")
-    assert got < wanted
+    failure = view.btable_failure(result.stderr, guest.dmesg_since(mark))
+    assert failure, f"mem=btable refused, but not for want of 4 MiB chunks: {result.stderr}"
+    assert failure.wanted == EXPECTED_CHUNKS[failure.table], (
+        f"{failure.table} table asked for {failure.wanted} chunks, its default size needs "
+        f"{EXPECTED_CHUNKS[failure.table]}")
     assert not module.loaded()
-    return table, got, wanted
+    return failure.table, failure.got, failure.wanted
 
 
 def _fill_to_full(module: GuestModule) -> dict[str, int]:

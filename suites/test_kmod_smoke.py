@@ -68,7 +68,7 @@ def test_fill_until_full_then_scan_agrees_with_stats(tables: GuestModule, table:
         stats.used, stats.main_used, stats.oflow_used)
     segment = {s.table: s for s in tables.info().segments}[table]
     assert (scan.backend, scan.source) == ("hugepage", segment.path)
-    assert scan.bytes_scanned == sizes.table_bytes
+    assert scan.bytes_scanned == sizes.table_bytes, "the scan did not visit every entry"
     assert sum(scan.bucket_histogram) == sizes.buckets
 
 

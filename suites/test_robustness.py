@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from vrhp_support import RecordProperty
+from vrhp_support import HUGETLB_1G, RecordProperty, mount_1g
 
 from lab import engine, guesttools, virt
 from lab.engine import Lab
@@ -162,6 +162,7 @@ def _run_inner(tmp_path: Path, fault: str, kernel: str) -> InnerRun:
                     output.decode(errors="replace"))
 
 
+@pytest.mark.lab
 @pytest.mark.parametrize(("fault", "classes", "returncode"), [
     ("qemu-killed", {"infrastructure-ssh", "infrastructure"}, 1),
     ("guest-panic", {"kernel-crash"}, 1),
@@ -190,6 +191,7 @@ def test_fault_ends_classified_and_leaves_nothing(
             "the lab never noticed the restart: the fault was not injected"
 
 
+@pytest.mark.lab
 def test_killed_pytest_is_reaped(tmp_path: Path, inner_kernel: str,
                                  record_property: RecordProperty) -> None:
     proc, marker, _ = _start_inner(tmp_path, "pytest-killed", inner_kernel)
@@ -242,32 +244,43 @@ def test_unprivileged_caller_gets_eperm_and_no_writable_mapping(
 FUZZ_SEED = 20261122
 FUZZ_CALLS = 3000
 FUZZ_PROCS = 2
+FUZZ_FILE = f"{HUGETLB_1G}/fuzz"
 
 
 @pytest.mark.lab
+@pytest.mark.hugepages(size="1G", count=1)
 def test_ioctl_fuzzer_leaves_the_module_answering_and_the_pool_whole(
         vrhp: Any, guest: Guest, lab: Lab, uapi: tuple[Path, ...],
         record_property: RecordProperty) -> None:
-    """Seeded random ioctls from two processes at once; the console canary fails the test on
-    any Oops/BUG/WARNING. Afterwards the module answers, unloads, and the pool is whole."""
+    """Seeded random ioctls from two processes at once, a third of the configs of a real
+    1 GiB hugetlbfs file; the console canary fails the test on any Oops/BUG/WARNING.
+    Some calls succeed and some configs pin the file's huge page; afterwards the module
+    answers, unloads, and once the file is gone the pool is whole."""
     fuzzer = guesttools.install(guest, "vrhp_fuzz", lab.cache, include_dirs=uapi)
     total_before, free_before = hugepage_pool(guest)
     vrhp.load(mem="hugepage")
+    mount_1g(guest)
     started = time.monotonic()
-    out = guest.check(f"{fuzzer} {FUZZ_SEED} {FUZZ_CALLS} {FUZZ_PROCS}", timeout=600)
+    out = guest.check(f"{fuzzer} {FUZZ_SEED} {FUZZ_CALLS} {FUZZ_PROCS} {FUZZ_FILE}",
+                      timeout=600)
     procs = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     calls = sum(p["calls"] for p in procs)
+    ok, configured = sum(p["ok"] for p in procs), sum(p["configured"] for p in procs)
     record_property("fuzz_seed", FUZZ_SEED)
     record_property("fuzz_calls", calls)
-    record_property("fuzz_ok", sum(p["ok"] for p in procs))
+    record_property("fuzz_ok", ok)
+    record_property("fuzz_configured", configured)
     record_property("fuzz_errno", json.dumps([p["errno"] for p in procs]))
     record_property("fuzz_seconds", round(time.monotonic() - started, 1))
     assert len(procs) == FUZZ_PROCS and calls == FUZZ_CALLS * FUZZ_PROCS
+    assert ok > 0, f"no call of {calls} succeeded: the fuzzer never got past the checks"
+    assert configured > 0, f"no config of {FUZZ_FILE} succeeded: no huge page was pinned"
     info = vrhp.info()
     assert info.mem == "hugepage"
     vrhp.rmmod()
     assert not vrhp.loaded()
-    assert hugepage_pool(guest) == (total_before, free_before)
+    guest.check(f"rm -f {FUZZ_FILE}")
+    assert hugepage_pool(guest) == (total_before, free_before), "a huge page stayed pinned"
 
 
 @pytest.mark.lab

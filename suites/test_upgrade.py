@@ -132,12 +132,15 @@ def _assert_adopted(module: GuestModule, swapped: Swapped, generation: int,
 
 def _assert_migrated(module: GuestModule, migrated: dict[str, Any],
                      before: dict[str, tuple[int, str]]) -> None:
-    """`migrate` copied every byte of each btable table, header included, to its file."""
+    """`migrate` copied every byte of each btable table, header included, to its file:
+    the bytes it copied, then the bytes of the file equal to the table's."""
     info = module.info()
     for table in TABLES:
         doc = migrated["tables"][table]
         assert doc["path"] == f"{HUGETLB_1G}/{table}"
-        assert doc["bytes_copied"] == info.tables[table].file_bytes
+        assert doc["bytes_copied"] == doc["bytes_verified"] == info.tables[table].file_bytes, (
+            f"{table}: {doc['bytes_copied']} bytes copied, {doc['bytes_verified']} equal to "
+            f"the table's {info.tables[table].file_bytes}")
         assert doc["used"] == before[table][0]
 
 

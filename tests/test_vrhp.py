@@ -444,3 +444,19 @@ def test_outcome_exit_codes() -> None:
     assert vrhp.Outcome.HUGEPAGE_FAILURE_FALLBACK_IN_USE.agent_exit_code == 3
     assert vrhp.Outcome.LAYOUT_MISMATCH.agent_exit_code == 2
     assert vrhp.Outcome.REFUSED.agent_exit_code == 2
+
+
+LINE = "vrhp: flow table: btable allocation failed: got 3 of 39 4 MiB chunks"
+
+
+@pytest.mark.parametrize(("stderr", "dmesg", "found"), [
+    ("insmod: ERROR: could not insert module: Cannot allocate memory", f"[ 1.0] {LINE}",
+     vrhp.BtableFailure("flow", 3, 39)),
+    ("insmod: ERROR: could not insert module: Invalid argument", f"[ 1.0] {LINE}", None),
+    ("insmod: ERROR: could not insert module: Cannot allocate memory", "vrhp: loaded", None),
+    ("insmod: ERROR: Cannot allocate memory",
+     "vrhp: flow table: btable allocation failed: got 39 of 39 4 MiB chunks", None),
+], ids=["fragmented", "other-errno", "no-dmesg-line", "every-chunk-got"])
+def test_only_enomem_short_of_chunks_is_a_fragmentation_refusal(
+        stderr: str, dmesg: str, found: vrhp.BtableFailure | None) -> None:
+    assert vrhp.btable_failure(stderr, dmesg) == found

@@ -638,6 +638,7 @@ static void scan_map(const struct vrhp_table_info *ti, int id, const void *base,
 			const void *e = entry_at(base, esz, b * VRHP_BUCKET_SIZE + i);
 
 			eh = e;
+			r->bytes += esz;
 			if (eh->flags & VRHP_EF_VALID) {
 				uint64_t lu = entry_last_used(id, e);
 
@@ -656,6 +657,7 @@ static void scan_map(const struct vrhp_table_info *ti, int id, const void *base,
 	for (i = 0; i < ti->oentries; i++) {
 		const void *e = entry_at(base, esz, ti->entries + i);
 
+		r->bytes += esz;
 		if (*(const uint32_t *)e & VRHP_EF_VALID) {
 			uint64_t lu = entry_last_used(id, e);
 
@@ -668,7 +670,6 @@ static void scan_map(const struct vrhp_table_info *ti, int id, const void *base,
 	}
 	r->secs = now_s() - t0;
 	r->used = r->main_used + r->oflow_used;
-	r->bytes = ti->table_bytes;
 	if (!r->used)
 		r->oldest = 0;
 }
@@ -1090,6 +1091,30 @@ static int cmd_age(int argc, char **argv)
 
 /* ------------------------------------------------------------ migrate */
 
+/*
+ * Copy `len` bytes in 1 MiB pieces; returns the bytes copied and sets `verified` to the
+ * bytes that compare equal to the source afterwards (a table written to during the
+ * migration, or a short copy, shows as fewer).
+ */
+static uint64_t copy_verified(void *dst, const void *src, uint64_t len, uint64_t *verified)
+{
+	const uint64_t piece = 1 << 20;
+	uint64_t off, n, copied = 0;
+
+	for (off = 0; off < len; off += n) {
+		n = len - off < piece ? len - off : piece;
+		memcpy((char *)dst + off, (const char *)src + off, n);
+		copied += n;
+	}
+	*verified = 0;
+	for (off = 0; off < len; off += n) {
+		n = len - off < piece ? len - off : piece;
+		if (!memcmp((char *)dst + off, (const char *)src + off, n))
+			*verified += n;
+	}
+	return copied;
+}
+
 static int cmd_migrate(int argc, char **argv)
 {
 	struct vrhp_info inf;
@@ -1119,6 +1144,7 @@ static int cmd_migrate(int argc, char **argv)
 	printf(",\"page_size\":%" PRIu64 ",\"tables\":{", ps);
 	for (id = 0; id < VRHP_NR_TABLES; id++) {
 		uint64_t need = (inf.tables[id].file_bytes + ps - 1) / ps * ps;
+		uint64_t copied, verified;
 		struct scan_res r;
 		struct tmap m;
 		void *dst;
@@ -1134,15 +1160,15 @@ static int cmd_migrate(int argc, char **argv)
 			fflush(stdout);
 			die(2, "migrate: cannot map %s: %s", path, strerror(err));
 		}
-		memcpy(dst, m.base, inf.tables[id].file_bytes);
+		copied = copy_verified(dst, m.base, inf.tables[id].file_bytes, &verified);
 		scan_map(&inf.tables[id], id, dst, &r);
 		munmap(dst, need);
 		unmap_table(&m);
 		printf("%s\"%s\":{\"path\":", first ? "" : ",", table_names[id]);
 		json_str(path);
-		printf(",\"bytes_copied\":%" PRIu64 ",\"file_bytes\":%" PRIu64 ",\"used\":%" PRIu64
-		       ",\"generation\":%" PRIu64 "}",
-		       (uint64_t)inf.tables[id].file_bytes, need, r.used,
+		printf(",\"bytes_copied\":%" PRIu64 ",\"bytes_verified\":%" PRIu64
+		       ",\"file_bytes\":%" PRIu64 ",\"used\":%" PRIu64 ",\"generation\":%" PRIu64 "}",
+		       copied, verified, need, r.used,
 		       (uint64_t)inf.tables[id].generation);
 		first = 0;
 	}
