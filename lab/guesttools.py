@@ -45,6 +45,9 @@ def install(guest: Guest, name: str, cache: Path, remote_dir: str = "/usr/local/
     """Build NAME and copy it into the guest; returns its path there."""
     binary = build(name, cache, include_dirs)
     remote = f"{remote_dir}/{name}"
+    if guest.installed.get(remote) == binary.name:  # copied in this boot already
+        return remote
     guest.check(f"mkdir -p {remote_dir}")
     guest.put(binary, remote, mode=0o755)
+    guest.installed[remote] = binary.name
     return remote

@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from vrhp_support import PROBE_COUNT, fragmentation_lost
+from vrhp_support import PROBE_COUNT, file_pfns, fragmentation_lost
 
 from lab import vrhp as view
-from lab.engine import NodeRuntime
+from lab.engine import Lab, NodeRuntime
 from lab.fragment import FragmentRun, GuestFragmenter
 from lab.guest import Guest
 from lab.kmod import GuestModule
@@ -122,9 +122,17 @@ def _segments(module: GuestModule) -> dict[str, tuple[str, int, int]]:
     return {s.table: (s.path, s.len, s.page_size) for s in module.info().segments}
 
 
+def _frames(guest: Guest, lab: Lab, placed: dict[str, tuple[str, int, int]]
+            ) -> dict[str, list[int]]:
+    """The physical frames of each table's huge pages."""
+    return {table: file_pfns(guest, lab.cache, path, page_size)
+            for table, (path, _, page_size) in placed.items()}
+
+
 @pytest.mark.fresh_guest
 @pytest.mark.parametrize("profile", ["anon-pinned", "pagecache", "slab", "mixed"])
-def test_insert_at_any_time(profile: str, guest: Guest, node: NodeRuntime, vrhp: GuestModule,
+def test_insert_at_any_time(profile: str, guest: Guest, node: NodeRuntime, lab: Lab,
+                            vrhp: GuestModule,
                             fragmenter: GuestFragmenter,
                             fragmented: Callable[..., FragmentRun],
                             record_property: Callable[[str, object], None]) -> None:
@@ -146,6 +154,7 @@ def test_insert_at_any_time(profile: str, guest: Guest, node: NodeRuntime, vrhp:
     assert {t.backend for t in setup.tables.values()} == {"hugepage"}
     inserted = _fill_to_full(vrhp)
     placed = _segments(vrhp)
+    frames = _frames(guest, lab, placed)
 
     vrhp.rmmod()
     vrhp.load(mem="hugepage")
@@ -154,6 +163,7 @@ def test_insert_at_any_time(profile: str, guest: Guest, node: NodeRuntime, vrhp:
     assert {n: t.action for n, t in again.tables.items()} == {"flow": "adopted",
                                                              "bridge": "adopted"}
     assert _segments(vrhp) == placed
+    assert _frames(guest, lab, placed) == frames, "the tables came back on other huge pages"
     stats = view.parse_stats(vrhp.agent_stdout("stats"))
     assert {name: stats[name].used for name in inserted} == inserted
 

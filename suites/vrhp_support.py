@@ -3,10 +3,13 @@ the fragmentation check."""
 
 from __future__ import annotations
 
+import json
 import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
+from lab import guesttools
 from lab import vrhp as view
 from lab.fragment import FragmentRun, GuestFragmenter
 from lab.guest import Guest, Result
@@ -55,6 +58,12 @@ def lookup_all(module: GuestModule, table: str, path: str) -> view.LookupResult:
     result = module.agent("lookup", table, path, timeout=300)
     assert result.exit_status in (0, 2), result.stderr
     return view.parse_lookup(result.stdout)
+
+
+def file_pfns(guest: Guest, cache: Path, path: str, page_size: int) -> list[int]:
+    """The physical frame of each huge page behind a hugetlbfs file (pagemap, as root)."""
+    tool = guesttools.install(guest, "pfns", cache)
+    return [int(pfn) for pfn in json.loads(guest.check(f"{tool} {path} {page_size}"))["pfns"]]
 
 
 def mount_1g(guest: Guest) -> None:

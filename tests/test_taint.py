@@ -50,3 +50,23 @@ def test_taint_gained_in_call_or_teardown_fails_and_names_the_phase(
     assert results["test_out_of_tree_module_loaded[cn1]"]["outcome"] == "passed"
     died = results["test_dies_in_call[cn1]"]["properties"]
     assert died["taint_unchecked_call_cn1"] == "the node did not answer after"
+
+
+FINDING = '''
+def test_warns_on_the_console(lab, node):
+    with lab.nodes["cn1"].console.open("a") as console:
+        console.write("[   20.1] WARNING: CPU: 0 PID: 140 at mm/hugetlb.c:10 f+0x1/0x20\\n")
+
+def test_after_the_warning(lab, node):
+    pass
+'''
+
+
+def test_a_kernel_warning_on_the_console_fails_the_test_it_happened_in(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    inner = run_inner(pytester, monkeypatch, FINDING, "-v")
+    results = inner.results()
+    warned = results["test_warns_on_the_console[cn1]"]
+    assert (warned["outcome"], warned["properties"]["outcome"]) == ("failed", "kernel-crash")
+    assert "kernel warning on node cn1:" in inner.result.stdout.str()
+    assert results["test_after_the_warning[cn1]"]["outcome"] == "passed"

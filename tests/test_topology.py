@@ -21,9 +21,10 @@ def parse(text: str) -> topology.Topology:
     return topology.parse(text, Path("t.yaml"))
 
 
-@pytest.mark.parametrize("name", ["single", "single-612", "small", "pair", "big"])
-def test_shipped_topologies_load(name: str) -> None:
-    topo = topology.load(ROOT / "topologies" / f"{name}.yaml")
+@pytest.mark.parametrize("path", sorted((ROOT / "topologies").glob("*.yaml")),
+                         ids=lambda path: path.stem)
+def test_shipped_topologies_load(path: Path) -> None:
+    topo = topology.load(path)
     assert topo.nodes
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -90,6 +91,8 @@ def test_domain_names_carry_run_and_node() -> None:
 def test_free_port_is_loopback_bindable() -> None:
     port = virt.free_port()
     assert 1024 < port < 65536
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", port))
 
 
 def test_transient_errors_are_recognised() -> None:
