@@ -227,8 +227,21 @@ def cmd_repro(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from lab.report import write_report
-    print(write_report(Path(args.run_dir)))
+    from lab.compare import compare_paths
+    from lab.report import COMPARE_NAME, write_compare, write_report
+
+    if args.compare is None:
+        if args.run_dir is None or args.output is not None:
+            raise LabError("hplab report: give a run directory, or --compare OLD NEW "
+                           "(-o names the compare page)")
+        print(write_report(Path(args.run_dir)))
+        return 0
+    if args.run_dir is not None:
+        raise LabError("hplab report: --compare OLD NEW takes no run directory besides")
+    old, new = (Path(side) for side in args.compare)
+    comparison = compare_paths(old, new)
+    print(comparison.summary_text())
+    print(write_compare(comparison, Path(args.output or COMPARE_NAME)))
     return 0
 
 
@@ -333,8 +346,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--floor-mib", type=int, default=12, help="free memory never taken")
     p.add_argument("--kmod-source", default="kmod", help="vrhp sources (default: ./kmod)")
     p.set_defaults(func=cmd_repro)
-    p = sub.add_parser("report", help="(re)render a run directory's report.html")
-    p.add_argument("run_dir", help="a run directory, e.g. /var/tmp/hplab/runs/<run id>")
+    p = sub.add_parser("report", help="(re)render a run directory's report.html, or compare "
+                       "two runs")
+    p.add_argument("run_dir", nargs="?",
+                   help="a run directory, e.g. /var/tmp/hplab/runs/<run id>")
+    p.add_argument("--compare", nargs=2, metavar=("OLD", "NEW"),
+                   help="compare two runs, each a run directory, results.json, JUnit XML "
+                   "file or 'hplab repeat' output directory: new failures, fixed, slower, "
+                   "added, removed, kernel and module versions")
+    p.add_argument("-o", "--output", help="the compare page (default: ./compare.html)")
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("repeat", help="run pytest N times; per-test pass rate and durations")
     p.add_argument("times", type=int, help="how many runs")

@@ -16,13 +16,15 @@ import pytest
 
 from lab import mutants, triage
 from lab import topology as topologies
+from lab.compare import compare_paths
 from lab.engine import Lab, NodeRuntime
 from lab.errors import CanaryLost, GuestError, LabError, NodeDied
 from lab.events import Event, EventBus, progress_line
 from lab.fragment import FragmentRun, GuestFragmenter, ReleaseOutcome
 from lab.guest import Guest
 from lab.paths import lab_dir
-from lab.report import write_report
+from lab.report import COMPARE_NAME, write_compare, write_report
+from lab.results import bounded
 from lab.stress import FragmentSpec, Target
 from lab.timeouts import Timeouts
 from lab.topology import Node, Topology
@@ -40,18 +42,22 @@ class TerminalProgress:
         self.config = config
 
     def __call__(self, event: Event) -> None:
-        line = progress_line(event)
-        plugins = self.config.pluginmanager
-        reporter = plugins.getplugin("terminalreporter")
-        capture = plugins.getplugin("capturemanager")
-        suspended: AbstractContextManager[None] = (
-            capture.global_and_fixture_disabled() if capture is not None else nullcontext())
-        with suspended:
-            if reporter is None:
-                print(line, file=sys.stderr, flush=True)
-            else:
-                reporter.write_line(line)  # after a newline when a test's line is open
-                reporter.flush()
+        terminal_line(self.config, progress_line(event))
+
+
+def terminal_line(config: pytest.Config, line: str) -> None:
+    """`line` on the terminal now, with capturing suspended; stderr where no reporter runs."""
+    plugins = config.pluginmanager
+    reporter = plugins.getplugin("terminalreporter")
+    capture = plugins.getplugin("capturemanager")
+    suspended: AbstractContextManager[None] = (
+        capture.global_and_fixture_disabled() if capture is not None else nullcontext())
+    with suspended:
+        if reporter is None:
+            print(line, file=sys.stderr, flush=True)
+        else:
+            reporter.write_line(line)  # after a newline when a test's line is open
+            reporter.flush()
 
 
 def _kmod_defect(name: str | None) -> str | None:
@@ -70,6 +76,7 @@ class LabSession:
         self.keep = bool(config.getoption("keep_vms"))
         self.kmod_source = Path(config.rootpath) / config.getoption("kmod_source")
         self.kmod_defect = _kmod_defect(config.getoption("kmod_defect"))
+        self.baseline = baseline_path(config)
         self.bus = EventBus()
         self.bus.subscribe(TerminalProgress(config))
         self._topology: Topology | None = None
@@ -268,6 +275,7 @@ class LabSession:
         entry["duration"] = round(previous + report.duration, 3)
         if report.failed:
             entry["outcome"] = "failed" if report.when == "call" else "error"
+            entry["message"] = _joined(str(entry.get("message", "")), failure_message(report))
         elif report.skipped and entry["outcome"] == "passed":
             entry["outcome"] = "skipped"
             entry["reason"] = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) \
@@ -276,6 +284,9 @@ class LabSession:
 
     def close(self) -> None:
         if self._lab is None:
+            if self.baseline is not None:
+                terminal_line(self.config, f"hplab: no comparison with {self.baseline}: no "
+                              "lab ran in this session, so it wrote no results.json")
             return
         run_dir = self._lab.run_dir
         try:
@@ -288,6 +299,39 @@ class LabSession:
                 write_report(run_dir)
             except (LabError, OSError) as exc:  # the report never hides the run's own outcome
                 print(f"hplab: no report for {run_dir}: {exc}", file=sys.stderr)
+            if self.baseline is not None:
+                terminal_line(self.config, compare_with_baseline(self.baseline, run_dir))
+
+
+def baseline_path(config: pytest.Config) -> Path | None:
+    """--baseline, from the directory pytest was started in; a usage error if absent."""
+    option = config.getoption("baseline")
+    if option is None:
+        return None
+    path = config.invocation_params.dir / Path(str(option))
+    if not path.exists():
+        raise pytest.UsageError(f"--baseline {option}: no such file or directory")
+    return path
+
+
+def compare_with_baseline(baseline: Path, run_dir: Path) -> str:
+    """Write the run's compare.html against `baseline`; the line that says how it went."""
+    try:
+        comparison = compare_paths(baseline, run_dir)
+        page = write_compare(comparison, run_dir / COMPARE_NAME)
+    except (LabError, OSError) as exc:  # as the report: never hides the run's outcome
+        return f"hplab: no comparison with {baseline}: {exc}"
+    return f"hplab: {comparison.summary_line()} ({page})"
+
+
+def failure_message(report: pytest.TestReport) -> str:
+    """What a failed phase says, bounded; a setup or teardown failure names its phase."""
+    text = bounded(report.longreprtext.strip())
+    return text if report.when == "call" else f"[{report.when}] {text}"
+
+
+def _joined(earlier: str, later: str) -> str:
+    return f"{earlier}\n\n{later}" if earlier else later
 
 
 SESSION = pytest.StashKey[LabSession]()
@@ -312,6 +356,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--kmod-defect", default=None,
                     help="build vrhp with one planted defect of the mutation checks "
                          f"({', '.join(mutants.DEFECTS)}; see hplab mutants)")
+    group.addoption("--baseline", default=None,
+                    help="a run to compare this one with at the end (run directory, "
+                    "results.json or JUnit XML): compare.html in the run directory and a "
+                    "one-line summary")
 
 
 def _terminate(signum: int, frame: object) -> None:

@@ -3,20 +3,22 @@ from __future__ import annotations
 import html
 import json
 import re
-import shutil
-import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from browser import browse, chromium
 from fakelab import run_inner
 
 from lab import cli, report
 from lab.memory import MemorySnapshot
+from lab.results import MESSAGE_CHARS, UNCLASSIFIED, phase_bars
 
 pytest_plugins = ["pytester"]
 
 DATA = Path(__file__).parent / "data" / "memory"
+PLANTED_CRASH = ("kernel bug on node cn2:\nBUG: unable to handle page fault for address: "
+                 "ffffc90000a00000\nCall Trace:\n vrhp_fill+0x42/0x90 [vrhp]")
 
 
 def _event(phase: str, subject: str, state: str, at: float,
@@ -38,9 +40,14 @@ def run_dir(tmp_path: Path) -> Path:
          "properties": {"outcome": "passed", "flow_fill": 123,
                         "dmesg_cn1": "artifacts/dmesg/t.py_test_ok_cn1_-cn1.txt"}},
         {"nodeid": "suites/t.py::test_<b>bad</b>[cn2]", "outcome": "failed", "duration": 2.0,
-         "properties": {"outcome": "kernel-crash"}},
+         "properties": {"outcome": "kernel-crash", "node": "cn2", "kernel": "6.1.0-9-amd64",
+                        "dmesg_cn2": "artifacts/dmesg/t.py_test_bad_cn2_-cn2.txt"},
+         "message": PLANTED_CRASH},
     ]
     (run / "results.json").write_text(json.dumps(results))
+    (run / "cn2").mkdir()
+    (run / "cn2" / "console.log").write_text(
+        "".join(f"console line {i:03d}\r\n" for i in range(60)) + "\x1b[0mend of console\n")
     (run / "state.json").write_text(json.dumps({"run_id": "abcd1234"}))
     snapshot = MemorySnapshot.from_command_output((DATA / "guest-6.1-clean.txt").read_text())
     fragmented = MemorySnapshot.from_command_output(
@@ -58,6 +65,12 @@ def run_dir(tmp_path: Path) -> Path:
 def _svgs(page: str) -> list[ET.Element]:
     root = ET.fromstring(page.replace("<!DOCTYPE html>", ""))
     return [e for e in root.iter() if e.tag.endswith("svg")]
+
+
+def _external_references(page: str) -> list[str]:
+    """Anything a page would fetch: it must work offline, from the file alone."""
+    page = page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    return re.findall(r"<link\b|\bsrc=|url\(|@import|https?://", page)
 
 
 def test_report_holds_timeline_results_and_fragment_plots(run_dir: Path) -> None:
@@ -78,13 +91,83 @@ def test_report_holds_timeline_results_and_fragment_plots(run_dir: Path) -> None
     assert '<a href="artifacts/dmesg/t.py_test_ok_cn1_-cn1.txt">' in page
     assert "test_&lt;b&gt;bad&lt;/b&gt;" in page
     assert "boot cn2: 8.00s FAILED" in page
-    assert "<script" not in page and "http://" not in page.replace(
-        'xmlns="http://www.w3.org/2000/svg"', "")
+    assert _external_references(page) == []
     assert 'href="artifacts/fragment-anon-pinned-cn1.json"' in page
 
 
+def _section_order(page: str) -> list[str]:
+    return re.findall(r'<(?:section|ul class="counts") id="([a-z-]+)"', page)
+
+
+def test_report_opens_with_counts_then_failures_then_slowest(run_dir: Path) -> None:
+    page = report.render(run_dir)
+    assert _section_order(page)[:5] == ["counts", "failures", "slowest", "tests", "timings"]
+    assert page.index('id="fragmentation"') > page.index('id="slowest"')
+    counts = dict(re.findall(r'<li class="count[^"]*" data-class="([^"]+)"[^>]*>[^<]*<b>(\d+)',
+                             page))
+    assert counts == {"passed": "1", "test-failure": "0", "kernel-crash": "1", "hang": "0",
+                      "infrastructure": "0", "precondition-unreachable": "0"}
+
+
+def test_a_failure_shows_its_text_console_tail_and_artifacts(run_dir: Path) -> None:
+    page = report.render(run_dir)
+    failure = re.search(r'<article class="failure" id="failure-1".*?</article>', page, re.S)
+    assert failure is not None
+    text = failure.group(0)
+    assert "test_&lt;b&gt;bad&lt;/b&gt;[cn2]" in text and ">kernel-crash</span>" in text
+    assert "BUG: unable to handle page fault" in text
+    assert "console line 059" in text and "console line 021" in text
+    assert "console line 020" not in text  # the last 40 lines only
+    assert "\x1b" not in text and "\r" not in text and "end of console" in text
+    assert '<a href="artifacts/dmesg/t.py_test_bad_cn2_-cn2.txt">dmesg cn2</a>' in text
+    assert '<a href="cn2/console.log">' in text and '<a href="artifacts/">' in text
+    assert "6.1.0-9-amd64" in text and "node cn2" in text
+
+
+def test_failures_are_listed_most_severe_first(run_dir: Path) -> None:
+    results = json.loads((run_dir / "results.json").read_text())
+    results.insert(0, {"nodeid": "t.py::test_assert", "outcome": "failed", "duration": 0.1,
+                       "properties": {"outcome": "test-failure"}})
+    results.append({"nodeid": "t.py::test_old", "outcome": "error", "duration": 0.1})
+    (run_dir / "results.json").write_text(json.dumps(results))
+    page = report.render(run_dir)
+    ids = re.findall(r'<article class="failure" id="failure-\d+" data-class="([^"]+)"', page)
+    assert ids == ["kernel-crash", "test-failure", UNCLASSIFIED]
+    assert "No failure text recorded" in page  # the two without a message
+
+
+def test_no_failure_says_so(run_dir: Path) -> None:
+    results = json.loads((run_dir / "results.json").read_text())[:1]
+    (run_dir / "results.json").write_text(json.dumps(results))
+    assert "No test failed." in report.render(run_dir)
+
+
+def test_the_ten_slowest_tests_slowest_first(tmp_path: Path) -> None:
+    (tmp_path / "results.json").write_text(json.dumps([
+        {"nodeid": f"t.py::test_{i:02d}", "outcome": "passed", "duration": float(i),
+         "properties": {"outcome": "passed"}} for i in range(12)]))
+    page = report.render(tmp_path)
+    slowest = re.findall(r'<tr class="slow"><td>\d+</td><td><code>t.py::test_(\d+)', page)
+    assert slowest == [f"{i:02d}" for i in range(11, 1, -1)]
+
+
+def test_every_test_in_a_sortable_table_filtered_by_class_node_and_kernel(
+        run_dir: Path) -> None:
+    page = report.render(run_dir)
+    table = page[page.index('<table id="all-tests" class="sortable">'):]
+    assert '<tr data-class="kernel-crash" data-node="cn2" data-kernel="6.1.0-9-amd64"' in table
+    assert '<tr data-class="passed" data-node="(none)" data-kernel="(none)"' in table
+    filters = page[page.index('<div class="filters">'):page.index('<table id="all-tests"')]
+    for name, values in (("class", ["kernel-crash", "passed"]), ("node", ["(none)", "cn2"]),
+                         ("kernel", ["(none)", "6.1.0-9-amd64"])):
+        select = re.search(rf'<select data-filter="{name}">(.*?)</select>', filters)
+        assert select is not None
+        assert re.findall(r'<option value="([^"]*)"', select.group(1)) == ["", *values]
+    assert '<th data-type="number">seconds</th>' in table
+
+
 def test_timeline_places_phases_by_start_and_length(run_dir: Path) -> None:
-    bars = report.phase_bars(json.loads((run_dir / "events.json").read_text()))
+    bars = phase_bars(json.loads((run_dir / "events.json").read_text()))
     assert bars == [("cn1", "create", 0.5, 0.5, False), ("cn1", "boot", 1.0, 3.0, False),
                     ("cn2", "boot", 1.0, 8.0, True)]
 
@@ -121,22 +204,27 @@ def test_cli_report_writes_report_html(run_dir: Path) -> None:
     assert (run_dir / "report.html").stat().st_size > 0
 
 
-BROWSERS = ("chromium", "chromium-browser", "google-chrome", "chrome-headless-shell")
-
-
 def test_page_renders_with_its_plots_in_headless_chromium(run_dir: Path) -> None:
-    browser = next((shutil.which(name) for name in BROWSERS if shutil.which(name)), None)
-    if browser is None:
-        pytest.skip(f"no headless Chromium on this host (looked for {', '.join(BROWSERS)})")
+    browser = chromium()
     page = report.write_report(run_dir)
-    common = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1200,1600"]
-    dom = subprocess.run([*common, "--dump-dom", page.as_uri()], capture_output=True, text=True,
-                         timeout=120, check=True).stdout
+    dom = browse(browser, page.as_uri(), run_dir / "artifacts" / "report.png")
     assert dom.count('class="plot buddy"') == 2 and 'class="plot timeline"' in dom
-    shot = run_dir / "artifacts" / "report.png"
-    subprocess.run([*common, f"--screenshot={shot}", page.as_uri()], capture_output=True,
-                   timeout=120, check=True)
-    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+    counts = dict(re.findall(r'data-class="([^"]+)"[^>]*>[^<]*<b>(\d+)</b>', dom))
+    assert counts["kernel-crash"] == "1" and counts["passed"] == "1"
+    first = re.search(r'<article class="failure" id="failure-1".*?</article>', dom, re.S)
+    assert first is not None
+    assert "test_&lt;b&gt;bad&lt;/b&gt;[cn2]" in first.group(0)
+    assert "BUG: unable to handle page fault" in first.group(0)
+    assert "2 of 2 tests shown" in dom  # the table's script ran
+
+
+def test_a_link_filters_and_sorts_the_table_in_headless_chromium(run_dir: Path) -> None:
+    browser = chromium()
+    page = report.write_report(run_dir)
+    dom = browse(browser, f"{page.as_uri()}#class=kernel-crash&sort=-seconds")
+    assert "1 of 2 tests shown" in dom
+    rows = re.findall(r'<tr data-class="([^"]+)"[^>]*?( hidden="")?>', dom)
+    assert rows == [("kernel-crash", ""), ("passed", ' hidden=""')]  # 2.0 s before 1.5 s
 
 
 OUTCOMES = '''
@@ -231,4 +319,89 @@ def test_report_junit_and_results_agree_on_every_class(pytester: pytest.Pytester
 def test_a_result_without_a_class_is_not_given_its_pytest_outcome_as_one(run_dir: Path) -> None:
     (run_dir / "results.json").write_text(json.dumps([
         {"nodeid": "t.py::test_old", "outcome": "error", "duration": 1.0, "properties": {}}]))
-    assert _report_classes(report.render(run_dir)) == {"test_old": report.UNCLASSIFIED}
+    assert _report_classes(report.render(run_dir)) == {"test_old": UNCLASSIFIED}
+
+
+MESSAGES = '''
+import pytest
+
+
+@pytest.fixture
+def breaks_in_teardown():
+    yield
+    raise RuntimeError("teardown broke")
+
+
+def test_long_assertion(guest):
+    assert False, "head " + "x" * 5000 + " tail"
+
+
+def test_call_and_teardown_fail(guest, breaks_in_teardown):
+    assert 1 == 2
+
+
+def test_passes(guest):
+    pass
+'''
+
+
+def test_results_json_holds_a_bounded_failure_message(pytester: pytest.Pytester,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    inner = run_inner(pytester, monkeypatch, MESSAGES)
+    results = inner.results()
+    long = results["test_long_assertion[cn1]"]["message"]
+    assert len(long) < MESSAGE_CHARS + 100 and "characters cut" in long
+    assert "AssertionError: head xxx" in long and "xxx tail" in long
+    both = results["test_call_and_teardown_fail[cn1]"]["message"]
+    assert both.index("assert 1 == 2") < both.index("[teardown] ")
+    assert "RuntimeError: teardown broke" in both
+    assert "message" not in results["test_passes[cn1]"]
+    page = (inner.run_dir / "report.html").read_text()
+    assert page.count('<article class="failure"') == 2 and "teardown broke" in page
+
+
+BASELINE_RUN = '''
+def test_breaks(guest):
+    assert 1 == 2, "one is not two"
+
+
+def test_fixed(guest):
+    pass
+'''
+
+
+def test_baseline_writes_compare_html_and_a_summary_line(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    baseline = tmp_path / "last-night.xml"
+    baseline.write_text(
+        '<testsuites><testsuite name="pytest">'
+        '<testcase classname="test_inner" name="test_breaks[cn1]" time="1.0"><properties>'
+        '<property name="outcome" value="passed"/></properties></testcase>'
+        '<testcase classname="test_inner" name="test_fixed[cn1]" time="1.0"><properties>'
+        '<property name="outcome" value="kernel-crash"/></properties>'
+        '<failure message="oops">Oops: 0000</failure></testcase></testsuite></testsuites>')
+    inner = run_inner(pytester, monkeypatch, BASELINE_RUN, f"--baseline={baseline}")
+    page = (inner.run_dir / "compare.html").read_text()
+    assert re.search(r'<tr class="new-failure">.*?test_inner.py::test_breaks\[cn1\]', page)
+    assert re.search(r'<tr class="fixed"><td><code>test_inner.py::test_fixed\[cn1\]', page)
+    assert "one is not two" in page
+    lines = [line for line in inner.result.outlines if line.startswith("hplab: compared")]
+    assert lines == [f"hplab: compared with {baseline}: 1 new failure, 1 fixed, 0 slower, "
+                     f"0 added, 0 removed ({inner.run_dir / 'compare.html'})"]
+
+
+def test_a_missing_baseline_is_a_usage_error(pytester: pytest.Pytester,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    inner = run_inner(pytester, monkeypatch, BASELINE_RUN, "--baseline=nowhere.xml")
+    assert inner.result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--baseline nowhere.xml: no such file or directory" in inner.result.stderr.str()
+
+
+def test_a_bad_baseline_is_said_and_the_run_keeps_its_outcome(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    baseline = tmp_path / "broken.xml"
+    baseline.write_text("<testsuites>")
+    inner = run_inner(pytester, monkeypatch, BASELINE_RUN, f"--baseline={baseline}")
+    inner.result.assert_outcomes(passed=1, failed=1)
+    assert f"hplab: no comparison with {baseline}: {baseline}: not XML" in inner.result.stdout.str()
+    assert (inner.run_dir / "report.html").exists()

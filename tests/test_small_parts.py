@@ -113,7 +113,7 @@ class _Config:
 
     def __init__(self, lab_dir: Path) -> None:
         self.options = {"lab_dir": str(lab_dir), "keep_vms": False, "kmod_source": "kmod",
-                        "kmod_defect": None}
+                        "kmod_defect": None, "baseline": None}
 
     def getoption(self, name: str) -> object:
         return self.options[name]
