@@ -684,7 +684,8 @@ def vrhp_builds() -> dict[tuple[str, int, int], Any]:
 
 
 @pytest.fixture
-def vrhp_variant(guest: Guest, node: NodeRuntime, lab: Lab, lab_session: LabSession,
+def vrhp_variant(request: pytest.FixtureRequest, guest: Guest, node: NodeRuntime, lab: Lab,
+                 lab_session: LabSession,
                  vrhp_builds: dict[tuple[str, int, int], Any]) -> Iterator[Any]:
     """Builds vrhp of a version and layout for the node's kernel and installs it.
 
@@ -700,8 +701,13 @@ def vrhp_variant(guest: Guest, node: NodeRuntime, lab: Lab, lab_session: LabSess
                 vrhp_builds[key] = kmod.build(node.kernel, lab.cache, version=version,
                                               layout=layout, source=lab_session.kmod_source,
                                               defect=lab_session.kmod_defect)
-        return kmod.GuestModule(guest, vrhp_builds[key]).install()
+        build = vrhp_builds[key]
+        used[build.label] = build.key
+        _set_property(request.node.user_properties, "module_version",
+                      ", ".join(f"{label} {k}" for label, k in sorted(used.items())))
+        return kmod.GuestModule(guest, build).install()
 
+    used: dict[str, str] = {}  # the builds this test installed: what a compare names
     yield make
     if not guest.retired:  # a node rebooted in teardown has nothing loaded
         kmod.reset_guest(guest)
