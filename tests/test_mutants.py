@@ -88,3 +88,16 @@ def test_cli_passes_what_follows_the_dashes_to_pytest(monkeypatch: pytest.Monkey
                      "--kernel", "debian:6.12"])
     assert code == 0 and seen == [["--kernel", "debian:6.12"]]
     assert (tmp_path / "mutants.json").exists()
+
+
+@pytest.mark.parametrize(("defect", "message"), [
+    ("DUMP_DROPS_ONE", "assert (119999 == 120000)"),
+    ("WARN_IN_RMMOD", 'failed on teardown with "kernel warning on node cn1:\nWARNING: CPU: 0 '
+                      "PID: 257 at /tmp/t/kmod/vrhp/vrhp_main.c:1909 vrhp_exit+0x41/0x4bd [vrhp]"),
+])
+def test_the_messages_the_suites_really_give_kill_their_mutants(
+        tmp_path: Path, defect: str, message: str) -> None:
+    mutant = mutants.select([defect])[0]
+    escaped = message.replace("&", "&amp;").replace('"', "&quot;").replace("\n", "&#10;")
+    body = f'<testcase classname="s" name="t"><failure message="{escaped}"/></testcase>'
+    assert mutants.judge(mutant, 1, junit(tmp_path, body)).killed
