@@ -711,6 +711,27 @@ def vrhp_variant(request: pytest.FixtureRequest, guest: Guest, node: NodeRuntime
     yield make
     if not guest.retired:  # a node rebooted in teardown has nothing loaded
         kmod.reset_guest(guest)
+        _reboot_unless_pool_whole(request, guest, node, lab, lab_session)
+
+
+def _reboot_unless_pool_whole(request: pytest.FixtureRequest, guest: Guest,
+                              node: NodeRuntime, lab: Lab, lab_session: LabSession) -> None:
+    """Huge pages still held once the module is gone and its files removed (a leaked pin)
+    stay held for the rest of the boot: the node boots again, and says why, so that the
+    next test starts with the whole pool."""
+    from lab import kmod
+
+    pages = node.node.hugepages
+    if pages is None:
+        return
+    total, free = kmod.hugepage_pool(guest, pages.size_kib)
+    if (total, free) == (pages.count, pages.count):
+        return
+    why = (f"{free} of {pages.count} {pages.size} huge pages free after the module was "
+           f"unloaded and its files removed (pool {total})")
+    request.node.user_properties.append(("pool_after_reset", why))
+    with lab.bus.phase("pool-reset", node.node.name, f"{why}: rebooting"):
+        lab_session.reboot(node.node.name, request.node)
 
 
 @pytest.fixture

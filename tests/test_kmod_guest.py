@@ -98,3 +98,37 @@ def test_testinfra_commands_go_through_the_bounded_guest_run() -> None:
     done = host.run("printf %s", "a b")
     assert guest.seen == ["printf 'a b'"]
     assert (done.rc, done.stdout, done.stderr) == (3, "out\n", "err\n")
+
+
+class _PoolGuest(RecordingGuest):
+    def __init__(self, pool: str) -> None:
+        super().__init__()
+        self.pool = pool
+
+    def run(self, command: str, timeout: float | None = None) -> Result:
+        return Result(0, self.pool, "") if "free_hugepages" in command else super().run(command)
+
+
+@pytest.mark.parametrize(("pool", "reboots"), [("2\n2\n", []), ("2\n1\n", ["cn1"]),
+                                               ("1\n1\n", ["cn1"])])
+def test_a_pool_not_whole_after_the_reset_reboots_the_node_and_says_why(
+        pool: str, reboots: list[str]) -> None:
+    from types import SimpleNamespace
+
+    from lab import plugin
+    from lab.events import EventBus
+    from lab.topology import parse
+
+    text = "nodes: [{name: cn1, memory: 5G, hugepages: {size: 1G, count: 2}}]"
+    node = SimpleNamespace(node=parse(text, Path("t.yaml")).nodes[0])
+    rebooted: list[str] = []
+    item = SimpleNamespace(user_properties=[])
+    session = SimpleNamespace(reboot=lambda name, it: rebooted.append(name))
+    plugin._reboot_unless_pool_whole(SimpleNamespace(node=item), _PoolGuest(pool),  # type: ignore[arg-type]
+                                     node, SimpleNamespace(bus=EventBus()), session)  # type: ignore[arg-type]
+    assert rebooted == reboots
+    if reboots:
+        (name, why), = item.user_properties
+        assert name == "pool_after_reset" and why.endswith("huge pages free after the module "
+                                                           "was unloaded and its files removed "
+                                                           f"(pool {pool.split()[0]})")
