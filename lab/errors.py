@@ -43,6 +43,10 @@ class GuestError(LabError):
     """A command or transfer in a guest failed."""
 
 
+class CommandFailed(GuestError):
+    """A guest command ran and exited non-zero: the guest answered, the command said no."""
+
+
 class CanaryLost(GuestError):
     """The kernel log no longer holds a canary: the ring buffer wrapped past it."""
 

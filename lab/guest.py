@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import paramiko
 
-from lab.errors import CanaryLost, GuestError, HostKeyMismatch
+from lab.errors import CanaryLost, CommandFailed, GuestError, HostKeyMismatch
 from lab.timeouts import SPEED_WORKLOAD, Bound, Speed, Timeouts, parse_speed
 
 log = logging.getLogger(__name__)
@@ -220,7 +220,7 @@ class Guest:
         log.debug("%s: %.2fs, exit %d: %s", self.node, time.monotonic() - progress.started,
                   result.exit_status, command[:160])
         if check and not result.ok:
-            raise GuestError(f"{self.node}: `{command[:200]}` exited {result.exit_status}: "
+            raise CommandFailed(f"{self.node}: `{command[:200]}` exited {result.exit_status}: "
                              f"{result.stderr.strip()[-800:] or result.stdout.strip()[-800:]}")
         return result
 

@@ -5,7 +5,15 @@ from pathlib import Path
 import pytest
 
 from lab import triage
-from lab.errors import BootError, GuestError, HostKeyMismatch, LabError, NodeDied, TopologyError
+from lab.errors import (
+    BootError,
+    CommandFailed,
+    GuestError,
+    HostKeyMismatch,
+    LabError,
+    NodeDied,
+    TopologyError,
+)
 
 OOPS = """\
 [   12.000000] hplab-canary test_x abc
@@ -86,6 +94,7 @@ def test_expected_taint_is_masked() -> None:
     (HostKeyMismatch("x"), "infrastructure-ssh"),
     (GuestError("cn1: command did not finish within 10s: x"), "hang"),
     (GuestError("cn1: SSH connection lost"), "infrastructure-ssh"),
+    (CommandFailed("cn1: `vrhp-agent setup` exited 3: REFUSED"), "test-failure"),
     (LabError("libvirt refused"), "infrastructure"),
     (AssertionError("x"), "test-failure"),
 ])
@@ -157,6 +166,7 @@ def _raised_from(exc: BaseException, cause: BaseException) -> BaseException:
     (LabError("libvirt refused"), "infrastructure"),
     (BootError("x", node="cn1", phase="boot"), "infrastructure-boot"),
     (GuestError("cn1: SSH to 127.0.0.1:4000 failed: Unable to connect"), "infrastructure-ssh"),
+    (CommandFailed("cn1: `mkdir -p /opt/vrhp` exited 1: read-only"), "infrastructure"),
     (NodeDied("cn1", "signal 9", "during t"), "infrastructure"),
     (TopologyError("t.yaml: node 'cn1': memory"), "configuration"),
     (_sftp_failure(), "infrastructure-ssh"),
