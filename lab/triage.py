@@ -151,7 +151,9 @@ def _lab_cause(exc: BaseException) -> BaseException | None:
     return None
 
 
-SAFETY_NET_MESSAGE = "Timeout >"  # how pytest-timeout ends a test that outlived its bound
+# how pytest-timeout ends a test that outlived its bound: "Timeout >2.0s" up to 2.3,
+# "Timeout (>2.0s) from pytest-timeout." from 2.4 on
+SAFETY_NET_MESSAGE = re.compile(r"Timeout \(?>[0-9.]+s\b")
 
 
 def _exception_class(exc: BaseException, when: str) -> str:
@@ -159,7 +161,7 @@ def _exception_class(exc: BaseException, when: str) -> str:
         return _exception_class(exc.exceptions[0], when)
     if when != "call":
         exc = _lab_cause(exc) or exc
-    if str(exc).startswith(SAFETY_NET_MESSAGE):
+    if SAFETY_NET_MESSAGE.match(str(exc)):
         return "hang"
     if isinstance(exc, BootError):
         return "infrastructure-boot"

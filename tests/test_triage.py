@@ -97,6 +97,9 @@ def test_expected_taint_is_masked() -> None:
     (CommandFailed("cn1: `vrhp-agent setup` exited 3: REFUSED"), "test-failure"),
     (LabError("libvirt refused"), "infrastructure"),
     (AssertionError("x"), "test-failure"),
+    (pytest.fail.Exception("Timeout >2.0s"), "hang"),  # pytest-timeout up to 2.3
+    (pytest.fail.Exception("Timeout (>2.0s) from pytest-timeout."), "hang"),  # 2.4 on
+    (pytest.fail.Exception("Timeout of the agent: 3 retries"), "test-failure"),
 ])
 def test_classify(exc: BaseException | None, kind: str) -> None:
     assert triage.classify(exc, [], skipped=False) == kind
