@@ -798,3 +798,51 @@ def expected_bridge_entry(flags: int, vrf: int, mac: str, nexthop: int, label: i
     head = (struct.pack("<III", flags, nxt, vrf) + mac_bytes + b"\0\0"
             + struct.pack("<III", nexthop, label, 0) + struct.pack("<QQ", last_used, packets))
     return head + bytes(BRIDGE_ENTRY_SIZE - len(head))
+
+
+DAEMON_STATES = ("starting", "no-module", "not-hugepage", "setup", "error", "aging", "stopped")
+
+
+@dataclass(frozen=True)
+class DaemonTable:
+    mapped: bool
+    generation: int
+    instance: int
+    examined: int  # live entries the last aging pass visited
+    aged_total: int
+
+
+@dataclass(frozen=True)
+class DaemonStatus:
+    """The status file of `vrhp-agent run`, rewritten after every cycle."""
+
+    pid: int
+    state: str
+    cycles: int
+    module_version: int
+    setups: int
+    last_setup_exit: int
+    remaps: int
+    module_gone: int
+    cutoff_ns: int
+    last_cycle_ns: int
+    error: str
+    tables: dict[str, DaemonTable]
+
+
+def parse_daemon_status(text: str) -> DaemonStatus:
+    ctx = "run status"
+    d = _load(text, ctx)
+    tables = _obj(d, "tables", ctx)
+    return DaemonStatus(
+        state=_choice(d, "state", ctx, DAEMON_STATES),
+        error=_str(d, "error", ctx),
+        tables={t: DaemonTable(mapped=_bool(_obj(tables, t, ctx), "mapped", f"{ctx} {t}"),
+                               **{f: _int(_obj(tables, t, ctx), f, f"{ctx} {t}")
+                                  for f in ("generation", "instance", "examined",
+                                            "aged_total")})
+                for t in TABLES},
+        **{f: _int(d, f, ctx) for f in ("pid", "cycles", "module_version", "setups",
+                                         "last_setup_exit", "remaps", "module_gone",
+                                         "cutoff_ns", "last_cycle_ns")},
+    )

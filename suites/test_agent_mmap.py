@@ -4,8 +4,8 @@ hugepage mode: entries added through ioctls appear byte for byte in the agent's
 hugetlbfs mapping, and entries the agent ages through it are gone for the module.
 btable mode: the read-only char-device mappings show the same entries, refuse write
 access and survive 1,000 map/unmap cycles without a "Bad page map". Then the field
-crash (tables absent, size 0), an agent restart, and hugetlbfs files that disappear
-under the module's pinned pages.
+crash (tables absent, size 0), the agent daemon killed and restarted, and hugetlbfs
+files that disappear under the module's pinned pages.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import pytest
 from vrhp_support import HUGETLB_1G, RecordProperty, agent_refuses, dump_to
 
 from lab import vrhp as view
+from lab.agentd import AgentDaemon, realtime_ns
 from lab.guest import Guest
 from lab.kmod import GuestModule, hugepage_pool, reset_guest
 
@@ -211,29 +212,56 @@ def test_table_size_zero_is_refused_not_crashed_on(
 
 # ---------------------------------------------------------------- agent restart
 
-def test_agent_restart_maps_the_same_files_and_sees_the_same_entries(
-        guest: Guest, hugepage_tables: GuestModule) -> None:
-    module = hugepage_tables
-    for table in ("flow", "bridge"):
-        assert module.fill(table, 50_000, seed=8).inserted == 50_000
-    info = module.info()
-    dumps = {t: dump_to(module, t, f"/tmp/restart-{t}-1") for t in ("flow", "bridge")}
-    again = module.setup()    # a new agent process against the loaded module
-    assert again.outcome is view.Outcome.ALREADY_INITIALISED, again
-    assert not again.reset
-    for table in ("flow", "bridge"):
-        seg = {s.table: s for s in info.segments}[table]
-        assert again.tables[table].path == seg.path
-        assert again.tables[table].header_matches_module is True
-        assert again.tables[table].generation == info.tables[table].generation == 1
-    after = module.info()
-    assert after.segments == info.segments
-    assert {t: after.tables[t].instance for t in after.tables} == {
-        t: info.tables[t].instance for t in info.tables}
-    for table in ("flow", "bridge"):
-        lines, digest = dump_to(module, table, f"/tmp/restart-{table}-2")
-        assert (lines, digest) == dumps[table]
-        assert lines == 50_000
+# fill stamps entries up to an hour in the past: only the cutoff file ages here
+NO_AGING_BY_TIME = ("--older-than", "7200")
+
+
+def _add_fresh_flows(module: GuestModule, count: int) -> None:
+    """`count` flows through the ADD ioctl, each stamped with the current time."""
+    module.guest.check(f"for i in $(seq 1 {count}); do {module.agent_path} add flow 9 "
+                       "198.18.0.1 198.19.0.1 17 $i 4789 > /dev/null || exit 1; done")
+
+
+def _live(module: GuestModule) -> dict[str, int]:
+    return {t: s.used for t, s in view.parse_stats(module.agent_stdout("stats")).items()}
+
+
+def test_agent_daemon_killed_and_restarted_keeps_every_entry_and_ages_them(
+        guest: Guest, vrhp: GuestModule, record_property: RecordProperty) -> None:
+    """`vrhp-agent run` sets the tables up; SIGKILL takes the daemon, not the tables; a
+    new daemon adopts the loaded module's tables and goes on aging them."""
+    record_property("backend", "hugepage")
+    vrhp.load(mem="hugepage")
+    first = AgentDaemon(vrhp, *NO_AGING_BY_TIME).start()
+    ready = first.wait_for("tables set up", lambda s: s.state == "aging")
+    assert (ready.setups, ready.last_setup_exit) == (1, 0), ready
+    old = {"flow": 50_000, "bridge": 20_000}
+    for table, count in old.items():
+        assert vrhp.fill(table, count, seed=8).inserted == count
+    dumps = {t: dump_to(vrhp, t, f"/tmp/restart-{t}-1") for t in old}
+    seen = first.after_next_cycle()
+    assert {t: seen.tables[t].examined for t in old} == old, seen
+    assert {t: seen.tables[t].aged_total for t in old} == {"flow": 0, "bridge": 0}
+
+    first.kill("KILL")
+    assert {t: dump_to(vrhp, t, f"/tmp/restart-{t}-2") for t in old} == dumps
+    second = AgentDaemon(vrhp, *NO_AGING_BY_TIME).start()
+    adopted = second.after_next_cycle()
+    assert adopted.setups == 0, "the tables were ready: the new daemon must not set up again"
+    assert {t: (adopted.tables[t].generation, adopted.tables[t].examined) for t in old} == {
+        t: (1, n) for t, n in old.items()}, adopted
+
+    # entries not used since the restart are aged; flows added after it stay
+    cutoff = realtime_ns(vrhp)
+    _add_fresh_flows(vrhp, 100)
+    second.age_not_used_since(cutoff)
+    aged = second.wait_for("the entries from before the restart aged", lambda s: (
+        s.tables["flow"].aged_total, s.tables["bridge"].aged_total) == (50_000, 20_000))
+    record_property("daemon_cycle_ms", round(aged.last_cycle_ns / 1e6, 1))
+    assert _live(vrhp) == {"flow": 100, "bridge": 0}
+    second.kill("TERM")
+    stopped = second.status()
+    assert stopped is not None and stopped.state == "stopped", stopped
 
 
 # ---------------------------------------------------------------- files gone under the module

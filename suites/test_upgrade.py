@@ -14,16 +14,19 @@ import json
 import shlex
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 from vrhp_support import HUGETLB_1G, RecordProperty, dump_to, fragmentation_lost, lookup_all
 
 from lab import vrhp as view
+from lab.agentd import AgentDaemon, realtime_ns
 from lab.engine import Lab
 from lab.fragment import FragmentRun, GuestFragmenter
 from lab.guest import Guest
 from lab.kmod import GuestModule
+from lab.traffic import Traffic, dumped_keys
 
 pytestmark = [pytest.mark.lab, pytest.mark.hugepages(size="1G", count=2)]
 
@@ -31,6 +34,10 @@ FLOWS = 120_000
 BRIDGES = 120_000
 TABLES = ("flow", "bridge")
 Variant = Callable[..., GuestModule]
+SWAPS_UNDER_TRAFFIC = 5
+# rmmod fails while a client holds /dev/vrhp (a daemon's INFO, a traffic batch): retried
+RMMOD_RETRIED = ("i=0; until rmmod vrhp 2>/dev/null; do i=$((i+1)); "
+                 "[ $i -ge 1000 ] && exit 10; done")
 
 
 @dataclass(frozen=True)
@@ -250,3 +257,81 @@ def test_v2_to_v1_downgrade_with_the_same_layout_keeps_every_entry(
     swapped = _swap(guest, v1)
     _record("hugepage v2 -> v1", swapped, record_property, upgrade_times)
     _assert_adopted(v1, swapped, 2, before)
+
+
+def _replace_module(guest: Guest, new: GuestModule, *then: str) -> None:
+    """rmmod (retried while a client holds the device), insmod `new`, then `then`."""
+    script = "; ".join((f"{RMMOD_RETRIED}", f"insmod {new.ko} mem=hugepage || exit 11", *then))
+    result = guest.run(script, timeout=300)
+    assert result.ok, f"module swap to {new.build.label} failed ({result.exit_status}): " \
+        f"{result.stderr.strip()}"
+
+
+def test_agent_daemon_follows_a_module_upgrade_and_keeps_aging(
+        guest: Guest, vrhp_variant: Variant, record_property: RecordProperty) -> None:
+    """The module is swapped under a running `vrhp-agent run`: the daemon sees it go,
+    adopts the new generation's tables itself, maps them again and goes on aging."""
+    v1, v2 = vrhp_variant(1, 1), vrhp_variant(2, 1)
+    record_property("backend", "hugepage")
+    v1.load(mem="hugepage")
+    daemon = AgentDaemon(v1, "--older-than", "7200").start()
+    ready = daemon.wait_for("tables set up by v1", lambda s: s.state == "aging")
+    counts = {"flow": 20_000, "bridge": 20_000}
+    for table, count in counts.items():
+        assert v1.fill(table, count, seed=41).inserted == count
+    before = {t: dump_to(v1, t, f"/tmp/before-{t}") for t in TABLES}
+
+    _replace_module(guest, v2)
+    moved = daemon.wait_for("v2's tables adopted and mapped", lambda s: (
+        s.module_version, s.state, s.tables["flow"].generation,
+        s.tables["bridge"].generation) == (2, "aging", 2, 2))
+    record_property("daemon_remaps", moved.remaps)
+    assert moved.setups == ready.setups + 1 and moved.last_setup_exit == 0, moved
+    assert moved.remaps == 2, moved
+    for table in TABLES:
+        assert dump_to(v2, table, f"/tmp/after-{table}") == before[table], \
+            f"{table} dump differs after the upgrade under the daemon"
+    assert {t: moved.tables[t].examined for t in TABLES} == counts
+
+    cutoff = realtime_ns(v2)
+    v2.agent_stdout("add", "flow", 9, "198.18.0.1", "198.19.0.1", 17, 1, 4789)
+    daemon.age_not_used_since(cutoff)
+    aged = daemon.wait_for("v1's entries aged under v2", lambda s: (
+        s.tables["flow"].aged_total, s.tables["bridge"].aged_total) == (20_000, 20_000))
+    assert aged.module_version == 2
+    stats = view.parse_stats(v2.agent_stdout("stats"))
+    assert (stats["flow"].used, stats["bridge"].used) == (1, 0)
+    daemon.kill("TERM")
+
+
+def test_upgrade_under_traffic_loses_no_acknowledged_flow(
+        guest: Guest, lab: Lab, vrhp_variant: Variant, uapi: tuple[Path, ...],
+        record_property: RecordProperty) -> None:
+    """Flows are added, looked up and deleted without pause while the module is swapped
+    v1 -> v2 -> v1 ... five times. Every add acknowledged and not deleted is in the table
+    afterwards and nothing else is; each swap's unavailability is measured by the
+    generator itself."""
+    builds = [vrhp_variant(1, 1), vrhp_variant(2, 1)]
+    record_property("backend", "hugepage")
+    builds[0].load(mem="hugepage")
+    assert builds[0].setup().outcome is view.Outcome.SUCCESS
+    traffic = Traffic(guest, lab.cache, uapi).start(seed=20261203)
+    guest.check("sleep 1")
+    for swap in range(1, SWAPS_UNDER_TRAFFIC + 1):
+        new = builds[swap % 2]
+        _replace_module(guest, new, f"{shlex.quote(new.agent_path)} setup > /dev/null",
+                        "sleep 1")
+    result = traffic.stop()
+    last = builds[SWAPS_UNDER_TRAFFIC % 2]
+    windows = sorted(result.unavailable_ms)
+    record_property("traffic", f"{result.adds} adds, {result.dels} dels, {result.gets} gets")
+    record_property("unavailable_ms", ", ".join(f"{w:.1f}" for w in result.unavailable_ms))
+    record_property("unavailable_ms_median", round(result.median_unavailable_ms, 1))
+    assert (result.errors, result.get_misses, result.still_unavailable) == (0, 0, False), result
+    assert len(windows) == SWAPS_UNDER_TRAFFIC, f"one unavailable window per swap: {windows}"
+    assert result.adds > 0 and result.dels > 0 and result.gets > 0, result
+    dumped = dumped_keys(last.agent_stdout("dump", "flow"))
+    lost, extra = result.acked - dumped, dumped - result.acked
+    assert not lost, f"{len(lost)} acknowledged flows lost, e.g. {sorted(lost)[:3]}"
+    assert not extra, f"{len(extra)} flows nobody acknowledged, e.g. {sorted(extra)[:3]}"
+    assert last.info().tables["flow"].generation == SWAPS_UNDER_TRAFFIC + 1

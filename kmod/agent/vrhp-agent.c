@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <mntent.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -24,6 +25,7 @@
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -175,18 +177,23 @@ static uint64_t parse_u64(const char *s, const char *what)
 	return v;
 }
 
-static void json_str(const char *s)
+static void fjson_str(FILE *f, const char *s)
 {
-	putchar('"');
+	fputc('"', f);
 	for (; *s; s++) {
 		if (*s == '"' || *s == '\\')
-			printf("\\%c", *s);
+			fprintf(f, "\\%c", *s);
 		else if ((unsigned char)*s < 0x20)
-			printf("\\u%04x", *s);
+			fprintf(f, "\\u%04x", *s);
 		else
-			putchar(*s);
+			fputc(*s, f);
 	}
-	putchar('"');
+	fputc('"', f);
+}
+
+static void json_str(const char *s)
+{
+	fjson_str(stdout, s);
 }
 
 static void print_flow_key(const struct vrhp_flow_key *k);
@@ -214,8 +221,27 @@ static const struct vrhp_seg_info *seg_of(const struct vrhp_info *inf, int id)
 	return NULL;
 }
 
-/* Map table id as the module sees it; exits with a clear message on failure. */
-static void map_table(const struct vrhp_info *inf, int id, int writable, struct tmap *m)
+static void unmap_table(struct tmap *m)
+{
+	munmap(m->map_base, m->map_len);
+	close(m->fd);
+}
+
+#define MAP_FAIL(code, ...) \
+	do { \
+		snprintf(err, errlen, __VA_ARGS__); \
+		if (m->fd >= 0) \
+			close(m->fd); \
+		m->fd = -1; \
+		return (code); \
+	} while (0)
+
+/*
+ * Map table id as the module sees it. Returns 0, or the exit code (1 system error,
+ * 2 the table cannot be reached) with the reason in err.
+ */
+static int try_map_table(const struct vrhp_info *inf, int id, int writable, struct tmap *m,
+			 char *err, size_t errlen)
 {
 	const struct vrhp_table_info *ti = &inf->tables[id];
 	const struct vrhp_table_hdr *h;
@@ -225,69 +251,82 @@ static void map_table(const struct vrhp_info *inf, int id, int writable, struct 
 	off_t map_off = 0;
 
 	memset(m, 0, sizeof(*m));
+	m->fd = -1;
 	m->backend = ti->backend;
-	if (ti->backend != VRHP_BACKEND_NONE)
-		require_size(inf, id);
+	if (ti->backend != VRHP_BACKEND_NONE && (!ti->entries || !ti->table_bytes ||
+						!ti->file_bytes || !ti->entry_size))
+		MAP_FAIL(2, "module reports %s table size 0 (entries %" PRIu64 ", table_bytes %"
+			 PRIu64 "): refusing to map (table_size_ != 0)", table_names[id],
+			 (uint64_t)ti->entries, (uint64_t)ti->table_bytes);
 	if (ti->backend == VRHP_BACKEND_HUGEPAGE) {
 		const struct vrhp_seg_info *s = seg_of(inf, id);
 		struct stat st;
 
 		if (!s)
-			die(1, "%s table: module reports no segment", table_names[id]);
+			MAP_FAIL(1, "%s table: module reports no segment", table_names[id]);
 		snprintf(m->source, sizeof(m->source), "%s", s->path);
 		m->fd = open(s->path, writable ? O_RDWR : O_RDONLY);
 		if (m->fd < 0 && errno == ENOENT)
-			die(2, "%s table: %s was deleted while the module holds its pages (the module keeps working on the memory it pinned; the agent cannot reach it: run setup --reset)",
+			MAP_FAIL(2, "%s table: %s was deleted while the module holds its pages (the module keeps working on the memory it pinned; the agent cannot reach it: run setup --reset)",
 			    table_names[id], s->path);
 		if (m->fd < 0)
-			die(1, "%s table: open %s: %s", table_names[id], s->path, strerror(errno));
+			MAP_FAIL(1, "%s table: open %s: %s", table_names[id], s->path, strerror(errno));
 		if (fstat(m->fd, &st))
-			die(1, "%s table: stat %s: %s", table_names[id], s->path, strerror(errno));
+			MAP_FAIL(1, "%s table: stat %s: %s", table_names[id], s->path, strerror(errno));
 		if ((uint64_t)st.st_size < s->offset + s->len)
-			die(2, "%s table: %s was truncated to %lld bytes (needs %" PRIu64 ") while the module holds its pages (the module keeps working on the memory it pinned: run setup --reset)",
+			MAP_FAIL(2, "%s table: %s was truncated to %lld bytes (needs %" PRIu64 ") while the module holds its pages (the module keeps working on the memory it pinned: run setup --reset)",
 			    table_names[id], s->path, (long long)st.st_size,
 			    (uint64_t)(s->offset + s->len));
 		if (s->detached)
-			die(2, "%s table: the module reports that %s no longer holds its pinned pages (deleted or truncated and recreated): run setup --reset",
+			MAP_FAIL(2, "%s table: the module reports that %s no longer holds its pinned pages (deleted or truncated and recreated): run setup --reset",
 			    table_names[id], s->path);
 		delta = s->offset & (s->page_size - 1);
 		map_off = s->offset - delta;
 		m->len = s->len;
 	} else if (ti->backend == VRHP_BACKEND_BTABLE) {
 		if (writable)
-			die(2, "%s table is on btable: its mapping is read-only (needs hugepage backend)",
+			MAP_FAIL(2, "%s table is on btable: its mapping is read-only (needs hugepage backend)",
 			    table_names[id]);
 		snprintf(m->source, sizeof(m->source), "%s", map_devs[id]);
 		m->fd = open(map_devs[id], O_RDONLY);
 		if (m->fd < 0)
-			die(1, "%s table: open %s: %s", table_names[id], map_devs[id],
+			MAP_FAIL(1, "%s table: open %s: %s", table_names[id], map_devs[id],
 			    strerror(errno));
 		m->len = (ti->file_bytes + pg - 1) / pg * pg;
 	} else {
-		die(2, "%s table does not exist (module state %s; run setup)", table_names[id],
+		MAP_FAIL(2, "%s table does not exist (module state %s; run setup)", table_names[id],
 		    inf->state == VRHP_STATE_READY ? "ready" : "uninit");
 	}
 	m->map_len = m->len + delta;
 	m->map_base = mmap(NULL, m->map_len, PROT_READ | (writable ? PROT_WRITE : 0),
 			   MAP_SHARED, m->fd, map_off);
 	if (m->map_base == MAP_FAILED)
-		die(1, "%s table: mmap %s (%zu bytes): %s", table_names[id], m->source, m->len,
+		MAP_FAIL(1, "%s table: mmap %s (%zu bytes): %s", table_names[id], m->source, m->len,
 		    strerror(errno));
 	m->base = (char *)m->map_base + delta;
 	h = m->base;
 	if (h->magic != VRHP_HDR_MAGIC || h->instance != ti->instance ||
 	    h->layout_version != VRHP_LAYOUT || h->entry_size != ti->entry_size ||
-	    h->entries != ti->entries || h->oentries != ti->oentries)
-		die(2, "%s table: %s does not show the module's table (magic %#" PRIx64
-		    " instance %#" PRIx64 " vs module %#" PRIx64 ", layout %u): file replaced?",
-		    table_names[id], m->source, (uint64_t)h->magic, (uint64_t)h->instance,
-		    (uint64_t)ti->instance, h->layout_version);
+	    h->entries != ti->entries || h->oentries != ti->oentries) {
+		snprintf(err, errlen, "%s table: %s does not show the module's table (magic %#"
+			 PRIx64 " instance %#" PRIx64 " vs module %#" PRIx64
+			 ", layout %u): file replaced?",
+			 table_names[id], m->source, (uint64_t)h->magic, (uint64_t)h->instance,
+			 (uint64_t)ti->instance, h->layout_version);
+		unmap_table(m);
+		return 2;
+	}
+	return 0;
 }
 
-static void unmap_table(struct tmap *m)
+/* Map table id as the module sees it; exits with a clear message on failure. */
+static void map_table(const struct vrhp_info *inf, int id, int writable, struct tmap *m)
 {
-	munmap(m->map_base, m->map_len);
-	close(m->fd);
+	char err[VRHP_PATH_MAX + 256];
+	int code = try_map_table(inf, id, writable, m, err, sizeof(err));
+
+	if (code)
+		die(code, "%s", err);
 }
 
 static inline const void *entry_at(const void *base, uint32_t esz, uint64_t i)
@@ -1089,6 +1128,262 @@ static int cmd_age(int argc, char **argv)
 	return 0;
 }
 
+/* ------------------------------------------------------------ run (the daemon) */
+
+/*
+ * The long-running agent: sets up or adopts the tables, keeps them mapped, ages entries
+ * every interval and writes its status as one JSON document (atomically renamed).
+ * It holds /dev/vrhp only for the INFO call of each cycle, so the module can be
+ * removed while it runs; it then waits, and maps the new generation's tables.
+ */
+struct daemon {
+	const char *status_path;
+	const char *cutoff_path;
+	const char *setup_argv[8];
+	int setup_argc;
+	uint64_t interval_ms;
+	uint64_t older_than_s;
+	uint64_t cycles, setups, remaps, module_gone, last_cycle_ns, cutoff_ns;
+	int last_setup_exit, module_present;
+	uint32_t module_version;
+	const char *state;
+	char error[VRHP_PATH_MAX + 256];
+	struct {
+		struct tmap map;
+		int mapped;
+		uint64_t generation, instance, examined, aged_total;
+	} t[VRHP_NR_TABLES];
+};
+
+static volatile sig_atomic_t daemon_stop;
+
+static void on_stop_signal(int sig)
+{
+	(void)sig;
+	daemon_stop = 1;
+}
+
+static void daemon_unmap(struct daemon *d)
+{
+	int id;
+
+	for (id = 0; id < VRHP_NR_TABLES; id++) {
+		if (d->t[id].mapped)
+			unmap_table(&d->t[id].map);
+		d->t[id].mapped = 0;
+	}
+}
+
+/* INFO through a descriptor held only for this call; 0, or the errno of open/ioctl. */
+static int daemon_info(struct vrhp_info *inf)
+{
+	int fd = open(CTL_DEV, O_RDWR | O_CLOEXEC), e = 0;
+
+	if (fd < 0)
+		return errno;
+	memset(inf, 0, sizeof(*inf));
+	if (ioctl(fd, VRHP_IOC_INFO, inf))
+		e = errno;
+	close(fd);
+	return e;
+}
+
+/* `setup` in a child, its JSON beside the status file: the child may exit anywhere. */
+static void daemon_setup(struct daemon *d)
+{
+	char out[VRHP_PATH_MAX + 16];
+	pid_t pid;
+	int st;
+
+	snprintf(out, sizeof(out), "%s.setup.json", d->status_path);
+	fflush(stdout);
+	pid = fork();
+	if (pid < 0) {
+		snprintf(d->error, sizeof(d->error), "fork for setup: %s", strerror(errno));
+		return;
+	}
+	if (pid == 0) {
+		if (!freopen(out, "w", stdout))
+			_exit(1);
+		ctl_fd = -1;
+		exit(cmd_setup(d->setup_argc, (char **)d->setup_argv));
+	}
+	while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+		;
+	d->setups++;
+	d->last_setup_exit = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+	if (d->last_setup_exit)
+		snprintf(d->error, sizeof(d->error), "setup exited %d (see %s)",
+			 d->last_setup_exit, out);
+}
+
+static uint64_t daemon_cutoff(const struct daemon *d)
+{
+	uint64_t now = now_real_ns(), rel = now - d->older_than_s * 1000000000ull, abs_ns = 0;
+	FILE *f;
+
+	if (d->cutoff_path && (f = fopen(d->cutoff_path, "r"))) {
+		if (fscanf(f, "%" SCNu64, &abs_ns) != 1)
+			abs_ns = 0;
+		fclose(f);
+	}
+	return abs_ns > rel ? abs_ns : rel;
+}
+
+static void daemon_age(struct daemon *d, const struct vrhp_info *inf, int id, uint64_t cutoff)
+{
+	uint64_t total = inf->tables[id].entries + inf->tables[id].oentries, j, examined = 0;
+
+	for (j = 0; j < total && !daemon_stop; j++) {
+		void *e = (char *)d->t[id].map.base + VRHP_HDR_SIZE + j * inf->tables[id].entry_size;
+		uint32_t *flags = e;
+
+		if (!(__atomic_load_n(flags, __ATOMIC_RELAXED) & VRHP_EF_VALID))
+			continue;
+		examined++;
+		if (entry_last_used(id, e) < cutoff) {
+			__atomic_fetch_and(flags, ~VRHP_EF_VALID, __ATOMIC_RELEASE);
+			d->t[id].aged_total++;
+		}
+	}
+	d->t[id].examined = examined;
+}
+
+static void daemon_cycle(struct daemon *d)
+{
+	struct vrhp_info inf;
+	int e = daemon_info(&inf), id;
+
+	d->error[0] = 0;
+	if (e) {
+		if (d->module_present)
+			d->module_gone++;
+		d->module_present = 0;
+		daemon_unmap(d);
+		d->state = "no-module";
+		snprintf(d->error, sizeof(d->error), "%s: %s", CTL_DEV, errname(e));
+		return;
+	}
+	d->module_present = 1;
+	d->module_version = inf.module_version;
+	if (inf.mem != VRHP_BACKEND_HUGEPAGE) {
+		daemon_unmap(d);
+		d->state = "not-hugepage";
+		return;
+	}
+	if (inf.state != VRHP_STATE_READY) {
+		daemon_unmap(d);
+		d->state = "setup";
+		daemon_setup(d);
+		return;
+	}
+	d->cutoff_ns = daemon_cutoff(d);
+	for (id = 0; id < VRHP_NR_TABLES; id++) {
+		const struct vrhp_table_info *ti = &inf.tables[id];
+
+		if (d->t[id].mapped && (d->t[id].generation != ti->generation ||
+					d->t[id].instance != ti->instance)) {
+			unmap_table(&d->t[id].map);
+			d->t[id].mapped = 0;
+		}
+		if (!d->t[id].mapped) {
+			if (try_map_table(&inf, id, 1, &d->t[id].map, d->error, sizeof(d->error))) {
+				d->state = "error";
+				return;
+			}
+			d->t[id].mapped = 1;
+			if (d->t[id].generation)
+				d->remaps++;
+			d->t[id].generation = ti->generation;
+			d->t[id].instance = ti->instance;
+		}
+		daemon_age(d, &inf, id, d->cutoff_ns);
+	}
+	d->state = "aging";
+}
+
+static void daemon_write_status(const struct daemon *d)
+{
+	char tmp[VRHP_PATH_MAX + 16];
+	FILE *f;
+	int id;
+
+	snprintf(tmp, sizeof(tmp), "%s.tmp", d->status_path);
+	f = fopen(tmp, "w");
+	if (!f)
+		die(1, "run: cannot write %s: %s", tmp, strerror(errno));
+	fprintf(f, "{\"pid\":%d,\"state\":\"%s\",\"cycles\":%" PRIu64 ",\"module_version\":%u,"
+		"\"setups\":%" PRIu64 ",\"last_setup_exit\":%d,\"remaps\":%" PRIu64
+		",\"module_gone\":%" PRIu64 ",\"cutoff_ns\":%" PRIu64 ",\"last_cycle_ns\":%" PRIu64
+		",\"error\":",
+		(int)getpid(), d->state, d->cycles, d->module_version, d->setups,
+		d->last_setup_exit, d->remaps, d->module_gone, d->cutoff_ns, d->last_cycle_ns);
+	fjson_str(f, d->error);
+	fprintf(f, ",\"tables\":{");
+	for (id = 0; id < VRHP_NR_TABLES; id++)
+		fprintf(f, "%s\"%s\":{\"mapped\":%s,\"generation\":%" PRIu64 ",\"instance\":%" PRIu64
+			",\"examined\":%" PRIu64 ",\"aged_total\":%" PRIu64 "}",
+			id ? "," : "", table_names[id], d->t[id].mapped ? "true" : "false",
+			d->t[id].generation, d->t[id].instance, d->t[id].examined,
+			d->t[id].aged_total);
+	fprintf(f, "}}\n");
+	if (fclose(f) || rename(tmp, d->status_path))
+		die(1, "run: cannot write %s: %s", d->status_path, strerror(errno));
+}
+
+static int cmd_run(int argc, char **argv)
+{
+	static struct daemon d;
+	struct sigaction sa;
+	int i;
+
+	d.interval_ms = 500;
+	d.older_than_s = 1800;
+	d.state = "starting";
+	d.setup_argv[d.setup_argc++] = "vrhp-agent";
+	d.setup_argv[d.setup_argc++] = "setup";
+	for (i = 2; i < argc; i++) {
+		if (!strcmp(argv[i], "--status") && i + 1 < argc)
+			d.status_path = argv[++i];
+		else if (!strcmp(argv[i], "--interval-ms") && i + 1 < argc)
+			d.interval_ms = parse_u64(argv[++i], "--interval-ms");
+		else if (!strcmp(argv[i], "--older-than") && i + 1 < argc)
+			d.older_than_s = parse_u64(argv[++i], "--older-than seconds");
+		else if (!strcmp(argv[i], "--cutoff-file") && i + 1 < argc)
+			d.cutoff_path = argv[++i];
+		else if ((!strcmp(argv[i], "--mount") || !strcmp(argv[i], "--pagesize")) &&
+			 i + 1 < argc && d.setup_argc < 6) {
+			d.setup_argv[d.setup_argc++] = argv[i];
+			d.setup_argv[d.setup_argc++] = argv[++i];
+		} else
+			die(1, "run: unknown argument '%s'", argv[i]);
+	}
+	if (!d.status_path)
+		die(1, "usage: run --status FILE [--interval-ms MS] [--older-than S] "
+		    "[--cutoff-file FILE] [--mount DIR] [--pagesize 1G|2M]");
+	if (!d.interval_ms || d.interval_ms > 3600000)
+		die(1, "run: --interval-ms must be 1..3600000, got %" PRIu64, d.interval_ms);
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_stop_signal;
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	while (!daemon_stop) {
+		double t0 = now_s();
+		struct timespec ts = { (time_t)(d.interval_ms / 1000),
+				       (long)(d.interval_ms % 1000) * 1000000L };
+
+		daemon_cycle(&d);
+		d.cycles++;
+		d.last_cycle_ns = (uint64_t)((now_s() - t0) * 1e9);
+		daemon_write_status(&d);
+		nanosleep(&ts, NULL);
+	}
+	daemon_unmap(&d);
+	d.state = "stopped";
+	daemon_write_status(&d);
+	return 0;
+}
+
 /* ------------------------------------------------------------ migrate */
 
 /*
@@ -1490,11 +1785,13 @@ static int cmd_lookup(int argc, char **argv)
 }
 
 /* CLOCK_MONOTONIC in ns: timestamps for scripts around rmmod/insmod (no module needed) */
-static int cmd_clock(void)
+static int cmd_clock(int argc, char **argv)
 {
 	struct timespec ts;
 
-	clock_gettime(CLOCK_MONOTONIC, &ts);
+	if (argc > 3 || (argc == 3 && strcmp(argv[2], "--realtime")))
+		die(1, "usage: clock [--realtime]");
+	clock_gettime(argc == 3 ? CLOCK_REALTIME : CLOCK_MONOTONIC, &ts);
 	printf("%" PRIu64 "\n", (uint64_t)(ts.tv_sec * 1000000000ull + ts.tv_nsec));
 	return 0;
 }
@@ -1520,7 +1817,9 @@ static void usage(void)
 		"  pattern flow|bridge SEED\n"
 		"  remap flow|bridge N\n"
 		"  lookup flow|bridge DUMPFILE\n"
-		"  clock\n"
+		"  run --status FILE [--interval-ms MS] [--older-than S] [--cutoff-file FILE]\n"
+		"      [--mount DIR] [--pagesize 1G|2M]\n"
+		"  clock [--realtime]\n"
 		"  bench [N [SEED]]\n");
 }
 
@@ -1565,8 +1864,10 @@ int main(int argc, char **argv)
 		return cmd_remap(argc, argv);
 	if (!strcmp(c, "lookup"))
 		return cmd_lookup(argc, argv);
+	if (!strcmp(c, "run"))
+		return cmd_run(argc, argv);
 	if (!strcmp(c, "clock"))
-		return cmd_clock();
+		return cmd_clock(argc, argv);
 	usage();
 	return 1;
 }

@@ -1,0 +1,83 @@
+"""Flow churn inside a guest while the module may be swapped: the `vrhp_traffic` tool
+started in the background, stopped, and its acknowledged flows read back."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from lab import guesttools
+from lab.errors import GuestError
+from lab.guest import Guest
+
+ACKED = "/tmp/vrhp-traffic.acked"
+OUT = "/tmp/vrhp-traffic.json"
+
+
+@dataclass(frozen=True)
+class TrafficResult:
+    adds: int
+    dels: int
+    gets: int
+    get_misses: int  # a flow it added and did not delete was not found
+    errors: int  # other failed calls (first_error: their first errno)
+    first_error: int
+    live: int  # acknowledged adds not deleted: what the table must hold
+    still_unavailable: bool
+    unavailable_ms: tuple[float, ...]  # one per window without a working table
+    acked: frozenset[str]  # the live flows' keys, as `vrhp-agent dump` prints them
+
+    @property
+    def median_unavailable_ms(self) -> float:
+        return statistics.median(self.unavailable_ms) if self.unavailable_ms else 0.0
+
+
+def parse_result(text: str, acked: str) -> TrafficResult:
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"vrhp_traffic: output is not JSON ({exc}): {text[:200]!r}") from None
+    fields = ("adds", "dels", "gets", "get_misses", "errors", "first_error", "live")
+    if not isinstance(d, dict) or any(not isinstance(d.get(f), int) for f in fields):
+        raise ValueError(f"vrhp_traffic: output lacks one of {fields}: {text[:200]!r}")
+    keys = frozenset(line for line in acked.splitlines() if line)
+    if len(keys) != d["live"]:
+        raise ValueError(f"vrhp_traffic: {len(keys)} acknowledged keys in {ACKED}, "
+                         f"summary says {d['live']}")
+    return TrafficResult(**{f: d[f] for f in fields},
+                         still_unavailable=bool(d.get("still_unavailable")),
+                         unavailable_ms=tuple(float(v) for v in d.get("unavailable_ms", [])),
+                         acked=keys)
+
+
+def dumped_keys(dump: str) -> frozenset[str]:
+    """The flow keys of `vrhp-agent dump flow` lines, in the generator's spelling."""
+    return frozenset(line[1:line.index(',"action"')] for line in dump.splitlines() if line)
+
+
+class Traffic:
+    """One background `vrhp_traffic` process in a guest."""
+
+    def __init__(self, guest: Guest, cache: Path, include_dirs: tuple[Path, ...]) -> None:
+        self.guest = guest
+        self.tool = guesttools.install(guest, "vrhp_traffic", cache, include_dirs=include_dirs)
+        self.pid = 0
+
+    def start(self, seed: int) -> Traffic:
+        self.guest.check(f"rm -f {ACKED} {OUT}")
+        self.pid = int(self.guest.check(
+            f"setsid {self.tool} {ACKED} {seed} > {OUT} 2>&1 < /dev/null & echo $!").strip())
+        return self
+
+    def stop(self) -> TrafficResult:
+        """SIGTERM, wait for the summary, read it with the acknowledged flows."""
+        waited = self.guest.run(
+            f"kill -TERM {self.pid}; i=0; while kill -0 {self.pid} 2>/dev/null; do "
+            f"i=$((i+1)); [ $i -gt 600 ] && exit 9; sleep 0.1; done",
+            timeout=120)
+        if not waited.ok:
+            raise GuestError(f"{self.guest.node}: vrhp_traffic (pid {self.pid}) did not end "
+                             "on SIGTERM")
+        return parse_result(self.guest.read(OUT), self.guest.read(ACKED))
