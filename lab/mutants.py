@@ -52,6 +52,12 @@ MUTANTS = (
            "suites/test_kmod_smoke.py", "test_setup_places_each_table_on_its_own_1g_page",
            "topologies/single-debian.yaml",
            r"kernel warning on node cn1:\nWARNING: CPU: \d+ PID: \d+ at \S+ vrhp_exit\+"),
+    Mutant("LOSES_LAST_ADD", "the last flow added before rmmod is lost in the swap",
+           "suites/test_upgrade.py", "test_upgrade_under_traffic_loses_no_acknowledged_flow",
+           "topologies/single.yaml", r"\d+ acknowledged flows lost"),
+    Mutant("DAEMON_KEEPS_OLD_MAP", "the agent daemon never maps a new generation",
+           "suites/test_upgrade.py", "test_agent_daemon_follows_a_module_upgrade_and_keeps_aging",
+           "topologies/single.yaml", r"did not reach v2's tables adopted and mapped"),
 )
 DEFECTS = tuple(m.defect for m in MUTANTS)
 

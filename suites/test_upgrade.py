@@ -5,7 +5,9 @@ them through the agent's mapping, swaps the module in one guest-side command (rm
 insmod, agent setup with the same files) and proves the tables survived: the dump is
 identical, every dumped entry is found by the new module's hash lookup, and the
 generation advanced. The time the module was absent is recorded per upgrade, as a
-JUnit property and in ``artifacts/upgrade-times-<node>.json``.
+JUnit property and in ``artifacts/upgrade-times-<node>.json``. Then the living agent:
+a running `vrhp-agent run` follows an upgrade, and five swaps under flow traffic lose
+no acknowledged flow.
 """
 
 from __future__ import annotations

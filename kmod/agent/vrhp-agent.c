@@ -36,6 +36,9 @@
 #endif
 
 #define CTL_DEV "/dev/vrhp"
+#ifndef VRHP_DEFECT_DAEMON_KEEPS_OLD_MAP
+#define VRHP_DEFECT_DAEMON_KEEPS_OLD_MAP 0
+#endif
 #define ONE_FILE_ALIGN (2ull << 20)
 
 static const char *const table_names[VRHP_NR_TABLES] = { "flow", "bridge" };
@@ -1259,7 +1262,9 @@ static void daemon_cycle(struct daemon *d)
 		if (d->module_present)
 			d->module_gone++;
 		d->module_present = 0;
+#if !VRHP_DEFECT_DAEMON_KEEPS_OLD_MAP	/* a planted defect (kmod/README.md) */
 		daemon_unmap(d);
+#endif
 		d->state = "no-module";
 		snprintf(d->error, sizeof(d->error), "%s: %s", CTL_DEV, errname(e));
 		return;
@@ -1272,7 +1277,9 @@ static void daemon_cycle(struct daemon *d)
 		return;
 	}
 	if (inf.state != VRHP_STATE_READY) {
+#if !VRHP_DEFECT_DAEMON_KEEPS_OLD_MAP
 		daemon_unmap(d);
+#endif
 		d->state = "setup";
 		daemon_setup(d);
 		return;
@@ -1281,8 +1288,8 @@ static void daemon_cycle(struct daemon *d)
 	for (id = 0; id < VRHP_NR_TABLES; id++) {
 		const struct vrhp_table_info *ti = &inf.tables[id];
 
-		if (d->t[id].mapped && (d->t[id].generation != ti->generation ||
-					d->t[id].instance != ti->instance)) {
+		if (d->t[id].mapped && !VRHP_DEFECT_DAEMON_KEEPS_OLD_MAP &&
+		    (d->t[id].generation != ti->generation || d->t[id].instance != ti->instance)) {
 			unmap_table(&d->t[id].map);
 			d->t[id].mapped = 0;
 		}

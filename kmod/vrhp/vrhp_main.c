@@ -144,6 +144,7 @@ struct vrhp_table {
 	struct mutex lock;	/* entries and counters */
 	atomic_t mmap_count;
 	u64 inserts, deletes, insert_failures, nospc;
+	u64 last_added;		/* 1 + index of the last ADD; only LOSES_LAST_ADD reads it */
 };
 
 static struct vrhp_table vrhp_tables[VRHP_NR_TABLES];
@@ -1268,6 +1269,7 @@ static long vrhp_flow_op(unsigned int cmd, void __user *uarg)
 		e->action = req.action;
 		e->last_used = ktime_get_real_ns();
 		t->inserts++;
+		t->last_added = idx + 1;
 		break;
 	case VRHP_IOC_FLOW_DEL:
 		err = vrhp_delete(t, &req.key);
@@ -1898,12 +1900,23 @@ fail:
 	return err;
 }
 
+/* A planted defect: the last flow added never reaches the table the next module adopts. */
+static void vrhp_planted_lose_last_add(void)
+{
+	struct vrhp_table *t = &vrhp_tables[VRHP_TABLE_FLOW];
+
+	if (t->m.backend != VRHP_BACKEND_NONE && t->last_added)
+		vrhp_eh(t, t->last_added - 1)->flags &= ~VRHP_EF_VALID;
+}
+
 static void __exit vrhp_exit(void)
 {
 	misc_deregister(&vrhp_bridge_dev);
 	misc_deregister(&vrhp_flow_dev);
 	misc_deregister(&vrhp_ctl_dev);
 	down_write(&vrhp_cfg_sem);
+	if (VRHP_PLANTED(LOSES_LAST_ADD))
+		vrhp_planted_lose_last_add();
 	vrhp_free_all();
 	up_write(&vrhp_cfg_sem);
 	WARN_ON(VRHP_PLANTED(WARN_IN_RMMOD));
