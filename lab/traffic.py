@@ -21,7 +21,8 @@ class TrafficResult:
     adds: int
     dels: int
     gets: int
-    get_misses: int  # a flow it added and did not delete was not found
+    get_misses: int  # a flow it added and did not delete: GET did not find it
+    del_misses: int  # ... DEL did not find it
     errors: int  # other failed calls (first_error: their first errno)
     first_error: int
     live: int  # acknowledged adds not deleted: what the table must hold
@@ -39,7 +40,8 @@ def parse_result(text: str, acked: str) -> TrafficResult:
         d = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"vrhp_traffic: output is not JSON ({exc}): {text[:200]!r}") from None
-    fields = ("adds", "dels", "gets", "get_misses", "errors", "first_error", "live")
+    fields = ("adds", "dels", "gets", "get_misses", "del_misses", "errors", "first_error",
+              "live")
     if not isinstance(d, dict) or any(not isinstance(d.get(f), int) for f in fields):
         raise ValueError(f"vrhp_traffic: output lacks one of {fields}: {text[:200]!r}")
     keys = frozenset(line for line in acked.splitlines() if line)

@@ -460,3 +460,23 @@ LINE = "vrhp: flow table: btable allocation failed: got 3 of 39 4 MiB chunks"
 def test_only_enomem_short_of_chunks_is_a_fragmentation_refusal(
         stderr: str, dmesg: str, found: vrhp.BtableFailure | None) -> None:
     assert vrhp.btable_failure(stderr, dmesg) == found
+
+
+def _daemon_status(**changes: object) -> dict[str, object]:
+    table = {"mapped": True, "generation": 2, "instance": 77, "examined": 10, "aged_total": 3}
+    doc: dict[str, object] = {
+        "pid": 300, "state": "aging", "cycles": 12, "module_version": 2, "setups": 2,
+        "last_setup_exit": 0, "remaps": 2, "module_gone": 1, "cutoff_ns": 5,
+        "last_cycle_ns": 1000, "error": "", "tables": {"flow": table, "bridge": table}}
+    doc.update(changes)
+    return doc
+
+
+def test_daemon_status_is_read_strictly() -> None:
+    status = vrhp.parse_daemon_status(json.dumps(_daemon_status()))
+    assert (status.state, status.remaps, status.tables["bridge"].generation) == ("aging", 2, 2)
+    with pytest.raises(ValueError, match="run status: field 'state' is 'sleeping'"):
+        vrhp.parse_daemon_status(json.dumps(_daemon_status(state="sleeping")))
+    with pytest.raises(ValueError, match="run status flow: field 'examined'"):
+        vrhp.parse_daemon_status(json.dumps(_daemon_status(tables={"flow": {
+            "mapped": True, "generation": 1, "instance": 1, "aged_total": 0}})))

@@ -8,7 +8,8 @@
  * as acknowledged only when its ioctl returned 0. /dev/vrhp is held for one batch at a
  * time, so the module can be removed between batches. A failure to open it, or ENODEV
  * (the new module has no tables yet), opens an unavailability window that the next
- * acknowledged operation closes. On SIGTERM it writes the flows it added and did not
+ * acknowledged operation closes. A flow it added and did not delete that GET or DEL does
+ * not find is counted as lost at that call. On SIGTERM it writes the flows it added and did not
  * delete to ACKED_FILE, one key per line in the form `vrhp-agent dump` prints them, and
  * one JSON summary to stdout.
  */
@@ -74,14 +75,15 @@ static void key_of(uint32_t vrf, uint64_t n, struct vrhp_flow_key *k)
 }
 
 struct counts {
-	uint64_t adds, dels, gets, get_misses, errors, first_error;
+	uint64_t adds, dels, gets, get_misses, del_misses, errors, first_error;
 	uint64_t attempts_unavailable;
 	double window_start;
 	double windows[MAX_WINDOWS];
 	unsigned int nwindows;
 };
 
-static int unavailable(int e)
+/* open: the module is gone; an ioctl: the new module has no tables yet */
+static int unavailable_open(int e)
 {
 	return e == ENOENT || e == ENODEV || e == ENXIO;
 }
@@ -128,7 +130,7 @@ int main(int argc, char **argv)
 		int fd = open("/dev/vrhp", O_RDWR | O_CLOEXEC), b;
 
 		if (fd < 0) {
-			if (!unavailable(errno)) {
+			if (!unavailable_open(errno)) {
 				fprintf(stderr, "vrhp_traffic: /dev/vrhp: %s\n", strerror(errno));
 				return 1;
 			}
@@ -157,12 +159,17 @@ int main(int argc, char **argv)
 			if (ioctl(fd, cmd, &r)) {
 				int e = errno;
 
-				if (unavailable(e)) {
+				if (e == ENODEV) {
 					opened_window(&c);
 					break;
 				}
 				if (cmd == VRHP_IOC_FLOW_GET && e == ENOENT) {
 					c.get_misses++;
+					continue;
+				}
+				if (cmd == VRHP_IOC_FLOW_DEL && e == ENOENT) {
+					live[pick] = live[--nlive];	/* gone already */
+					c.del_misses++;
 					continue;
 				}
 				if (!c.errors++)
@@ -205,10 +212,10 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	printf("{\"adds\":%" PRIu64 ",\"dels\":%" PRIu64 ",\"gets\":%" PRIu64
-	       ",\"get_misses\":%" PRIu64 ",\"errors\":%" PRIu64 ",\"first_error\":%" PRIu64
+	       ",\"get_misses\":%" PRIu64 ",\"del_misses\":%" PRIu64 ",\"errors\":%" PRIu64 ",\"first_error\":%" PRIu64
 	       ",\"live\":%" PRIu64 ",\"attempts_unavailable\":%" PRIu64
 	       ",\"still_unavailable\":%s,\"unavailable_ms\":[",
-	       c.adds, c.dels, c.gets, c.get_misses, c.errors, c.first_error, nlive,
+	       c.adds, c.dels, c.gets, c.get_misses, c.del_misses, c.errors, c.first_error, nlive,
 	       c.attempts_unavailable, c.window_start ? "true" : "false");
 	for (w = 0; w < c.nwindows; w++)
 		printf("%s%.3f", w ? "," : "", c.windows[w]);
