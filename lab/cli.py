@@ -267,6 +267,24 @@ def cmd_mutants(args: argparse.Namespace) -> int:
     return 0 if all(v.killed for v in verdicts) else 1
 
 
+def cmd_matrix(args: argparse.Namespace) -> int:
+    from lab import matrix
+    from lab.report import write_matrix
+
+    specs = matrix.kernel_specs(args.kernels)
+    topology = matrix.topology_file(args.topology)
+    matrix.check_pytest_args(list(args.pytest_args))
+    base = lab_dir(args.lab_dir)
+    out = Path(args.out) if args.out else matrix.default_out(base)
+    result = matrix.run(specs, topology, list(args.pytest_args), out, cache_dir(base))
+    print(matrix.table(result))
+    print(write_matrix(result, out / matrix.MATRIX_HTML))
+    print(matrix.write_json(result, out / matrix.MATRIX_JSON))
+    if result.interrupted:
+        return 130
+    return 0 if result.ok else 1
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="hplab", description=__doc__)
     top.add_argument("--lab-dir", default=None,
@@ -368,12 +386,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="mutants-out", help="JUnit files and mutants.json go here")
     p.add_argument("pytest_args", nargs="*", help="more pytest arguments, after --")
     p.set_defaults(func=cmd_mutants)
+    p = sub.add_parser("matrix", help="run suites on each of several kernels, one session "
+                       "after another; a table of test x kernel")
+    p.add_argument("--kernels", required=True, metavar="SPEC,SPEC,...",
+                   help="the kernels, each as --kernel takes it (e.g. debian:6.1,debian:6.12)")
+    p.add_argument("--topology", help="topology of every session (default: the plugin's)")
+    p.add_argument("-o", "--out", help="a lab directory per kernel, matrix.html and "
+                   "matrix.json go here (default: <lab dir>/matrix/<time>; QEMU must reach it)")
+    p.add_argument("pytest_args", nargs="*", help="suites and pytest arguments, after --")
+    p.set_defaults(func=cmd_matrix)
     return top
 
 
 def _split_repeat(argv: list[str]) -> tuple[list[str], list[str]]:
     """`hplab repeat N -- ARGS`: ARGS go to pytest untouched, never to our parser."""
-    if "--" in argv and {"repeat", "mutants"} & set(argv[: argv.index("--")]):
+    if "--" in argv and {"repeat", "mutants", "matrix"} & set(argv[: argv.index("--")]):
         cut = argv.index("--")
         return argv[:cut], argv[cut + 1:]
     return argv, []
@@ -382,7 +409,7 @@ def _split_repeat(argv: list[str]) -> tuple[list[str], list[str]]:
 def main(argv: list[str] | None = None) -> int:
     ours, pytest_args = _split_repeat(list(sys.argv[1:] if argv is None else argv))
     args = parser().parse_args(ours)
-    if args.command in ("repeat", "mutants"):
+    if args.command in ("repeat", "mutants", "matrix"):
         args.pytest_args = [*args.pytest_args, *pytest_args]
     try:
         return int(args.func(args))
