@@ -322,7 +322,7 @@ class Lab:
     def _accel(self, node: Node, kernel: kernels.Kernel, image: images.Image) -> str:
         def probe() -> bool:
             with self.bus.phase("accel-probe", node.name, "does KVM boot a guest here?"):
-                return virt.kvm_works(kernel.vmlinuz, image.path, images.BOOTED_MARK,
+                return virt.kvm_works(kernel.probe_image, image.path, images.BOOTED_MARK,
                                       self.cache, self.base_timeouts.accel_probe)
         return virt.resolve_accel(node.accel, probe)
 

@@ -40,6 +40,7 @@ PACKAGES: dict[str, str] = {
     "e2fsprogs": "/usr/sbin/mkfs.ext4",
     "xz-utils": "/usr/bin/xz",
     "zstd": "/usr/bin/zstd",
+    "lz4": "/usr/bin/lz4",
     "procps": "/usr/bin/pgrep",
     "chromium": "/usr/bin/chromium",  # renders the run report in its test
 }

@@ -83,7 +83,8 @@ def _module_order(kernel: Kernel, names: tuple[str, ...]) -> list[str]:
         target, _, rest = line.partition(":")
         deps[target] = rest.split()
         by_name[re.sub(r"\.ko(\.xz|\.zst|\.gz)?$", "", Path(target).name)] = target
-    builtin = (kernel.modules_dir / "modules.builtin").read_text()
+    builtin_list = kernel.modules_dir / "modules.builtin"
+    builtin = builtin_list.read_text() if builtin_list.exists() else ""
     order: list[str] = []
 
     def visit(path: str) -> None:

@@ -1,10 +1,15 @@
-"""Kernels for guests: Debian packages by version -> vmlinuz, modules, headers.
+"""Kernels for guests: vmlinux, modules and headers from a spec.
 
-Packages are downloaded and unpacked into the cache, never installed on the host.
+`debian:SERIES[-FLAVOUR]` (the newest such release), `debian:RELEASE` (exactly that one):
+Debian packages found in the host's apt lists, downloaded and unpacked into the cache,
+never installed on the host. `local:DIR`: a kernel build tree or unpacked kernel
+(lab.localkernel). Every kernel's config is checked for what the lab needs (lab.kconfig).
 """
 
 from __future__ import annotations
 
+import difflib
+import itertools
 import json
 import lzma
 import re
@@ -13,16 +18,37 @@ import struct
 import subprocess
 import tempfile
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from lab import kconfig
 from lab.errors import BuildError
 from lab.shell import locked, run
 
-SERIES_PATTERNS = {
-    "6.1": re.compile(r"^linux-image-(6\.1\.0-\d+-amd64)$"),
-    "6.12": re.compile(r"^linux-image-(6\.12\.\d+\+deb12-amd64)$"),
-}
+DEBIAN = "debian:"
+LOCAL = "local:"
+DEBIAN_SPEC = re.compile(r"^debian:\d+\.\d+(?:[.+~-][0-9a-z]+)*$")
+SERIES_SPEC = re.compile(r"^(?P<series>\d+\.\d+)(?:-(?P<flavour>[a-z][a-z0-9]*))?$")
+FLAVOUR_SUFFIX = re.compile(r"-(?:(?P<flavour>[a-z][a-z0-9]*)-)?amd64$")
+# -dbg, -unsigned and the meta packages (linux-image-6.12-rt-amd64) are no kernels to boot
+IMAGE_PACKAGE = re.compile(
+    r"^linux-image-(?P<release>(?P<series>\d+\.\d+)\.\d+(?:-\d+)?(?:\+[a-z0-9]+)?"
+    r"-(?:(?P<flavour>[a-z][a-z0-9]*)-)?amd64)$")
+
+
+def spec_is_valid(spec: str) -> bool:
+    """Whether `spec` is a kernel spec in form; whether it exists is resolution's business."""
+    if spec.startswith(LOCAL):
+        path = spec.removeprefix(LOCAL)
+        return bool(path.strip()) and not any(c in path for c in "\n\r\0")
+    return bool(DEBIAN_SPEC.match(spec))
+
+
+def local_spec(directory: str | Path, base: Path) -> str:
+    """'local:DIR' with DIR made absolute against `base` (the topology file's directory
+    or the working directory of a --kernel option)."""
+    return f"{LOCAL}{(base / Path(directory).expanduser()).resolve()}"
 
 
 @dataclass(frozen=True)
@@ -45,6 +71,15 @@ class Kernel:
         return self.root / "boot" / f"vmlinux-{self.release}"
 
     @property
+    def probe_image(self) -> Path:
+        """What the KVM probe boots: the bzImage, or the vmlinux of a kernel without one."""
+        return self.vmlinuz if self.vmlinuz.exists() else self.vmlinux
+
+    @property
+    def config(self) -> Path:
+        return self.root / "boot" / f"config-{self.release}"
+
+    @property
     def modules_dir(self) -> Path:
         return self.root / "lib" / "modules" / self.release
 
@@ -61,22 +96,91 @@ class Kernel:
         return (self.root / "vermagic").read_text().strip()
 
 
-def _version_key(release: str) -> list[int]:
+def version_key(release: str) -> list[int]:
     return [int(x) for x in re.findall(r"\d+", release)]
 
 
-def resolve_release(spec: str) -> str:
-    """'debian:6.1' -> the newest 6.1 release the host's apt lists know."""
-    wanted = spec.removeprefix("debian:")
-    if wanted not in SERIES_PATTERNS:
-        return wanted
-    pattern = SERIES_PATTERNS[wanted]
-    names = run(["apt-cache", "pkgnames", "linux-image-6."]).split()
-    releases = [m.group(1) for n in names if (m := pattern.match(n))]
+@dataclass(frozen=True)
+class DebianRelease:
+    """A Debian kernel the apt lists have with its headers."""
+
+    name: str  # uname -r, e.g. 6.12.117+deb12-rt-amd64
+    series: str  # 6.12
+    flavour: str  # rt, cloud; "" for the plain amd64 flavour
+
+    @property
+    def series_spec(self) -> str:
+        return f"{DEBIAN}{self.series}" + (f"-{self.flavour}" if self.flavour else "")
+
+
+def debian_releases(images: Iterable[str], headers: Iterable[str]) -> list[DebianRelease]:
+    """Kernels among `apt-cache pkgnames` output that have a headers package, oldest first."""
+    have_headers = set(headers)
+    found = [DebianRelease(m["release"], m["series"], m["flavour"] or "")
+             for name in images if (m := IMAGE_PACKAGE.match(name))
+             and f"linux-headers-{m['release']}" in have_headers]
+    return sorted(found, key=lambda r: version_key(r.name))
+
+
+def _series_wanted(body: str) -> tuple[str, str] | None:
+    """'6.12-rt' -> ('6.12', 'rt'); '6.1' -> ('6.1', ''); an exact release -> None."""
+    match = SERIES_SPEC.match(body.removesuffix("-amd64"))
+    return (match["series"], match["flavour"] or "") if match else None
+
+
+def _closest_series(spec: str, releases: list[DebianRelease]) -> str:
+    newest = {r.series_spec: r.name for r in releases}
+    best = difflib.get_close_matches(spec, list(newest), n=3, cutoff=0.0)
+    return ", ".join(f"{s} ({newest[s]})" for s in best)
+
+
+def _version_numbers(release: str) -> list[int]:
+    return version_key(FLAVOUR_SUFFIX.sub("", release))
+
+
+def _closest_releases(body: str, releases: list[DebianRelease]) -> str:
+    """The three releases nearest by version, of the wanted flavour if it has any."""
+    flavour = FLAVOUR_SUFFIX.search(body)
+    pool = [r for r in releases if flavour and r.flavour == (flavour["flavour"] or "")]
+    wanted = _version_numbers(body)
+
+    def distance(r: DebianRelease) -> tuple[tuple[int, ...], list[int]]:
+        numbers = _version_numbers(r.name)
+        gaps = tuple(abs(a - b) for a, b in itertools.zip_longest(wanted, numbers, fillvalue=0))
+        return gaps, [-n for n in numbers]
+
+    return ", ".join(f"{DEBIAN}{r.name}" for r in sorted(pool or releases, key=distance)[:3])
+
+
+def resolve_debian(spec: str, images: Iterable[str], headers: Iterable[str]) -> str:
+    """The release a debian: spec names, given the image and headers package names the
+    apt lists have: a series (and flavour) -> its newest release; a release -> itself."""
+    images = list(images)
+    releases = debian_releases(images, headers)
     if not releases:
-        raise BuildError(f"kernel {spec!r}: no package linux-image-{wanted}* in the apt lists; "
-                         "run 'apt-get update' (hplab host prepare does)")
-    return max(releases, key=_version_key)
+        raise BuildError(f"kernel {spec!r}: the apt lists have no Debian kernel with its "
+                         "headers; run 'apt-get update' (hplab host prepare does)")
+    body = spec.removeprefix(DEBIAN)
+    wanted = _series_wanted(body)
+    if wanted is not None:
+        matches = [r for r in releases if (r.series, r.flavour) == wanted]
+        if matches:
+            return matches[-1].name
+        raise BuildError(f"kernel {spec!r}: no such Debian kernel series or flavour in the apt "
+                         f"lists; closest: {_closest_series(spec, releases)}")
+    if any(r.name == body for r in releases):
+        return body
+    reason = (f"the apt lists have linux-image-{body} but no linux-headers-{body} to build "
+              "modules with" if f"linux-image-{body}" in images
+              else "no such Debian kernel (with headers) in the apt lists")
+    raise BuildError(f"kernel {spec!r}: {reason}; closest: {_closest_releases(body, releases)}")
+
+
+def resolve_release(spec: str) -> str:
+    """'debian:6.12-rt' -> the newest 6.12 rt release the host's apt lists know."""
+    images = run(["apt-cache", "pkgnames", "linux-image-"]).split()
+    headers = run(["apt-cache", "pkgnames", "linux-headers-"]).split()
+    return resolve_debian(spec, images, headers)
 
 
 def _dependencies(package: str) -> list[str]:
@@ -103,11 +207,12 @@ def _fix_headers(root: Path, release: str) -> None:
     makefile.write_text(text.replace("include /usr/src/", f"include {root}/usr/src/"))
 
 
-def _read_vermagic(root: Path, release: str) -> str:
-    modules = root / "lib" / "modules" / release / "kernel"
-    sample = next(modules.rglob("virtio_net.ko*"), None)
+def read_vermagic(modules_dir: Path, release: str) -> str:
+    """The vermagic of the kernel's modules (virtio_net's, or any when it is built in)."""
+    modules = modules_dir / "kernel"
+    sample = next(modules.rglob("virtio_net.ko*"), None) or next(modules.rglob("*.ko*"), None)
     if sample is None:
-        raise BuildError(f"kernel {release}: no virtio_net module in the package")
+        raise BuildError(f"kernel {release}: no module under {modules} to read the vermagic of")
     return run(["modinfo", "-F", "vermagic", sample]).strip()
 
 
@@ -123,22 +228,28 @@ def bzimage_payload(data: bytes, name: str) -> bytes:
     return data[start:start + length]
 
 
+def _decompress_with(tool: str, payload: bytes, name: str) -> bytes:
+    proc = subprocess.run([tool, "-dcq"], input=payload[:-4], capture_output=True,
+                          check=False)  # the kernel appends the size after the frame
+    if proc.returncode != 0:
+        raise BuildError(f"{name}: {tool} could not decompress the kernel: "
+                         f"{proc.stderr.decode().strip()}")
+    return proc.stdout
+
+
 def decompress_kernel(payload: bytes, name: str) -> bytes:
-    """gzip, xz or zstd payload -> the ELF vmlinux."""
+    """gzip, xz, zstd or lz4 payload -> the ELF vmlinux."""
     if payload.startswith(b"\xfd7zXZ\x00"):
         elf = lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(payload)
     elif payload.startswith(b"\x28\xb5\x2f\xfd"):
-        proc = subprocess.run(["zstd", "-dcq"], input=payload[:-4], capture_output=True,
-                              check=False)  # the kernel appends the size after the frame
-        if proc.returncode != 0:
-            raise BuildError(f"{name}: zstd could not decompress the kernel: "
-                             f"{proc.stderr.decode().strip()}")
-        elf = proc.stdout
+        elf = _decompress_with("zstd", payload, name)
+    elif payload.startswith(b"\x02\x21\x4c\x18"):  # lz4 legacy frame (Debian's cloud 6.1)
+        elf = _decompress_with("lz4", payload, name)
     elif payload.startswith(b"\x1f\x8b"):
         elf = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(payload)
     else:
         raise BuildError(f"{name}: kernel compressed with an unsupported format "
-                         f"(magic {payload[:6].hex()}; known: gzip, xz, zstd)")
+                         f"(magic {payload[:6].hex()}; known: gzip, xz, zstd, lz4)")
     if not elf.startswith(b"\x7fELF"):
         raise BuildError(f"{name}: the decompressed kernel is not an ELF file")
     return elf
@@ -154,6 +265,18 @@ def extract_vmlinux(bzimage: Path, out: Path) -> None:
 
 
 def fetch(spec: str, cache: Path) -> Kernel:
+    """The kernel a spec names, ready to boot and to build modules against."""
+    if not spec_is_valid(spec):
+        raise BuildError(f"kernel {spec!r} is not a kernel spec (debian:SERIES, "
+                         "debian:SERIES-FLAVOUR, debian:RELEASE or local:DIR)")
+    if spec.startswith(LOCAL):
+        from lab import localkernel
+
+        return localkernel.prepare(spec, cache)
+    return fetch_debian(spec, cache)
+
+
+def fetch_debian(spec: str, cache: Path) -> Kernel:
     """Download and unpack a Debian kernel with its headers, once per release."""
     release = resolve_release(spec)
     root = cache / "kernels" / release
@@ -176,12 +299,14 @@ def fetch(spec: str, cache: Path) -> Kernel:
                 unpacked.rename(root)
             _fix_headers(root, release)
             run(["depmod", "-b", root, release])
-            (root / "vermagic").write_text(_read_vermagic(root, release) + "\n")
+            modules = root / "lib" / "modules" / release
+            (root / "vermagic").write_text(read_vermagic(modules, release) + "\n")
             version = _package_version(f"linux-image-{release}")
             meta.write_text(json.dumps({"spec": spec, "release": release, "version": version,
                                         "packages": packages}, indent=1))
         info = json.loads(meta.read_text())
         kernel = Kernel(spec=spec, release=release, package_version=info["version"], root=root)
+        kconfig.check(kernel.config, release)
         if not kernel.vmlinux.exists():
             extract_vmlinux(kernel.vmlinuz, kernel.vmlinux)
     return kernel

@@ -41,7 +41,9 @@ The fill stops when free memory outside ZONE_DMA would drop below ``floor_mib``
 MemFree alone let the OOM killer in). If a few blocks of the target order are left
 under that floor, a finisher faults in mlocked transparent huge pages (order 9),
 which only big blocks can serve, until none is left (target orders 9 and 10 only);
-``held.thp_bytes`` says how much that took.
+``held.thp_bytes`` says how much that took. A kernel without transparent huge pages
+(Debian's rt flavour) has no finisher and takes 4 KiB pages throughout: ``thp`` is
+False in its summary.
 """
 
 from __future__ import annotations
@@ -412,6 +414,7 @@ class FragmentSummary:
     memfree_kib_after: int
     free_outside_dma_kib_after: int
     area_mib: int
+    thp: bool  # the kernel had transparent huge pages (summaries without the field: True)
     blockers: Blockers
     buddyinfo_before: tuple[ZoneFree, ...]
     buddyinfo_after: tuple[ZoneFree, ...]
@@ -494,6 +497,7 @@ def parse_fragment_summary(text: str, source: str = "fragment summary") -> Fragm
         memfree_kib_after=_field(data, "memfree_kib_after", int, source),
         free_outside_dma_kib_after=_field(data, "free_outside_dma_kib_after", int, source),
         area_mib=_field(data, "area_mib", int, source),
+        thp=_field(data, "thp", bool, source) if "thp" in data else True,
         blockers=_blockers(data.get("blockers"), source + ".blockers"),
         buddyinfo_before=_buddy(data.get("buddyinfo_before"), source + ".buddyinfo_before"),
         buddyinfo_after=_buddy(data.get("buddyinfo_after"), source + ".buddyinfo_after"),

@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 
 import yaml
 
+from lab import kernel as kernels
 from lab.errors import TopologyError
 
 GIB = 1024**3
@@ -21,9 +22,11 @@ MIB = 1024**2
 
 NODE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,15}$")
 TOPOLOGY_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-KERNEL_SPEC = re.compile(r"^debian:(6\.1|6\.12|6\.1\.0-\d+-amd64|6\.12\.\d+\+deb12-amd64)$")
 SIZE = re.compile(r"^(\d+)\s*([KMG]i?B?|)$", re.IGNORECASE)
 ALLOWED_URIS = ("qemu:///system", "qemu:///session")
+KERNEL_FORMS = ("'debian:SERIES' or 'debian:SERIES-FLAVOUR' (e.g. 'debian:6.1', "
+                "'debian:6.12-rt'), an exact Debian release (e.g. "
+                "'debian:6.12.117+deb12-rt-amd64'), 'local:DIR' or {path: DIR}")
 ACCELS = ("auto", "tcg", "kvm")
 IMAGES = ("minimal", "debian")
 BACKINGS = ("none", "hugepages-1G")
@@ -183,11 +186,23 @@ def _hugepages(check: _Checker, value: object) -> HugePages | None:
     return HugePages(size=str(size), count=int(count))
 
 
+def kernel_spec(value: object, base: Path) -> str | None:
+    """The spec a kernel field or option gives, a local DIR made absolute against `base`;
+    None if it is not one in form."""
+    if isinstance(value, dict) and set(value) == {"path"}:
+        value = f"{kernels.LOCAL}{value['path']}" if isinstance(value["path"], str) else None
+    if not isinstance(value, str) or not kernels.spec_is_valid(value):
+        return None
+    if value.startswith(kernels.LOCAL):
+        return kernels.local_spec(value.removeprefix(kernels.LOCAL), base)
+    return value
+
+
 def _kernel(check: _Checker, value: object) -> str:
-    if not isinstance(value, str) or not KERNEL_SPEC.match(value):
-        check.fail("kernel", "must be 'debian:6.1', 'debian:6.12' or an exact Debian release "
-                   f"such as 'debian:6.1.0-56-amd64', got {value!r}")
-    return str(value)
+    spec = kernel_spec(value, check.path.parent)
+    if spec is None:
+        check.fail("kernel", f"must be {KERNEL_FORMS}, got {value!r}")
+    return spec
 
 
 def _module_params(check: _Checker, value: object) -> dict[str, str]:
@@ -263,11 +278,13 @@ def parse(text: str, path: Path, overrides: dict[str, Any] | None = None) -> Top
         line = f" line {mark.line + 1}" if mark is not None else ""
         raise TopologyError(f"{path}:{line} is not valid YAML: "
                             f"{getattr(exc, 'problem', exc)}") from None
-    kernel_override = (overrides or {}).get("kernel")
-    if kernel_override is not None and (not isinstance(kernel_override, str)
-                                        or not KERNEL_SPEC.match(kernel_override)):
-        raise TopologyError(f"kernel override (--kernel) must be debian:6.1, debian:6.12 or "
-                            f"an exact Debian release, got {kernel_override!r}")
+    overrides = dict(overrides or {})
+    if "kernel" in overrides:
+        spec = kernel_spec(overrides["kernel"], Path.cwd())
+        if spec is None:
+            raise TopologyError(f"kernel override (--kernel) must be {KERNEL_FORMS}, got "
+                                f"{overrides['kernel']!r}")
+        overrides["kernel"] = spec
     top = _Checker(path, "", raw, TOP_KEYS)
     name = top.data.get("name", path.stem)
     if not isinstance(name, str) or not TOPOLOGY_NAME.match(name):
@@ -280,7 +297,7 @@ def parse(text: str, path: Path, overrides: dict[str, Any] | None = None) -> Top
         top.fail("nodes", "must be a non-empty list of nodes")
     if len(nodes_raw) > MAX_NODES:
         top.fail("nodes", f"has {len(nodes_raw)} entries; at most {MAX_NODES} are supported")
-    nodes = tuple(_node(path, i, raw_node, defaults, overrides or {})
+    nodes = tuple(_node(path, i, raw_node, defaults, overrides)
                   for i, raw_node in enumerate(nodes_raw))
     seen: set[str] = set()
     for node in nodes:

@@ -69,3 +69,113 @@ def test_unknown_compression_names_its_magic() -> None:
 def test_payload_that_is_no_elf_is_refused() -> None:
     with pytest.raises(BuildError, match="not an ELF"):
         kernels.decompress_kernel(gzip.compress(b"plain text"), "k")
+
+
+def test_lz4_payload_is_decompressed() -> None:
+    legacy = subprocess.run(["lz4", "-l", "-c", "-q"], input=ELF, capture_output=True,
+                            check=True).stdout
+    assert kernels.decompress_kernel(with_size(legacy), "k") == ELF
+
+
+# ------------------------------------------------------------------ Debian kernel specs
+
+APT = Path(__file__).parent / "data" / "apt"
+IMAGES = (APT / "pkgnames-linux-image").read_text().split()
+HEADERS = (APT / "pkgnames-linux-headers").read_text().split()
+
+
+def resolve(spec: str) -> str:
+    return kernels.resolve_debian(spec, IMAGES, HEADERS)
+
+
+@pytest.mark.parametrize(("spec", "release"), [
+    ("debian:6.1", "6.1.0-57-amd64"),
+    ("debian:6.12", "6.12.117+deb12-amd64"),
+    ("debian:6.1-cloud", "6.1.0-57-cloud-amd64"),
+    ("debian:6.1-rt", "6.1.0-57-rt-amd64"),
+    ("debian:6.12-cloud", "6.12.117+deb12-cloud-amd64"),
+    ("debian:6.12-rt", "6.12.117+deb12-rt-amd64"),
+    ("debian:6.12-rt-amd64", "6.12.117+deb12-rt-amd64"),
+    ("debian:6.1.0-56-amd64", "6.1.0-56-amd64"),
+    ("debian:6.1.0-57-cloud-amd64", "6.1.0-57-cloud-amd64"),
+    ("debian:6.12.117+deb12-rt-amd64", "6.12.117+deb12-rt-amd64"),
+])
+def test_specs_resolve_to_what_the_apt_lists_have(spec: str, release: str) -> None:
+    assert resolve(spec) == release
+
+
+def test_debug_unsigned_and_meta_packages_are_no_kernels() -> None:
+    names = {r.name for r in kernels.debian_releases(IMAGES, HEADERS)}
+    assert names and all(n.endswith("amd64") for n in names)
+    assert "6.12-amd64" not in names and "6.12-rt-amd64" not in names
+    # 6.12.118 has only -dbg and -unsigned images; 6.1.0-48 has an image but no headers
+    assert not any(n.startswith(("6.12.118", "6.1.0-48")) for n in names)
+    flavours = {(r.series, r.flavour) for r in kernels.debian_releases(IMAGES, HEADERS)}
+    assert flavours == {(s, f) for s in ("6.1", "6.12") for f in ("", "cloud", "rt")}
+
+
+def test_unknown_release_names_the_nearest_of_its_flavour() -> None:
+    with pytest.raises(BuildError) as info:
+        resolve("debian:6.12.119+deb12-rt-amd64")
+    assert str(info.value) == (
+        "kernel 'debian:6.12.119+deb12-rt-amd64': no such Debian kernel (with headers) in the "
+        "apt lists; closest: debian:6.12.117+deb12-rt-amd64, debian:6.12.115+deb12-rt-amd64, "
+        "debian:6.12.113+deb12-rt-amd64")
+
+
+def test_release_without_headers_says_so() -> None:
+    with pytest.raises(BuildError, match=r"have linux-image-6\.1\.0-48-amd64 but no "
+                       r"linux-headers-6\.1\.0-48-amd64.*closest: debian:6\.1\.0-47-amd64"):
+        resolve("debian:6.1.0-48-amd64")
+
+
+def test_release_without_flavour_names_every_flavour_of_it() -> None:
+    with pytest.raises(BuildError) as info:
+        resolve("debian:6.1.0-57")
+    closest = str(info.value).split("closest: ")[1].split(", ")
+    assert sorted(closest) == ["debian:6.1.0-57-amd64", "debian:6.1.0-57-cloud-amd64",
+                               "debian:6.1.0-57-rt-amd64"]
+
+
+def test_unknown_flavour_names_the_closest_series_specs() -> None:
+    with pytest.raises(BuildError) as info:
+        resolve("debian:6.12-rtt")
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("kernel 'debian:6.12-rtt': no such Debian kernel series or "
+                              "flavour in the apt lists; closest: debian:6.12-rt "
+                              "(6.12.117+deb12-rt-amd64), ")
+
+
+def test_empty_apt_lists_ask_for_an_update() -> None:
+    with pytest.raises(BuildError, match="no Debian kernel with its headers; run 'apt-get update'"):
+        kernels.resolve_debian("debian:6.1", ["linux-image-amd64"], [])
+
+
+def test_resolve_release_asks_apt_for_images_and_headers(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[list[str]] = []
+
+    def fake_run(argv: list[str]) -> str:
+        asked.append(argv)
+        return "\n".join(IMAGES if argv[-1] == "linux-image-" else HEADERS) + "\n"
+
+    monkeypatch.setattr(kernels, "run", fake_run)
+    assert kernels.resolve_release("debian:6.12-rt") == "6.12.117+deb12-rt-amd64"
+    assert asked == [["apt-cache", "pkgnames", "linux-image-"],
+                     ["apt-cache", "pkgnames", "linux-headers-"]]
+
+
+@pytest.mark.parametrize(("spec", "valid"), [
+    ("debian:6.1", True), ("debian:6.12-rt", True), ("debian:6.12.117+deb12-rt-amd64", True),
+    ("debian:7.0", True), ("local:/srv/linux", True), ("local:build", True),
+    ("debian:", False), ("debian:latest", False), ("debian:6.1-", False),
+    ("debian:6.1 rt", False), ("local:", False), ("local: ", False), ("local:/a\nb", False),
+    ("/boot/vmlinuz", False), ("6.1", False),
+])
+def test_spec_form(spec: str, valid: bool) -> None:
+    assert kernels.spec_is_valid(spec) is valid
+
+
+def test_fetch_refuses_a_spec_out_of_form(tmp_path: Path) -> None:
+    with pytest.raises(BuildError, match=r"kernel 'vmlinuz' is not a kernel spec"):
+        kernels.fetch("vmlinuz", tmp_path)

@@ -61,6 +61,25 @@ def test_module_order_puts_dependencies_first(tmp_path: Path) -> None:
         image._module_order(kernel, ("nosuch",))
 
 
+def test_module_order_of_a_kernel_with_virtio_built_in(tmp_path: Path) -> None:
+    """A local kernel may have virtio built in and no modules.builtin beside modules.dep."""
+    from lab.kernel import Kernel
+
+    mods = tmp_path / "lib" / "modules" / "6.13.0"
+    mods.mkdir(parents=True)
+    (mods / "modules.dep").write_text("kernel/fs/ext4/ext4.ko:\n")
+    kernel = Kernel("local:/k", "6.13.0", "local-1", tmp_path)
+    with pytest.raises(BuildError, match="module virtio_pci is neither built in"):
+        image._module_order(kernel, ("virtio_pci", "virtio_net"))
+    (mods / "modules.builtin").write_text("kernel/drivers/virtio/virtio_pci.ko\n"
+                                          "kernel/drivers/net/virtio_net.ko\n")
+    assert image._module_order(kernel, ("virtio_pci", "virtio_net")) == []
+    install = tmp_path / "initramfs"
+    (install / "lib" / "modules").mkdir(parents=True)
+    image._install_modules(kernel, ("virtio_pci", "virtio_net"), install)
+    assert (install / "lib" / "modules" / "hplab.order").read_text() == "\n"
+
+
 def test_cpio_archive_is_owned_by_root(tmp_path: Path) -> None:
     tree = tmp_path / "tree"
     (tree / "etc").mkdir(parents=True)

@@ -166,6 +166,16 @@ def test_blockers_error_and_bad_counts_are_named() -> None:
         parse_fragment_summary(json.dumps(data))
 
 
+def test_summary_says_whether_the_kernel_had_transparent_huge_pages() -> None:
+    data = summary_data()
+    assert "thp" not in data and parse_fragment_summary(json.dumps(data)).thp
+    data["thp"] = False  # a kernel without THP (Debian's rt flavour)
+    assert not parse_fragment_summary(json.dumps(data)).thp
+    data["thp"] = "no"
+    with pytest.raises(ValueError, match="'thp' has the wrong type"):
+        parse_fragment_summary(json.dumps(data))
+
+
 def test_summary_missing_field_is_named() -> None:
     data = summary_data()
     del data["rounds"]

@@ -50,7 +50,32 @@ def test_kernel_override_wins_over_a_node_s_own_kernel() -> None:
     topo = topology.parse(text, Path("p.yaml"), {"kernel": "debian:6.12"})
     assert [n.kernel for n in topo.nodes] == ["debian:6.12", "debian:6.12"]
     with pytest.raises(TopologyError, match=r"kernel override \(--kernel\) must be"):
-        topology.parse(text, Path("p.yaml"), {"kernel": "debian:5.10"})
+        topology.parse(text, Path("p.yaml"), {"kernel": "debian:latest"})
+
+
+@pytest.mark.parametrize("spec", ["debian:6.1", "debian:6.12-rt", "debian:6.1-cloud",
+                                  "debian:6.1.0-57-cloud-amd64", "debian:6.12.117+deb12-rt-amd64",
+                                  "debian:5.10"])
+def test_kernel_specs_in_form_are_left_to_resolution(spec: str) -> None:
+    assert parse(f"nodes: [{{name: cn1, kernel: '{spec}'}}]").nodes[0].kernel == spec
+
+
+def test_local_kernels_are_made_absolute_against_the_topology_file(tmp_path: Path) -> None:
+    text = ("defaults: {kernel: {path: ../kernels/build}}\n"
+            "nodes: [{name: a}, {name: b, kernel: 'local:/srv/linux'},\n"
+            "        {name: c, kernel: 'local:x'}]")
+    topo = topology.parse(text, tmp_path / "topologies" / "t.yaml")
+    assert [n.kernel for n in topo.nodes] == [f"local:{tmp_path / 'kernels' / 'build'}",
+                                              "local:/srv/linux",
+                                              f"local:{tmp_path / 'topologies' / 'x'}"]
+
+
+def test_local_kernel_override_is_made_absolute_against_the_working_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    topo = topology.parse("nodes: [{name: a, kernel: 'debian:6.1'}]", Path("/t/p.yaml"),
+                          {"kernel": "local:linux"})
+    assert topo.nodes[0].kernel == f"local:{tmp_path / 'linux'}"
 
 
 def test_anchors_and_merge_keys_still_load() -> None:
@@ -85,7 +110,9 @@ def test_unhashable_key_is_one_clear_line() -> None:
     ("nodes: [{name: cn1, memory: lots}]", "memory must be a size like '3G'"),
     ("nodes: [{name: cn1, uri: 'qemu+ssh://evil/system'}]", "uri must be one of"),
     ("nodes: [{name: cn1, accel: hvf}]", "accel must be one of auto, tcg, kvm"),
-    ("nodes: [{name: cn1, kernel: 'debian:5.10'}]", "kernel must be 'debian:6.1'"),
+    ("nodes: [{name: cn1, kernel: 'debian:latest'}]", "kernel must be 'debian:SERIES'"),
+    ("nodes: [{name: cn1, kernel: 'debian:6.12-rt;reboot'}]", "kernel must be 'debian:SERIES'"),
+    ("nodes: [{name: cn1, kernel: 6.1}]", "kernel must be 'debian:SERIES'"),
     ("nodes: [{name: cn1, cmdline: \"a'b\"}]", "cmdline must be one line"),
     ("nodes: [{name: cn1, module: {'bad key': 1}}]", "parameter names must be identifiers"),
     ("nodes: [{name: cn1}, {name: cn1}]", "node 'cn1': name is used twice"),

@@ -41,7 +41,10 @@
  * pages kept are what stops the free memory around them from merging, and the
  * summary says what they are (/proc/kpageflags) and which migratetypes the free
  * pages sit in (/proc/pagetypeinfo). Blocks left under the floor are taken by
- * mlocked transparent huge pages (order 9; target orders 9 and 10 only).
+ * mlocked transparent huge pages (order 9; target orders 9 and 10 only). A kernel
+ * without transparent huge pages (no /sys/kernel/mm/transparent_hugepage, e.g.
+ * Debian's rt flavour; madvise(MADV_*HUGEPAGE) fails there with EINVAL) gets 4 KiB
+ * pages and no finisher, and the summary says "thp":false.
  * The target must then hold three times, 0.25 s apart (per-cpu lists drain late).
  * vm.compaction_proactiveness=0, vm.compact_unevictable_allowed=0 and
  * vm.min_free_kbytes=8192 are set for every profile unless --no-sysctl, and
@@ -763,7 +766,7 @@ static int bulk_take(struct state *s, char *err, size_t errlen)
 		s->bulk.size[s->bulk.n] = bytes + THP_SIZE;
 		s->bulk.n++;
 		raw = (char *)(((uintptr_t)raw + THP_SIZE - 1) & ~(THP_SIZE - 1));
-		if (madvise(raw, bytes, MADV_HUGEPAGE))
+		if (!s->no_thp && madvise(raw, bytes, MADV_HUGEPAGE))
 			s->no_thp = true; /* 4 KiB pages then: slower, same result */
 		if (mlock(raw, bytes)) {
 			snprintf(err, errlen, "mlock %zu bytes of bulk memory: %s", bytes,
@@ -1421,6 +1424,7 @@ static char *summary_json(struct state *s, struct result *res, const struct budd
 		res->memfree_after);
 	fprintf(f, "\"free_outside_dma_kib_after\":%ld,\"area_mib\":%ld,", res->free_outside_dma_kib,
 		o->area_mib);
+	fprintf(f, "\"thp\":%s,", s->no_thp ? "false" : "true");
 	fputs("\"blockers\":", f);
 	if (!bl->valid) {
 		fputs("{\"error\":", f);
@@ -1618,7 +1622,8 @@ static void flush_pcp(struct state *s)
 		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (scratch == MAP_FAILED)
 		return;
-	madvise(scratch, pages * PAGE, MADV_NOHUGEPAGE);
+	if (!s->no_thp)
+		madvise(scratch, pages * PAGE, MADV_NOHUGEPAGE);
 	for (size_t i = 0; i < pages; i++)
 		scratch[i * PAGE] = 1;
 	munmap(scratch, pages * PAGE);
@@ -1651,6 +1656,7 @@ static int fragment(struct state *s, struct result *res, char *err, size_t errle
 	double start = now_s(), deadline = start + o->timeout_s;
 
 	s->started = start;
+	s->no_thp = access("/sys/kernel/mm/transparent_hugepage", F_OK) != 0;
 	long total_kib = meminfo_kib("MemTotal");
 	struct rlimit unlimited = { RLIM_INFINITY, RLIM_INFINITY };
 
@@ -1672,8 +1678,8 @@ static int fragment(struct state *s, struct result *res, char *err, size_t errle
 			snprintf(err, errlen, "mmap %zu bytes: %s", s->anon.size, strerror(errno));
 			return -1;
 		}
-		/* a kernel without THP fails this and faults 4 KiB pages anyway */
-		madvise(s->anon.base, s->anon.size, MADV_NOHUGEPAGE);
+		if (!s->no_thp)
+			madvise(s->anon.base, s->anon.size, MADV_NOHUGEPAGE);
 	}
 	if (o->profile != P_ANON) {
 		struct statfs sf;
