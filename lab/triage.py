@@ -16,6 +16,12 @@ CONSOLE_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("bad-page-map", r"BUG: Bad page map"),
         ("lockup", r"soft lockup - CPU|hard LOCKUP|self-detected stall|detected stalls on CPUs"),
         ("hung-task", r"INFO: task .* blocked for more than"),
+        # the debug kernel's reports: KASAN, lockdep, DEBUG_LIST, UBSAN
+        ("kasan", r"BUG: KASAN: "),
+        ("lockdep", r"WARNING: (possible circular locking dependency|possible recursive "
+                    r"locking|inconsistent lock state|suspicious RCU usage|bad unlock balance)"),
+        ("list-corruption", r"list_(add|del) corruption"),
+        ("ubsan", r"UBSAN: "),
         ("bug", r"BUG: |kernel BUG at"),
         ("oops", r"Oops: |general protection fault"),
         ("warning", r"WARNING: CPU: \d+ PID: \d+ at |WARNING: .* at .*\+0x"),
@@ -23,6 +29,8 @@ CONSOLE_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
 TRACE_LINE = re.compile(r"(Call Trace:|^\s*\[?<|^\s+\S+\+0x[0-9a-f]+/0x[0-9a-f]+|RIP:|Code:|"
                         r"---\[ end trace|Modules linked in:|CPU: \d+ PID:|Hardware name:)")
 EXCERPT_LINES = 40
+# reports of many unindented lines, closed by a line of '=': kept whole in the excerpt
+REPORT_KINDS = ("kasan", "lockdep", "ubsan")
 
 # Taint bits set by loading an out-of-tree (O, 4096) unsigned (E, 8192) module.
 EXPECTED_TAINT = (1 << 12) | (1 << 13)
@@ -53,7 +61,8 @@ def scan_console(text: str) -> list[Finding]:
         excerpt = [lines[i]]
         j = i + 1
         while j < len(lines) and len(excerpt) < EXCERPT_LINES and (
-                TRACE_LINE.search(lines[j]) or lines[j].startswith((" ", "\t"))):
+                TRACE_LINE.search(lines[j]) or lines[j].startswith((" ", "\t"))
+                or (kind in REPORT_KINDS and not lines[j].startswith("====="))):
             excerpt.append(lines[j])
             j += 1
         findings.append(Finding(kind, lines[i], "\n".join(excerpt)))

@@ -51,9 +51,33 @@ def test_oops_is_found_with_its_trace() -> None:
     ("[ 1.0] watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [fill:99]", "lockup"),
     ("[ 1.0] rcu: INFO: rcu_preempt self-detected stall on CPU", "lockup"),
     ("[ 1.0] INFO: task insmod:123 blocked for more than 120 seconds.", "hung-task"),
+    ("[ 1.0] BUG: KASAN: slab-out-of-bounds in vrhp_hp_attach+0x5c1/0x9a0 [vrhp]", "kasan"),
+    ("[ 1.0] WARNING: possible circular locking dependency detected", "lockdep"),
+    ("[ 1.0] list_add corruption. prev->next should be next (ffff88), but was 0",
+     "list-corruption"),
+    ("[ 1.0] UBSAN: shift-out-of-bounds in vrhp_main.c:300:9", "ubsan"),
 ])
 def test_patterns(line: str, kind: str) -> None:
     assert [f.kind for f in triage.scan_console(line)] == [kind]
+
+
+KASAN = """[ 9.1] ==================================================================
+[ 9.1] BUG: KASAN: slab-out-of-bounds in vrhp_hp_attach+0x5c1/0x9a0 [vrhp]
+[ 9.1] Read of size 1 at addr ffff888104c2a090 by task vrhp-agent/301
+[ 9.1]
+[ 9.1] The buggy address belongs to the object at ffff888104c2a080
+[ 9.1] ==================================================================
+[ 9.2] vrhp: hugepage tables ready
+"""
+
+
+def test_a_kasan_report_is_kept_whole_up_to_its_closing_line() -> None:
+    (finding,) = triage.scan_console(KASAN)
+    assert finding.kind == "kasan"
+    assert "Read of size 1 at addr" in finding.excerpt
+    assert "belongs to the object" in finding.excerpt
+    assert "tables ready" not in finding.excerpt
+    assert triage.classify(None, [finding], skipped=False) == "kernel-crash"
 
 
 def test_warning_with_modules_line() -> None:

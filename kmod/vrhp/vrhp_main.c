@@ -760,6 +760,11 @@ static int vrhp_hp_runs(struct vrhp_table *t, struct vrhp_mem *m)
 	m->runs = kvmalloc_array(n, sizeof(*m->runs), GFP_KERNEL);
 	if (!m->runs)
 		return -ENOMEM;
+	if (VRHP_PLANTED(KMALLOC_OVERRUN)) {	/* one byte past the array, value unchanged */
+		u8 *past = (u8 *)m->runs + n * sizeof(*m->runs);
+
+		WRITE_ONCE(*past, READ_ONCE(*past));
+	}
 	for (i = 0; i < m->nr_pages; i++) {
 		pfn = page_to_pfn(m->pages[i]);
 		if (!i || pfn != page_to_pfn(m->pages[i - 1]) + 1)
