@@ -28,6 +28,7 @@ class TrafficResult:
     live: int  # acknowledged adds not deleted: what the table must hold
     still_unavailable: bool
     unavailable_ms: tuple[float, ...]  # one per window without a working table
+    adds_before_window: tuple[int, ...]  # adds acknowledged when each window opened
     acked: frozenset[str]  # the live flows' keys, as `vrhp-agent dump` prints them
 
     @property
@@ -51,6 +52,8 @@ def parse_result(text: str, acked: str) -> TrafficResult:
     return TrafficResult(**{f: d[f] for f in fields},
                          still_unavailable=bool(d.get("still_unavailable")),
                          unavailable_ms=tuple(float(v) for v in d.get("unavailable_ms", [])),
+                         adds_before_window=tuple(int(v) for v in
+                                                  d.get("adds_before_window", [])),
                          acked=keys)
 
 

@@ -327,6 +327,7 @@ def test_upgrade_under_traffic_loses_no_acknowledged_flow(
     last = builds[SWAPS_UNDER_TRAFFIC % 2]
     windows = sorted(result.unavailable_ms)
     record_property("traffic", f"{result.adds} adds, {result.dels} dels, {result.gets} gets")
+    record_property("adds_before_each_swap", ", ".join(map(str, result.adds_before_window)))
     record_property("unavailable_ms", ", ".join(f"{w:.1f}" for w in result.unavailable_ms))
     record_property("unavailable_ms_median", round(result.median_unavailable_ms, 1))
     dumped = dumped_keys(last.agent_stdout("dump", "flow"))

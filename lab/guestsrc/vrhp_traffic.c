@@ -79,6 +79,7 @@ struct counts {
 	uint64_t attempts_unavailable;
 	double window_start;
 	double windows[MAX_WINDOWS];
+	uint64_t adds_before[MAX_WINDOWS];	/* adds acknowledged when each window opened */
 	unsigned int nwindows;
 };
 
@@ -90,8 +91,11 @@ static int unavailable_open(int e)
 
 static void opened_window(struct counts *c)
 {
-	if (c->window_start == 0)
+	if (c->window_start == 0) {
 		c->window_start = now_ms();
+		if (c->nwindows < MAX_WINDOWS)
+			c->adds_before[c->nwindows] = c->adds;
+	}
 	c->attempts_unavailable++;
 }
 
@@ -219,6 +223,9 @@ int main(int argc, char **argv)
 	       c.attempts_unavailable, c.window_start ? "true" : "false");
 	for (w = 0; w < c.nwindows; w++)
 		printf("%s%.3f", w ? "," : "", c.windows[w]);
+	printf("],\"adds_before_window\":[");
+	for (w = 0; w < c.nwindows; w++)
+		printf("%s%" PRIu64, w ? "," : "", c.adds_before[w]);
 	printf("]}\n");
 	return 0;
 }
