@@ -175,6 +175,18 @@ def cmd_host(args: argparse.Namespace) -> int:
     return hostprep.main([args.action])
 
 
+def cmd_kernel_build_debug(args: argparse.Namespace) -> int:
+    """Build (or reuse) the debug kernel and print where it is and how to boot it."""
+    from lab import debugkernel
+
+    kernel = debugkernel.fetch(f"{debugkernel.SPEC_PREFIX}{args.series}",
+                               cache_dir(lab_dir(args.lab_dir)))
+    print(kernel.root)
+    print(f"  {kernel.release}, headers {kernel.headers_dir}")
+    print(f"  boot it: hplab up topologies/single.yaml --kernel local:{kernel.root}")
+    return 0
+
+
 def cmd_bench_boot(args: argparse.Namespace) -> int:
     """Median seconds from domain create to SSH ready, and image build cold/warm,
     per image kind (one topology each) and kernel."""
@@ -328,6 +340,13 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("host", help="prepare the host (packages, daemons)")
     p.add_argument("action", choices=["prepare", "doctor"])
     p.set_defaults(func=cmd_host)
+
+    kernel = sub.add_parser("kernel", help="guest kernels")
+    kernel_sub = kernel.add_subparsers(dest="kernel_command", required=True)
+    p = kernel_sub.add_parser("build-debug", help="build (once) a KASAN + lockdep kernel from "
+                              "Debian's linux-source package")
+    p.add_argument("--series", default="6.1", help="linux-source-SERIES (default: 6.1)")
+    p.set_defaults(func=cmd_kernel_build_debug)
 
     bench = sub.add_parser("bench", help="benchmarks that print numbers")
     bench_sub = bench.add_subparsers(dest="bench", required=True)

@@ -34,6 +34,8 @@ PACKAGES: dict[str, str] = {
     "dwarves": "/usr/bin/pahole",
     "kmod": "/usr/bin/kmod",
     "bc": "/usr/bin/bc",
+    "flex": "/usr/bin/flex",  # flex, bison: building the debug kernel
+    "bison": "/usr/bin/bison",
     "dropbear-bin": "/usr/sbin/dropbear",
     "openssh-sftp-server": "/usr/lib/openssh/sftp-server",
     "openssh-client": "/usr/bin/ssh",
