@@ -306,7 +306,8 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("up", help="boot a topology and leave it running")
     p.add_argument("topology")
     p.add_argument("--kernel",
-                   help="kernel for every node (e.g. debian:6.12, debian:6.1-cloud, local:DIR)")
+                   help="kernel for every node (e.g. debian:6.12, debian:6.1-cloud, "
+                        "local:DIR, debug:6.1)")
     p.add_argument("--dry-run", action="store_true", help="print the domain XML, boot nothing")
     p.set_defaults(func=cmd_up)
 
@@ -376,7 +377,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--topology", default="topologies/single.yaml")
     p.add_argument("--node", help="node to fragment (default: the first)")
     p.add_argument("--kernel",
-                   help="kernel for every node (e.g. debian:6.12, debian:6.1-cloud, local:DIR)")
+                   help="kernel for every node (e.g. debian:6.12, debian:6.1-cloud, "
+                        "local:DIR, debug:6.1)")
     p.add_argument("--profile", default="anon-pinned", help=", ".join(PROFILES))
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--target-order", type=int, default=10,

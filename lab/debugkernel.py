@@ -34,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lab.errors import BuildError
-from lab.kernel import Kernel, _package_version, _read_vermagic
+from lab.kernel import Kernel, _package_version, read_vermagic
 from lab.shell import digest, locked, run
 
 RECIPE_VERSION = "1"
@@ -235,7 +235,7 @@ def _build(series: str, version: str, key: str, root: Path, say: Say) -> str:
     _step(["make", f"-j{JOBS}", "all"], tree, log, f"{release}: compile", say)
     _step(["make", f"-j{JOBS}", "modules_install", f"INSTALL_MOD_PATH={root}"], tree, log,
           f"{release}: modules_install", say)
-    install_layout(tree, root, release, _read_vermagic(root, release))
+    install_layout(tree, root, release, read_vermagic(root / "lib" / "modules" / release, release))
     say(f"{release}: trimming the build tree to what out-of-tree modules need")
     _step(["make", "clean"], tree, log, f"{release}: clean", say)
     _step(["make", f"-j{JOBS}", "modules_prepare"], tree, log, f"{release}: modules_prepare",

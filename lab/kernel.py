@@ -28,6 +28,8 @@ from lab.shell import locked, run
 
 DEBIAN = "debian:"
 LOCAL = "local:"
+DEBUG = "debug:"  # built from Debian's linux-source with KASAN and lockdep (lab.debugkernel)
+DEBUG_SPEC = re.compile(r"^debug:\d+\.\d+$")
 DEBIAN_SPEC = re.compile(r"^debian:\d+\.\d+(?:[.+~-][0-9a-z]+)*$")
 SERIES_SPEC = re.compile(r"^(?P<series>\d+\.\d+)(?:-(?P<flavour>[a-z][a-z0-9]*))?$")
 FLAVOUR_SUFFIX = re.compile(r"-(?:(?P<flavour>[a-z][a-z0-9]*)-)?amd64$")
@@ -42,7 +44,7 @@ def spec_is_valid(spec: str) -> bool:
     if spec.startswith(LOCAL):
         path = spec.removeprefix(LOCAL)
         return bool(path.strip()) and not any(c in path for c in "\n\r\0")
-    return bool(DEBIAN_SPEC.match(spec))
+    return bool(DEBIAN_SPEC.match(spec) or DEBUG_SPEC.match(spec))
 
 
 def local_spec(directory: str | Path, base: Path) -> str:
@@ -268,11 +270,17 @@ def fetch(spec: str, cache: Path) -> Kernel:
     """The kernel a spec names, ready to boot and to build modules against."""
     if not spec_is_valid(spec):
         raise BuildError(f"kernel {spec!r} is not a kernel spec (debian:SERIES, "
-                         "debian:SERIES-FLAVOUR, debian:RELEASE or local:DIR)")
+                         "debian:SERIES-FLAVOUR, debian:RELEASE, local:DIR or debug:SERIES)")
     if spec.startswith(LOCAL):
         from lab import localkernel
 
         return localkernel.prepare(spec, cache)
+    if spec.startswith(DEBUG):
+        from lab import debugkernel
+
+        kernel = debugkernel.fetch(spec, cache)
+        kconfig.check(kernel.config, kernel.release)
+        return kernel
     return fetch_debian(spec, cache)
 
 

@@ -343,7 +343,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help=f"topology file of the lab (default: {DEFAULT_TOPOLOGY})")
     group.addoption("--kernel", default=None,
                     help="kernel for every node, overriding the topology (e.g. debian:6.12, "
-                         "debian:6.12-rt, local:DIR)")
+                         "debian:6.12-rt, local:DIR, debug:6.1)")
     group.addoption("--keep-vms", action="store_true",
                     help="leave the guests running after the session (remove: hplab down)")
     group.addoption("--lab-dir", default=None,
