@@ -721,15 +721,23 @@ static void seg_at(struct vrhp_segment *s, const struct region *g, uint32_t tabl
 	snprintf(s->path, sizeof(s->path), "%s", files[g->file].path);
 }
 
-/* A valid length for `table` on pages of `ps`, at most `room` (>= file_bytes). */
+/*
+ * A valid length for `table` on pages of `ps`, at most `room` (>= file_bytes): mostly the
+ * table's bytes, at times up to 4 MiB more, rarely up to the end of its last huge page
+ * (every 4 KiB page of a segment is pinned: a whole 1 GiB page costs a second under TCG).
+ */
 static uint64_t seg_len(struct rng *r, uint32_t table, uint64_t ps, uint64_t room)
 {
-	uint64_t min = tab[table].file_bytes, max = round_up(min, ps);
+	uint64_t min = tab[table].file_bytes, max = round_up(min, ps), pct = below(r, 100);
 
 	if (max > room)
 		max = room & ~(KB4 - 1);
-	if (max <= min || chance(r, 75))
+	if (max <= min || pct < 75)
 		return min;
+	if (pct == 99)
+		return max;
+	if (max > min + (4u << 20))
+		max = min + (4u << 20);
 	return min + KB4 * below(r, (max - min) / KB4 + 1);
 }
 
