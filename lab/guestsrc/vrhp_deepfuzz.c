@@ -36,7 +36,6 @@
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
-#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -137,6 +136,7 @@ struct devmap {			/* a mapping of /dev/vrhp_flow or _bridge */
 	uint64_t len;		/* of the range to munmap in the end */
 	int split;		/* a page in the middle was unmapped */
 	int hdr;		/* the table header is at addr (mapped from offset 0) */
+	uint64_t id;		/* in live_ids */
 };
 
 struct view {			/* the live table's file, mapped writable */
@@ -181,7 +181,15 @@ static char mount1g[64], mount2m[64];
 static unsigned char *guard_page;	/* a RW page followed by a PROT_NONE one */
 static unsigned char *ro_page;
 static unsigned char *anon;		/* 4 MiB of plain anonymous memory */
-static atomic_long live_maps, unmap_starts;
+/*
+ * The table device mappings of this process that no munmap has started on: a RESET that
+ * rebuilds the tables while one of them existed from before the call to after it is a
+ * violation (the module must refuse it, EBUSY).
+ */
+#define MAX_LIVE	(2 * MAX_THREADS + 8)
+static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t live_ids[MAX_LIVE], live_next = 1;
+static int nlive;
 static pthread_mutex_t note_lock = PTHREAD_MUTEX_INITIALIZER;
 static char notes[MAX_NOTES][240];
 static int nnotes;
@@ -1021,17 +1029,56 @@ static int rebuilt(uint32_t outcome)
 	       outcome == VRHP_OUT_HUGEPAGE_FAILURE_FALLBACK_IN_USE;
 }
 
-/* HP_CONFIG, with the check that no table this process still maps was replaced. */
+static void live_add(struct devmap *d)
+{
+	pthread_mutex_lock(&live_lock);
+	d->id = live_next++;
+	if (nlive < MAX_LIVE)
+		live_ids[nlive++] = d->id;
+	pthread_mutex_unlock(&live_lock);
+}
+
+/* Before munmap: from now on the mapping may be gone. */
+static void live_del(const struct devmap *d)
+{
+	pthread_mutex_lock(&live_lock);
+	for (int i = 0; i < nlive; i++)
+		if (live_ids[i] == d->id) {
+			live_ids[i] = live_ids[--nlive];
+			break;
+		}
+	pthread_mutex_unlock(&live_lock);
+}
+
+/* How many of `ids` are still live mappings. */
+static int live_still(const uint64_t *ids, int n)
+{
+	int still = 0;
+
+	pthread_mutex_lock(&live_lock);
+	for (int i = 0; i < n; i++)
+		for (int j = 0; j < nlive; j++)
+			still += live_ids[j] == ids[i];
+	pthread_mutex_unlock(&live_lock);
+	return still;
+}
+
+/* HP_CONFIG, with the check that no table this process mapped throughout was replaced. */
 static int do_config(struct worker *w, struct vrhp_hp_config *c)
 {
-	long live = atomic_load(&live_maps), unmaps = atomic_load(&unmap_starts);
-	int e = xioctl(w, VRHP_IOC_HP_CONFIG, c);
+	uint64_t ids[MAX_LIVE];
+	int n, e;
 
+	pthread_mutex_lock(&live_lock);
+	n = nlive;
+	memcpy(ids, live_ids, (size_t)n * sizeof(ids[0]));
+	pthread_mutex_unlock(&live_lock);
+	e = xioctl(w, VRHP_IOC_HP_CONFIG, c);
 	if (e)
 		return e;
 	w->st.outcome[c->outcome < NOUT - 1 ? c->outcome : NOUT - 1]++;
-	if (hugepage && (c->flags & VRHP_CFG_RESET) && rebuilt(c->outcome) && live > 0 &&
-	    atomic_load(&unmap_starts) == unmaps)
+	if (hugepage && (c->flags & VRHP_CFG_RESET) && rebuilt(c->outcome) && n &&
+	    live_still(ids, n))
 		violation(w, "RESET rebuilt the tables (outcome %u) while a table device stayed mapped",
 			  c->outcome);
 	return 0;
@@ -1251,8 +1298,7 @@ static void dev_unmap(struct devmap *d)
 {
 	if (!d->addr)
 		return;
-	atomic_fetch_sub(&live_maps, 1);
-	atomic_fetch_add(&unmap_starts, 1);
+	live_del(d);
 	munmap(d->addr, d->len);
 	memset(d, 0, sizeof(*d));
 }
@@ -1316,7 +1362,7 @@ static void op_devmap(struct worker *w, struct rng *r)
 			d->addr = p;
 			d->len = len;
 			d->hdr = off == 0;
-			atomic_fetch_add(&live_maps, 1);
+			live_add(d);
 			dev_read(w, r, t);
 		}
 		break;
@@ -1592,7 +1638,7 @@ static void op_episode(struct worker *w, struct rng *r)
 					dm->addr = p;
 					dm->len = KB4;
 					dm->hdr = 1;
-					atomic_fetch_add(&live_maps, 1);
+					live_add(dm);
 					if (i >= 2)
 						dev_unmap(dm);
 				}
