@@ -287,6 +287,17 @@ static void die(const char *what)
 	exit(2);
 }
 
+/* waitpid, again when a signal cut it short; 1 when `pid` was reaped. */
+static int reap(pid_t pid, int *status)
+{
+	pid_t got;
+
+	do
+		got = waitpid(pid, status, 0);
+	while (got < 0 && errno == EINTR);
+	return got == pid;
+}
+
 static int ioc_index(unsigned long cmd)
 {
 	for (int i = 0; i < I_OTHER; i++)
@@ -1415,7 +1426,7 @@ static void op_devmap(struct worker *w, struct rng *r)
 			}
 			_exit(0);
 		}
-		if (pid > 0 && waitpid(pid, &status, 0) == pid) {
+		if (pid > 0 && reap(pid, &status)) {
 			if (WIFEXITED(status) && WEXITSTATUS(status) == 3)
 				violation(w, "a forked child's RESET rebuilt the tables while it mapped the %s table",
 					  t ? "bridge" : "flow");
@@ -1566,11 +1577,14 @@ static void op_episode(struct worker *w, struct rng *r)
 	struct helper *h = calloc(1, sizeof(*h));
 	uint64_t kind = below(r, 5), d = 2 + below(r, 18), early = chance(r, 30);
 	uint32_t t = (uint32_t)below(r, VRHP_NR_TABLES);
-	uint64_t big = 2 * (tab[t].entries + tab[t].oentries);
+	/* a few of FILL's 1,024-key batches, so that it drops its locks in between */
+	uint64_t cap = 2 * (tab[t].entries + tab[t].oentries), big = 4096 + below(r, 2048);
 	pthread_t th;
 	pid_t pid;
 	int status, built = 0;
 
+	if (big > cap)
+		big = cap;
 	if (!h)
 		return;
 	if (hugepage) {
@@ -1668,7 +1682,7 @@ static void op_episode(struct worker *w, struct rng *r)
 		if (pid > 0) {
 			usleep((useconds_t)below(r, 3000));
 			kill(pid, SIGKILL);
-			if (waitpid(pid, &status, 0) == pid && WIFSIGNALED(status))
+			if (reap(pid, &status) && WIFSIGNALED(status))
 				w->st.killed++;
 		}
 		set_delay(0);
