@@ -872,6 +872,9 @@ class DeepFuzzRun:
     calls_per_s: float
     errno: dict[str, dict[str, int]]
     outcomes: dict[str, int]
+    ops: dict[str, int]
+    op_ms: dict[str, int]  # milliseconds spent in each kind of operation, all threads
+    events: dict[str, int]  # sigbus, signals, forks, killed, skipped_ops
     reached: dict[str, int]
     reach_calls: dict[str, int]
     violations: int
@@ -913,6 +916,10 @@ def parse_deepfuzz(text: str) -> DeepFuzzRun:
         calls_per_s=_float(d, "calls_per_s", ctx),
         errno={ioc: _counts(errno_obj, ioc, f"{ctx} errno") for ioc in errno_obj},
         outcomes=_counts(d, "outcomes", ctx),
+        ops=_counts(d, "ops", ctx),
+        op_ms=_counts(d, "op_ms", ctx),
+        events={f: _int(d, f, ctx) for f in ("sigbus", "signals", "forks", "killed",
+                                              "skipped_ops")},
         reached=_counts(d, "reached", ctx),
         reach_calls=_counts(d, "reach_calls", ctx),
         violation_notes=_strings(d, "violation_notes", ctx),

@@ -90,6 +90,9 @@ def record(record_property: RecordProperty, backend: str, run: view.DeepFuzzRun,
     record_property(f"fuzz_reach_calls_{key}", json.dumps(run.reach_calls, sort_keys=True))
     record_property(f"fuzz_errno_{key}", json.dumps(run.errno, sort_keys=True))
     record_property(f"fuzz_outcomes_{key}", json.dumps(run.outcomes, sort_keys=True))
+    record_property(f"fuzz_ops_{key}", json.dumps(run.ops, sort_keys=True))
+    record_property(f"fuzz_op_ms_{key}", json.dumps(run.op_ms, sort_keys=True))
+    record_property(f"fuzz_events_{key}", json.dumps(run.events, sort_keys=True))
     if run.skipped:
         record_property(f"fuzz_skipped_{key}", "; ".join(run.skipped))
 

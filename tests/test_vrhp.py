@@ -491,6 +491,8 @@ def test_parse_deepfuzz_and_what_it_never_reached() -> None:
     assert run.adopt is None
     assert run.unreached(("info", "flow_add", "pattern", "mmap")) == ["pattern", "mmap"]
     assert run.calls_per_s == 488.0
+    assert run.op_ms == {"flow_add": 3, "config": 40}
+    assert run.events == {"sigbus": 0, "signals": 1, "forks": 2, "killed": 1, "skipped_ops": 3}
 
 
 @pytest.mark.parametrize(("change", "message"), [
