@@ -10,6 +10,15 @@ from lab.shell import digest, locked, run
 
 SOURCES = Path(__file__).parent / "guestsrc"
 CFLAGS = ("-static", "-O2", "-Wall", "-Wextra", "-Werror")
+# Flags a tool needs besides CFLAGS, by tool name (after CFLAGS on the command line).
+EXTRA_FLAGS: dict[str, tuple[str, ...]] = {
+    "vrhp_deepfuzz": ("-pthread",),
+}
+
+
+def flags(name: str) -> tuple[str, ...]:
+    """The compiler flags of guest tool NAME: CFLAGS and its own extra ones."""
+    return (*CFLAGS, *EXTRA_FLAGS.get(name, ()))
 
 
 def source(name: str) -> Path:
@@ -22,7 +31,7 @@ def source(name: str) -> Path:
 
 def build(name: str, cache: Path, include_dirs: Sequence[Path] = ()) -> Path:
     """A static binary of lab/guestsrc/NAME.c, cached by its source, the headers it can
-    include from `include_dirs` and the flags."""
+    include from `include_dirs` and its flags (`flags(name)`)."""
     src = source(name)
     for directory in include_dirs:
         if not directory.is_dir():
@@ -30,12 +39,13 @@ def build(name: str, cache: Path, include_dirs: Sequence[Path] = ()) -> Path:
                                     "does not exist")
     headers = sorted(h for d in include_dirs for h in d.glob("*.h"))
     includes = [f"-I{d}" for d in include_dirs]
-    key = digest(src.read_bytes(), *(h.read_bytes() for h in headers), " ".join(CFLAGS))
+    cflags = flags(name)
+    key = digest(src.read_bytes(), *(h.read_bytes() for h in headers), " ".join(cflags))
     out = cache / "tools" / f"{name}-{key}"
     with locked(cache / "tools" / f".{name}.lock"):
         if not out.exists():
             tmp = out.with_suffix(".tmp")
-            run(["gcc", *CFLAGS, *includes, "-o", tmp, src])
+            run(["gcc", *cflags, *includes, "-o", tmp, src])
             tmp.rename(out)
     return out
 

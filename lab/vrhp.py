@@ -846,3 +846,87 @@ def parse_daemon_status(text: str) -> DaemonStatus:
                                          "last_setup_exit", "remaps", "module_gone",
                                          "cutoff_ns", "last_cycle_ns")},
     )
+
+
+# ---------------------------------------------------------------- deep fuzzer
+
+FUZZ_BACKENDS = ("hugepage", "btable")
+
+
+@dataclass(frozen=True)
+class DeepFuzzRun:
+    """The JSON object of `vrhp_deepfuzz` (lab/guestsrc/vrhp_deepfuzz.c).
+
+    `reached` and `reach_calls` are the module's reach counters (its `reach` parameter)
+    after the run less before it: per ioctl, the calls that got past input validation
+    into the body, and all calls; the hp_* and mmap rows count stages (kmod/README.md).
+    """
+
+    seed: int
+    calls: int
+    threads: int
+    backend: str
+    ioctls: int
+    ok: int
+    elapsed_s: float
+    calls_per_s: float
+    errno: dict[str, dict[str, int]]
+    outcomes: dict[str, int]
+    ops: dict[str, int]
+    op_ms: dict[str, int]  # milliseconds spent in each kind of operation, all threads
+    events: dict[str, int]  # sigbus, signals, forks, killed, skipped_ops
+    reached: dict[str, int]
+    reach_calls: dict[str, int]
+    violations: int
+    violation_notes: tuple[str, ...]
+    skipped: tuple[str, ...]
+    adopt: dict[str, Any] | None
+    setup: dict[str, Any] | None
+    final: dict[str, Any] | None
+
+    def unreached(self, names: tuple[str, ...] | list[str]) -> list[str]:
+        """Those of `names` whose body no call reached (a row the module lacks counts 0)."""
+        return [n for n in names if self.reached.get(n, 0) <= 0]
+
+
+def _counts(d: dict[str, Any], key: str, ctx: str) -> dict[str, int]:
+    obj = _obj(d, key, ctx)
+    return {name: _int(obj, name, f"{ctx} {key}") for name in obj}
+
+
+def _strings(d: dict[str, Any], key: str, ctx: str) -> tuple[str, ...]:
+    v = d.get(key)
+    if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
+        raise ValueError(f"{ctx}: field '{key}' missing or not a list of strings (got {v!r})")
+    return tuple(v)
+
+
+def parse_deepfuzz(text: str) -> DeepFuzzRun:
+    ctx = "vrhp_deepfuzz"
+    lines = [line for line in text.splitlines() if line.startswith("{")]
+    if len(lines) != 1:
+        raise ValueError(f"{ctx}: expected one JSON line, got {len(lines)}: {text[:300]!r}")
+    d = _load(lines[0], ctx)
+    if "error" in d:
+        raise ValueError(f"{ctx}: could not start: {d['error']}")
+    errno_obj = _obj(d, "errno", ctx)
+    return DeepFuzzRun(
+        backend=_choice(d, "backend", ctx, FUZZ_BACKENDS),
+        elapsed_s=_float(d, "elapsed_s", ctx),
+        calls_per_s=_float(d, "calls_per_s", ctx),
+        errno={ioc: _counts(errno_obj, ioc, f"{ctx} errno") for ioc in errno_obj},
+        outcomes=_counts(d, "outcomes", ctx),
+        ops=_counts(d, "ops", ctx),
+        op_ms=_counts(d, "op_ms", ctx),
+        events={f: _int(d, f, ctx) for f in ("sigbus", "signals", "forks", "killed",
+                                              "skipped_ops")},
+        reached=_counts(d, "reached", ctx),
+        reach_calls=_counts(d, "reach_calls", ctx),
+        violation_notes=_strings(d, "violation_notes", ctx),
+        skipped=_strings(d, "skipped", ctx),
+        adopt=_opt_obj(d, "adopt", ctx),
+        setup=_opt_obj(d, "setup", ctx),
+        final=_opt_obj(d, "final", ctx),
+        **{f: _int(d, f, ctx) for f in ("seed", "calls", "threads", "ioctls", "ok",
+                                         "violations")},
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,26 @@ from lab import kmod
 from lab.engine import Lab
 from lab.kmod import GuestModule
 from lab.plugin import LabSession, hugepage_shortfall
+
+FUZZ_CALLS_DEFAULT = 5000  # per backend: about a minute under TCG
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.getgroup("hplab").addoption(
+        "--fuzz-calls", type=int, default=None,
+        help="operations of each deep fuzzer run (test_fuzz_deep.py; default: "
+             f"$HPLAB_FUZZ_CALLS or {FUZZ_CALLS_DEFAULT})")
+
+
+@pytest.fixture
+def fuzz_calls(request: pytest.FixtureRequest) -> int:
+    """Operations per deep fuzzer run: --fuzz-calls, else $HPLAB_FUZZ_CALLS, else 5,000."""
+    option = request.config.getoption("fuzz_calls")
+    calls = int(option if option is not None
+                else os.environ.get("HPLAB_FUZZ_CALLS", FUZZ_CALLS_DEFAULT))
+    if calls < 1:
+        raise pytest.UsageError(f"--fuzz-calls must be positive, got {calls}")
+    return calls
 
 
 @pytest.fixture(scope="class")

@@ -116,6 +116,39 @@ def test_guest_tool_cache_follows_the_headers_it_includes(tmp_path: Path) -> Non
         guesttools.build("vrhp_unpriv", tmp_path / "cache", [tmp_path / "missing"])
 
 
+def test_guest_tool_extra_flags_reach_gcc_and_the_cache_key(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    commands: list[list[str]] = []
+
+    def fake_run(argv: list[str | Path], **_: object) -> str:
+        args = [str(a) for a in argv]
+        commands.append(args)
+        Path(args[args.index("-o") + 1]).write_bytes(b"")
+        return ""
+
+    monkeypatch.setattr(guesttools, "run", fake_run)
+    plain = guesttools.build("hugemap", tmp_path)
+    monkeypatch.setitem(guesttools.EXTRA_FLAGS, "hugemap", ("-pthread",))
+    threaded = guesttools.build("hugemap", tmp_path)
+    assert threaded != plain, "the extra flags are not part of the cache key"
+    assert "-pthread" not in commands[0]
+    assert commands[1][:len(guesttools.CFLAGS) + 2] == ["gcc", *guesttools.CFLAGS, "-pthread"]
+    assert guesttools.build("hugemap", tmp_path) == threaded
+    assert len(commands) == 2
+    assert guesttools.flags("vrhp_deepfuzz") == (*guesttools.CFLAGS, "-pthread")
+    assert guesttools.flags("vrhp_fuzz") == guesttools.CFLAGS
+
+
+def test_deep_fuzzer_builds_and_refuses_bad_arguments(tmp_path: Path) -> None:
+    uapi = Path(__file__).parents[1] / "kmod" / "include"
+    binary = guesttools.build("vrhp_deepfuzz", tmp_path, [uapi])
+    usage = subprocess.run([str(binary)], capture_output=True, text=True, check=False)
+    assert usage.returncode == 2 and "usage: " in usage.stderr
+    bad = subprocess.run([str(binary), "1", "10", "2", "/tmp", "--backend", "nope"],
+                         capture_output=True, text=True, check=False)
+    assert bad.returncode == 2 and "--backend hugepage|btable" in bad.stderr
+
+
 def test_hugepage_marker_shortfall() -> None:
     node = parse("nodes: [{name: cn1, hugepages: {size: 1G, count: 1}}]", Path("t")).nodes[0]
     mark = pytest.mark.hugepages(size="1G", count=2).mark

@@ -480,3 +480,54 @@ def test_daemon_status_is_read_strictly() -> None:
     with pytest.raises(ValueError, match="run status flow: field 'examined'"):
         vrhp.parse_daemon_status(json.dumps(_daemon_status(tables={"flow": {
             "mapped": True, "generation": 1, "instance": 1, "aged_total": 0}})))
+
+
+# vrhp_deepfuzz's line, shortened: a 200-call run on a 2 MiB and a 1 GiB mount
+DEEPFUZZ: dict[str, Any] = {
+    "seed": 7, "calls": 200, "threads": 3, "backend": "hugepage",
+    "mount_1g": "/dev/hugepages1G", "mount_2m": "/mnt/hplab-deepfuzz-2M",
+    "adopt": None, "setup": {"errno": "OK", "outcome": 0},
+    "final": {"errno": "OK", "outcome": 0, "inserted": [4096, 2048]},
+    "elapsed_s": 0.41, "calls_per_s": 488, "ioctls": 231, "ok": 120,
+    "errno": {"INFO": {"OK": 20}, "HP_CONFIG": {"OK": 8, "EINVAL": 2},
+              "FLOW_ADD": {"OK": 30, "EEXIST": 4, "EUCLEAN": 1}, "OTHER": {"ENOTTY": 3}},
+    "outcomes": {"SUCCESS": 6, "PARTIAL": 2},
+    "ops": {"flow_add": 35, "config": 10}, "op_ms": {"flow_add": 3, "config": 40},
+    "sigbus": 0, "signals": 1, "forks": 2, "killed": 1, "skipped_ops": 3, "violations": 0,
+    "reach_before": {"info": [1, 1]},
+    "reach_calls": {"info": 20, "flow_add": 35, "pattern": 2, "hp_adopt": 0},
+    "reached": {"info": 20, "flow_add": 34, "pattern": 0, "hp_adopt": 0},
+    "skipped": [], "violation_notes": [],
+}
+
+
+def test_parse_deepfuzz_and_what_it_never_reached() -> None:
+    text = "vrhp_deepfuzz: starting\n" + json.dumps(DEEPFUZZ) + "\n"
+    run = vrhp.parse_deepfuzz(text)
+    assert (run.calls, run.threads, run.backend, run.violations) == (200, 3, "hugepage", 0)
+    assert run.errno["FLOW_ADD"] == {"OK": 30, "EEXIST": 4, "EUCLEAN": 1}
+    assert run.outcomes == {"SUCCESS": 6, "PARTIAL": 2}
+    assert run.final is not None and run.final["outcome"] == 0
+    assert run.adopt is None
+    assert run.unreached(("info", "flow_add", "pattern", "mmap")) == ["pattern", "mmap"]
+    assert run.calls_per_s == 488.0
+    assert run.op_ms == {"flow_add": 3, "config": 40}
+    assert run.events == {"sigbus": 0, "signals": 1, "forks": 2, "killed": 1, "skipped_ops": 3}
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"backend": "other"}, "field 'backend'"),
+    ({"reached": {"info": -1}}, "field 'info' is negative"),
+    ({"violation_notes": "x"}, "not a list of strings"),
+    ({"errno": {"INFO": {"OK": "1"}}}, "field 'OK'"),
+])
+def test_parse_deepfuzz_names_the_bad_field(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        vrhp.parse_deepfuzz(json.dumps({**DEEPFUZZ, **change}))
+
+
+def test_parse_deepfuzz_wants_one_line_and_reports_a_failed_start() -> None:
+    with pytest.raises(ValueError, match="expected one JSON line, got 2"):
+        vrhp.parse_deepfuzz(json.dumps(DEEPFUZZ) + "\n" + json.dumps(DEEPFUZZ))
+    with pytest.raises(ValueError, match="could not start: /dev/vrhp: No such file"):
+        vrhp.parse_deepfuzz('{"error": "/dev/vrhp: No such file or directory"}')

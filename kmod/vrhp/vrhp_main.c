@@ -94,6 +94,116 @@ MODULE_PARM_DESC(fault_cfg_delay_ms,
 #define VRHP_FAULT_DELAY_MAX_MS	10000
 #define VRHP_FILL_BATCH		1024	/* inserts per FILL step under the locks */
 
+/*
+ * Reach counters, read-only in /sys/module/vrhp/parameters/reach: one line
+ * "NAME CALLS REACHED" per row. For an ioctl CALLS counts every call of that
+ * number by a capable caller and REACHED the calls that got past input
+ * validation into the body (took the table or the config lock and worked on it).
+ * The hp_* and mmap rows count the stages of HP_CONFIG and the map devices'
+ * mmap: CALLS each entry into the stage, REACHED each completion.
+ */
+enum vrhp_reach_id {
+	VRHP_R_INFO,
+	VRHP_R_HP_CONFIG,
+	VRHP_R_FLOW_ADD,
+	VRHP_R_FLOW_DEL,
+	VRHP_R_FLOW_GET,
+	VRHP_R_BRIDGE_ADD,
+	VRHP_R_BRIDGE_DEL,
+	VRHP_R_BRIDGE_GET,
+	VRHP_R_FILL,
+	VRHP_R_STATS,
+	VRHP_R_PATTERN,
+	VRHP_R_MMAP,		/* mmap of /dev/vrhp_flow|bridge: calls, mapped */
+	VRHP_R_HP_PIN,		/* segments: valid and offered to pinning, pinned and checked */
+	VRHP_R_HP_ADOPT,	/* tables: matching header whose chains were walked, adopted */
+	VRHP_R_HP_COMMIT,	/* configs that may change tables, configs that built them */
+	VRHP_R_HP_RESET,	/* such configs while tables exist, old tables torn down */
+	VRHP_R_NR,
+};
+
+static const char *const vrhp_reach_names[VRHP_R_NR] = {
+	[VRHP_R_INFO] = "info",
+	[VRHP_R_HP_CONFIG] = "hp_config",
+	[VRHP_R_FLOW_ADD] = "flow_add",
+	[VRHP_R_FLOW_DEL] = "flow_del",
+	[VRHP_R_FLOW_GET] = "flow_get",
+	[VRHP_R_BRIDGE_ADD] = "bridge_add",
+	[VRHP_R_BRIDGE_DEL] = "bridge_del",
+	[VRHP_R_BRIDGE_GET] = "bridge_get",
+	[VRHP_R_FILL] = "fill",
+	[VRHP_R_STATS] = "stats",
+	[VRHP_R_PATTERN] = "pattern",
+	[VRHP_R_MMAP] = "mmap",
+	[VRHP_R_HP_PIN] = "hp_pin",
+	[VRHP_R_HP_ADOPT] = "hp_adopt",
+	[VRHP_R_HP_COMMIT] = "hp_commit",
+	[VRHP_R_HP_RESET] = "hp_reset",
+};
+
+static atomic64_t vrhp_reach_calls[VRHP_R_NR];
+static atomic64_t vrhp_reach_done[VRHP_R_NR];
+
+static void vrhp_called(enum vrhp_reach_id id)
+{
+	atomic64_inc(&vrhp_reach_calls[id]);
+}
+
+static void vrhp_reached(enum vrhp_reach_id id)
+{
+	atomic64_inc(&vrhp_reach_done[id]);
+}
+
+/* The row of an ioctl number, or VRHP_R_NR for an unknown one. */
+static enum vrhp_reach_id vrhp_reach_of(unsigned int cmd)
+{
+	static const struct {
+		unsigned int cmd;
+		enum vrhp_reach_id id;
+	} map[] = {
+		{ VRHP_IOC_INFO, VRHP_R_INFO },
+		{ VRHP_IOC_HP_CONFIG, VRHP_R_HP_CONFIG },
+		{ VRHP_IOC_FLOW_ADD, VRHP_R_FLOW_ADD },
+		{ VRHP_IOC_FLOW_DEL, VRHP_R_FLOW_DEL },
+		{ VRHP_IOC_FLOW_GET, VRHP_R_FLOW_GET },
+		{ VRHP_IOC_BRIDGE_ADD, VRHP_R_BRIDGE_ADD },
+		{ VRHP_IOC_BRIDGE_DEL, VRHP_R_BRIDGE_DEL },
+		{ VRHP_IOC_BRIDGE_GET, VRHP_R_BRIDGE_GET },
+		{ VRHP_IOC_FILL, VRHP_R_FILL },
+		{ VRHP_IOC_STATS, VRHP_R_STATS },
+		{ VRHP_IOC_PATTERN, VRHP_R_PATTERN },
+	};
+	size_t i;
+
+	for (i = 0; i < ARRAY_SIZE(map); i++)
+		if (map[i].cmd == cmd)
+			return map[i].id;
+	return VRHP_R_NR;
+}
+
+static int vrhp_reach_get(char *buf, const struct kernel_param *kp)
+{
+	int i, n = 0;
+
+	for (i = 0; i < VRHP_R_NR; i++)
+		n += scnprintf(buf + n, PAGE_SIZE - n, "%s %lld %lld\n", vrhp_reach_names[i],
+			       (long long)atomic64_read(&vrhp_reach_calls[i]),
+			       (long long)atomic64_read(&vrhp_reach_done[i]));
+	return n;
+}
+
+static int vrhp_reach_set(const char *val, const struct kernel_param *kp)
+{
+	return -EPERM;	/* read-only: counters are not a load parameter */
+}
+
+static const struct kernel_param_ops vrhp_reach_ops = {
+	.set = vrhp_reach_set,
+	.get = vrhp_reach_get,
+};
+module_param_cb(reach, &vrhp_reach_ops, NULL, 0444);
+MODULE_PARM_DESC(reach, "read-only reach counters: NAME CALLS REACHED per ioctl and stage");
+
 struct vrhp_ehdr {
 	u32 flags;
 	u32 next;
@@ -960,18 +1070,24 @@ static int vrhp_hp_stage(struct vrhp_hp_config *cfg, const struct vrhp_segment *
 		if (!seg[i])
 			continue;
 		err = vrhp_seg_validate(t, seg[i]);
-		if (!err)
+		if (!err) {
+			vrhp_called(VRHP_R_HP_PIN);
 			err = vrhp_hp_attach(t, &stage[i], seg[i]);
-		else
+			if (!err)
+				vrhp_reached(VRHP_R_HP_PIN);
+		} else {
 			(*invalid)++;
+		}
 		if (err) {
 			r->err = err;
 			r->action = VRHP_ACT_FAILED;
 			continue;
 		}
 		hdrstate[i] = vrhp_hdr_check(t, stage[i].hdr);
-		if (!hdrstate[i] && !reset)
+		if (!hdrstate[i] && !reset) {
+			vrhp_called(VRHP_R_HP_ADOPT);
 			hdrstate[i] = vrhp_chains_check(t, &stage[i], &linked[i]);
+		}
 		if (hdrstate[i] == -ENOMEM) {
 			vrhp_mem_free(&stage[i]);
 			hdrstate[i] = 0;
@@ -1001,6 +1117,7 @@ static void vrhp_hp_commit(struct vrhp_hp_config *cfg, struct vrhp_mem *stage,
 	if (vrhp_state == VRHP_STATE_READY) {
 		pr_info_ratelimited("HP_CONFIG reset: tearing down tables\n");
 		vrhp_free_all();
+		vrhp_reached(VRHP_R_HP_RESET);
 	}
 	for (i = 0; i < VRHP_NR_TABLES; i++) {
 		struct vrhp_table *t = &vrhp_tables[i];
@@ -1027,6 +1144,7 @@ static void vrhp_hp_commit(struct vrhp_hp_config *cfg, struct vrhp_mem *stage,
 			t->m.hdr->instance = get_random_u64();
 			t->m.hdr->writer_version = VRHP_VERSION;
 			r->action = VRHP_ACT_ADOPTED;
+			vrhp_reached(VRHP_R_HP_ADOPT);
 			pr_info_ratelimited("%s table: hugepage %s, adopted, generation %llu (%u x %llu MiB pages, %s)\n",
 					    t->name, t->m.seg.path, t->m.hdr->generation,
 					    t->m.nr_hpages, t->m.seg.page_size >> 20,
@@ -1035,6 +1153,7 @@ static void vrhp_hp_commit(struct vrhp_hp_config *cfg, struct vrhp_mem *stage,
 	}
 	vrhp_report_live(cfg);
 	vrhp_state = VRHP_STATE_READY;
+	vrhp_reached(VRHP_R_HP_COMMIT);
 }
 
 static long vrhp_hp_config(struct vrhp_hp_config __user *uarg)
@@ -1106,6 +1225,7 @@ static long vrhp_hp_config(struct vrhp_hp_config __user *uarg)
 		ret = -EINTR;
 		goto out_release;
 	}
+	vrhp_reached(VRHP_R_HP_CONFIG);
 	vrhp_fault_delay();
 	if (vrhp_cfg_keeps(vrhp_state, reset)) {
 		out = VRHP_OUT_ALREADY_INITIALISED;
@@ -1113,7 +1233,9 @@ static long vrhp_hp_config(struct vrhp_hp_config __user *uarg)
 		vrhp_report_live(cfg);
 		goto done;
 	}
+	vrhp_called(VRHP_R_HP_COMMIT);
 	if (vrhp_state == VRHP_STATE_READY) {
+		vrhp_called(VRHP_R_HP_RESET);
 		for (i = 0; i < VRHP_NR_TABLES; i++) {
 			if (atomic_read(&vrhp_tables[i].mmap_count)) {
 				pr_err_ratelimited("HP_CONFIG reset: %s table is mmapped\n",
@@ -1261,6 +1383,7 @@ static long vrhp_flow_op(unsigned int cmd, void __user *uarg)
 	t = vrhp_get_table(VRHP_TABLE_FLOW);
 	if (IS_ERR(t))
 		return PTR_ERR(t);
+	vrhp_reached(vrhp_reach_of(cmd));
 	switch (cmd) {
 	case VRHP_IOC_FLOW_ADD:
 		err = vrhp_insert(t, &req.key, &idx);
@@ -1315,6 +1438,7 @@ static long vrhp_bridge_op(unsigned int cmd, void __user *uarg)
 	t = vrhp_get_table(VRHP_TABLE_BRIDGE);
 	if (IS_ERR(t))
 		return PTR_ERR(t);
+	vrhp_reached(vrhp_reach_of(cmd));
 	switch (cmd) {
 	case VRHP_IOC_BRIDGE_ADD:
 		err = vrhp_insert(t, &req.key, &idx);
@@ -1459,8 +1583,10 @@ static long vrhp_fill(void __user *uarg)
 			ret = PTR_ERR(t);
 			break;
 		}
-		if (!i)
+		if (!i) {
 			epoch = t->epoch;
+			vrhp_reached(VRHP_R_FILL);
+		}
 		if (t->epoch != epoch) {
 			vrhp_put_table(t);
 			ret = -ESTALE;
@@ -1518,6 +1644,7 @@ static long vrhp_stats(void __user *uarg)
 		kvfree(seen);
 		return PTR_ERR(t);
 	}
+	vrhp_reached(VRHP_R_STATS);
 	b = st.table;
 	memset(&st, 0, sizeof(st));
 	st.table = b;
@@ -1575,6 +1702,7 @@ static long vrhp_pattern(void __user *uarg)
 	t = vrhp_get_table(p.table);
 	if (IS_ERR(t))
 		return PTR_ERR(t);
+	vrhp_reached(VRHP_R_PATTERN);
 	start = ktime_get_ns();
 	for (off = 0; off < t->table_bytes; ) {
 		u64 a = VRHP_HDR_SIZE + off;
@@ -1645,6 +1773,7 @@ static long vrhp_info(void __user *uarg)
 	inf->fallback = fallback;
 	strscpy(inf->version_tag, version_tag ? version_tag : "", sizeof(inf->version_tag));
 	down_read(&vrhp_cfg_sem);
+	vrhp_reached(VRHP_R_INFO);
 	inf->state = vrhp_state;
 	inf->last_outcome = vrhp_last_outcome;
 	for (i = 0; i < VRHP_NR_TABLES; i++) {
@@ -1683,9 +1812,12 @@ static long vrhp_info(void __user *uarg)
 static long vrhp_ctl_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 {
 	void __user *uarg = (void __user *)arg;
+	enum vrhp_reach_id id = vrhp_reach_of(cmd);
 
 	if (!capable(CAP_SYS_ADMIN) && !capable(CAP_NET_ADMIN))
 		return -EPERM;
+	if (id < VRHP_R_NR)
+		vrhp_called(id);
 	switch (cmd) {
 	case VRHP_IOC_INFO:
 		return vrhp_info(uarg);
@@ -1757,6 +1889,7 @@ static int vrhp_map_mmap(struct file *file, struct vm_area_struct *vma)
 	int err = 0;
 
 	t = &vrhp_tables[md == &vrhp_bridge_dev ? VRHP_TABLE_BRIDGE : VRHP_TABLE_FLOW];
+	vrhp_called(VRHP_R_MMAP);
 	/* an fd carries its opener's rights: whoever holds one opened with them may map */
 	if (!file_ns_capable(file, &init_user_ns, CAP_NET_ADMIN) &&
 	    !file_ns_capable(file, &init_user_ns, CAP_SYS_ADMIN))
@@ -1794,6 +1927,7 @@ static int vrhp_map_mmap(struct file *file, struct vm_area_struct *vma)
 	vma->vm_private_data = t;
 	vma->vm_ops = &vrhp_vm_ops;
 	atomic_inc(&t->mmap_count);
+	vrhp_reached(VRHP_R_MMAP);
 out:
 	up_read(&vrhp_cfg_sem);
 	return err;
