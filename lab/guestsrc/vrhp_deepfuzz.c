@@ -681,6 +681,16 @@ static struct region *map_region(struct worker *w, int f, uint64_t first, uint64
 	return g;
 }
 
+/*
+ * A hole in one of our mappings: an inaccessible placeholder, never a plain munmap. The
+ * address range stays ours, so another thread's mmap cannot land in it and be unmapped
+ * with the rest of the mapping later.
+ */
+static void punch_hole(void *addr, size_t len)
+{
+	mmap(addr, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
+}
+
 /* An aligned range of `len` bytes reserved PROT_NONE, for MAP_FIXED and mremap targets. */
 static char *reserve(uint64_t len, uint64_t align)
 {
@@ -878,7 +888,7 @@ static int hostile_flow(struct worker *w, struct rng *r, struct vrhp_hp_config *
 		g = region_for(w, r, f, fb, 2, MAP_SHARED);
 		if (!g)
 			return 0;
-		munmap(g->addr + ps, ps);
+		punch_hole(g->addr + ps, ps);
 		seg_at(&c->segs[0], g, 0, KB4 * below(r, ps / KB4), fb);
 		return 1;
 	case T_MREMAP:		/* the mapping moved: address and offset still agree */
@@ -1383,7 +1393,7 @@ static void op_devmap(struct worker *w, struct rng *r)
 		break;
 	case 3:		/* split: a page in the middle goes, the ends stay */
 		if (d->len >= 3 * KB4 && !d->split) {
-			munmap(d->addr + KB4 * (1 + k % (d->len / KB4 - 2)), KB4);
+			punch_hole(d->addr + KB4 * (1 + k % (d->len / KB4 - 2)), KB4);
 			d->split = 1;
 		}
 		dev_read(w, r, t);
@@ -2125,8 +2135,9 @@ int main(int argc, char **argv)
 		}
 	}
 	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = on_sigbus;
+	sa.sa_handler = on_sigbus;	/* in an armed read or write: the mapping faulted */
 	sigaction(SIGBUS, &sa, NULL);
+	sigaction(SIGSEGV, &sa, NULL);
 	sa.sa_handler = on_alarm;	/* no SA_RESTART: an interrupted sleep returns */
 	sigaction(SIGALRM, &sa, NULL);
 	guard_page = mmap(NULL, 2 * KB4, PROT_READ | PROT_WRITE,
