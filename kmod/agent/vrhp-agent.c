@@ -1080,6 +1080,31 @@ static int cmd_dump(int argc, char **argv)
 
 /* ------------------------------------------------------------ age */
 
+/*
+ * Clear VALID, through the writable mapping, on every entry last used before `cutoff`
+ * (CLOCK_REALTIME ns); returns the entries aged. Stops early when `*stop` becomes set.
+ */
+static uint64_t age_pass(const struct vrhp_info *inf, int id, const struct tmap *m,
+			 uint64_t cutoff, uint64_t *examined, volatile sig_atomic_t *stop)
+{
+	uint64_t total = inf->tables[id].entries + inf->tables[id].oentries, j, aged = 0;
+
+	*examined = 0;
+	for (j = 0; j < total && !(stop && *stop); j++) {
+		void *e = (char *)m->base + VRHP_HDR_SIZE + j * inf->tables[id].entry_size;
+		uint32_t *flags = e;
+
+		if (!(__atomic_load_n(flags, __ATOMIC_RELAXED) & VRHP_EF_VALID))
+			continue;
+		(*examined)++;
+		if (entry_last_used(id, e) < cutoff) {
+			__atomic_fetch_and(flags, ~VRHP_EF_VALID, __ATOMIC_RELEASE);
+			aged++;
+		}
+	}
+	return aged;
+}
+
 static int cmd_age(int argc, char **argv)
 {
 	struct vrhp_info inf;
@@ -1097,7 +1122,7 @@ static int cmd_age(int argc, char **argv)
 	get_info(&inf);
 	printf("{\"older_than_s\":%" PRIu64 ",\"tables\":{", older);
 	for (id = 0; id < VRHP_NR_TABLES; id++) {
-		uint64_t total, j, examined = 0, aged = 0;
+		uint64_t examined = 0, aged = 0;
 		struct tmap m;
 
 		if (!(mask & (1u << id)))
@@ -1109,19 +1134,7 @@ static int cmd_age(int argc, char **argv)
 			    table_names[id], bname(inf.tables[id].backend));
 		}
 		map_table(&inf, id, 1, &m);
-		total = inf.tables[id].entries + inf.tables[id].oentries;
-		for (j = 0; j < total; j++) {
-			void *e = (char *)m.base + VRHP_HDR_SIZE + j * inf.tables[id].entry_size;
-			uint32_t *flags = e;
-
-			if (!(__atomic_load_n(flags, __ATOMIC_RELAXED) & VRHP_EF_VALID))
-				continue;
-			examined++;
-			if (entry_last_used(id, e) < cutoff) {
-				__atomic_fetch_and(flags, ~VRHP_EF_VALID, __ATOMIC_RELEASE);
-				aged++;
-			}
-		}
+		aged = age_pass(&inf, id, &m, cutoff, &examined, NULL);
 		unmap_table(&m);
 		printf("%s\"%s\":{\"examined\":%" PRIu64 ",\"aged\":%" PRIu64 "}",
 		       first ? "" : ",", table_names[id], examined, aged);
@@ -1233,24 +1246,6 @@ static uint64_t daemon_cutoff(const struct daemon *d)
 	return abs_ns > rel ? abs_ns : rel;
 }
 
-static void daemon_age(struct daemon *d, const struct vrhp_info *inf, int id, uint64_t cutoff)
-{
-	uint64_t total = inf->tables[id].entries + inf->tables[id].oentries, j, examined = 0;
-
-	for (j = 0; j < total && !daemon_stop; j++) {
-		void *e = (char *)d->t[id].map.base + VRHP_HDR_SIZE + j * inf->tables[id].entry_size;
-		uint32_t *flags = e;
-
-		if (!(__atomic_load_n(flags, __ATOMIC_RELAXED) & VRHP_EF_VALID))
-			continue;
-		examined++;
-		if (entry_last_used(id, e) < cutoff) {
-			__atomic_fetch_and(flags, ~VRHP_EF_VALID, __ATOMIC_RELEASE);
-			d->t[id].aged_total++;
-		}
-	}
-	d->t[id].examined = examined;
-}
 
 static void daemon_cycle(struct daemon *d)
 {
@@ -1304,7 +1299,8 @@ static void daemon_cycle(struct daemon *d)
 			d->t[id].generation = ti->generation;
 			d->t[id].instance = ti->instance;
 		}
-		daemon_age(d, &inf, id, d->cutoff_ns);
+		d->t[id].aged_total += age_pass(&inf, id, &d->t[id].map, d->cutoff_ns,
+						&d->t[id].examined, &daemon_stop);
 	}
 	d->state = "aging";
 }
