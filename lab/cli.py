@@ -76,7 +76,7 @@ def _dry_run(topology: topologies.Topology, base: Path) -> int:
         spec = virt.DomainSpec(name=virt.domain_name("DRYRUN", node.name), run_id="DRYRUN",
                                node=node.name, memory_mib=node.memory_mib, vcpus=node.vcpus,
                                accel=node.accel if node.accel != "auto" else "tcg",
-                               kernel=kernel.vmlinux, initrd=node_dir / NODE_INITRD,
+                               kernel=kernel.boot_image, initrd=node_dir / NODE_INITRD,
                                cmdline=kernel_cmdline(node), console=node_dir / "console.log",
                                ssh_port=0, hugepage_backing=node.backing == "hugepages-1G",
                                disk=node_dir / NODE_DISK if image.disk else None)

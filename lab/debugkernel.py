@@ -264,4 +264,4 @@ def fetch(spec: str, cache: Path, say: Say = say_stderr) -> Kernel:
             _build(series, version, key, root, say)
     info = json.loads((root / META).read_text())
     return Kernel(spec=spec, release=info["release"], package_version=info["version"],
-                  root=root)
+                  root=root, pvh_boots=False)

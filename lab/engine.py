@@ -354,7 +354,7 @@ class Lab:
             spec = virt.DomainSpec(
                 name=rt.domain, run_id=self.run_id, node=rt.node.name,
                 memory_mib=rt.node.memory_mib, vcpus=rt.node.vcpus, accel=rt.accel,
-                kernel=rt.kernel.vmlinux, initrd=rt.initrd, cmdline=kernel_cmdline(rt.node),
+                kernel=rt.kernel.boot_image, initrd=rt.initrd, cmdline=kernel_cmdline(rt.node),
                 console=rt.console, ssh_port=rt.port,
                 hugepage_backing=rt.node.backing == "hugepages-1G", disk=rt.disk)
             (rt.console.parent / "domain.xml").write_text(virt.domain_xml(spec))

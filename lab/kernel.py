@@ -61,6 +61,9 @@ class Kernel:
     release: str  # uname -r of the guest, e.g. 6.1.0-56-amd64
     package_version: str
     root: Path
+    # False: the PVH entry does not boot it (the debug kernel, KASAN and lockdep on 6.1,
+    # stops before its first console line there) and it boots as a bzImage
+    pvh_boots: bool = True
 
     @property
     def vmlinuz(self) -> Path:
@@ -71,6 +74,11 @@ class Kernel:
         """The uncompressed ELF kernel: QEMU boots it through its PVH entry, which skips
         the decompression a bzImage does first (1-3 s of every boot under TCG)."""
         return self.root / "boot" / f"vmlinux-{self.release}"
+
+    @property
+    def boot_image(self) -> Path:
+        """What a guest boots: the vmlinux through PVH, or the bzImage where PVH fails."""
+        return self.vmlinux if self.pvh_boots else self.vmlinuz
 
     @property
     def probe_image(self) -> Path:
