@@ -67,6 +67,7 @@ class FragmentRun:
             "profile": self.spec.profile, "seed": self.spec.seed,
             "reached": self.summary.reached, "reason": self.summary.reason,
             "elapsed_s": self.summary.elapsed_s, "thp": self.summary.thp,
+            "rounds": self.summary.rounds, "held": dataclasses.asdict(self.summary.held),
             "free_blocks_before": self.summary.free_blocks_before,
             "free_blocks_after": self.summary.free_blocks_after,
             "memfree_kib_after": self.summary.memfree_kib_after,

@@ -1,4 +1,5 @@
-"""Reading a machine's memory state: buddyinfo, pagetypeinfo, extfrag, vmstat, meminfo, huge pages.
+"""Reading a machine's memory state: buddyinfo, pagetypeinfo, zoneinfo, extfrag, vmstat, meminfo,
+huge pages.
 
 Everything is built from raw file texts, so a snapshot can be taken anywhere: on this
 host, or in a guest over SSH with one command (:data:`SNAPSHOT_COMMAND`), whose output
@@ -12,6 +13,11 @@ allocations the buddy free lists could serve right now: the sum over orders o >=
 ``count[o] << (o - N)``. For the highest order this is simply the number of free blocks
 of that order. The guest fragmenter (``lab/guestsrc/fragment.c``) uses the same
 definition, outside ZONE_DMA.
+
+"Free pages above the watermarks" (:meth:`MemorySnapshot.free_above_watermarks`) is what
+the fragmenter's free-memory floor is measured against: per zone above ZONE_DMA, the
+free pages over the high watermark and the zone's largest lowmem reserve
+(``/proc/zoneinfo``).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ SOURCE_PATHS: Mapping[str, str] = MappingProxyType(
         "uptime": "/proc/uptime",
         "buddyinfo": "/proc/buddyinfo",
         "pagetypeinfo": "/proc/pagetypeinfo",
+        "zoneinfo": "/proc/zoneinfo",
         "vmstat": "/proc/vmstat",
         "meminfo": "/proc/meminfo",
         "extfrag_index": "/sys/kernel/debug/extfrag/extfrag_index",
@@ -148,6 +155,33 @@ class PageTypeInfo:
 
     def blocks_of(self, zone: str, migratetype: str) -> int:
         return sum(b.blocks.get(migratetype, 0) for b in self.blocks if b.zone == zone)
+
+
+@dataclass(frozen=True)
+class ZoneWatermarks:
+    """What /proc/zoneinfo says of one zone: free pages, watermarks (boost included, as
+    the kernel prints them), managed pages and the lowmem reserves ("protection") it
+    keeps against allocations that could have used each higher zone."""
+
+    node: int
+    zone: str
+    free: int
+    min: int
+    low: int
+    high: int
+    managed: int
+    protection: tuple[int, ...]
+
+    @property
+    def reserve(self) -> int:
+        """The largest lowmem reserve: what an allocation that could use ZONE_NORMAL
+        must leave free here on top of the watermark."""
+        return max(self.protection, default=0)
+
+    @property
+    def above_high(self) -> int:
+        """Free pages over the high watermark plus the reserve (0 when below)."""
+        return max(0, self.free - self.high - self.reserve)
 
 
 @dataclass(frozen=True)
@@ -287,6 +321,72 @@ def parse_pagetypeinfo(text: str, source: str = "/proc/pagetypeinfo") -> PageTyp
     if not free or not blocks:
         raise MemoryFormatError(source, None, "missing free counts or block counts section")
     return PageTypeInfo(pageblock_order, pages_per_block, tuple(free), tuple(blocks), tuple(mixed))
+
+
+_ZONEINFO_WATERMARKS = {"min", "low", "high", "managed"}
+# What a zone's section may hold besides the fields read: counters and per-cpu lists
+# ("name value" or "name: value"), the section titles, the per-cpu header.
+_ZONEINFO_OTHER = re.compile(r"^\s*(?:[a-z_][a-z0-9_ ()]*?:?\s+-?\d+|per-node stats|pagesets)$")
+
+
+def parse_zoneinfo(text: str, source: str = "/proc/zoneinfo") -> tuple[ZoneWatermarks, ...]:
+    """The zones of /proc/zoneinfo with their free pages, watermarks and reserves.
+
+    Zones the kernel lists without pages (an empty Movable or Device zone) are kept,
+    with zeros. The per-cpu lists' "high:" (with a colon, after "pagesets") is not
+    the watermark "high" (without one)."""
+    zones: list[ZoneWatermarks] = []
+    current: dict[str, Any] | None = None
+
+    def close(line_no: int) -> None:
+        if current is None:
+            return
+        missing = [k for k in ("free", *sorted(_ZONEINFO_WATERMARKS), "protection")
+                   if k not in current]
+        if missing and current.get("free", 0) != 0:
+            raise MemoryFormatError(
+                source, line_no, f"zone {current['zone']} has no {', '.join(missing)}"
+            )
+        zones.append(ZoneWatermarks(
+            node=current["node"], zone=current["zone"], free=current.get("free", 0),
+            min=current.get("min", 0), low=current.get("low", 0), high=current.get("high", 0),
+            managed=current.get("managed", 0), protection=current.get("protection", ()),
+        ))
+
+    for line_no, line in _lines(text):
+        if not line.strip():
+            continue
+        match = _ZONE_PREFIX.match(line)
+        if match:
+            if line[match.end():].strip():
+                raise MemoryFormatError(source, line_no, "text after the zone name", line)
+            close(line_no)
+            current = {"node": int(match.group(1)), "zone": match.group(2), "pagesets": False}
+            continue
+        if current is None:
+            raise MemoryFormatError(source, line_no, "expected 'Node N, zone NAME' first", line)
+        tokens = line.split()
+        if tokens[:2] == ["pages", "free"] and len(tokens) == 3:
+            current["free"] = _int(source, line_no, tokens[2], line)
+        elif (tokens[0] in _ZONEINFO_WATERMARKS and len(tokens) == 2
+              and not current["pagesets"]):
+            current[tokens[0]] = _int(source, line_no, tokens[1], line)
+        elif tokens[0] == "protection:":
+            m = re.fullmatch(r"\s*protection: \(([-\d, ]*)\)", line)
+            if not m:
+                raise MemoryFormatError(source, line_no, "expected 'protection: (N, ...)'", line)
+            current["protection"] = tuple(
+                _int(source, line_no, t.strip(), line) for t in m.group(1).split(",") if t.strip()
+            )
+        elif _ZONEINFO_OTHER.match(line):
+            if line.strip() == "pagesets":
+                current["pagesets"] = True
+        else:
+            raise MemoryFormatError(source, line_no, "unexpected line", line)
+    close(len(text.split("\n")))
+    if not zones:
+        raise MemoryFormatError(source, None, "no zones")
+    return tuple(zones)
 
 
 def parse_frag_index(text: str, source: str) -> tuple[ZoneIndex, ...]:
@@ -442,6 +542,7 @@ class MemorySnapshot:
     meminfo: Mapping[str, int]
     vmstat: Mapping[str, int]
     pagetypeinfo: PageTypeInfo | None = None
+    zoneinfo: tuple[ZoneWatermarks, ...] | None = None
     extfrag_index: tuple[ZoneIndex, ...] | None = None
     unusable_index: tuple[ZoneIndex, ...] | None = None
     hugepages: tuple[HugePagePool, ...] = ()
@@ -479,6 +580,11 @@ class MemorySnapshot:
             pagetypeinfo=(
                 parse_pagetypeinfo(files["pagetypeinfo"], SOURCE_PATHS["pagetypeinfo"])
                 if "pagetypeinfo" in files
+                else None
+            ),
+            zoneinfo=(
+                parse_zoneinfo(files["zoneinfo"], SOURCE_PATHS["zoneinfo"])
+                if "zoneinfo" in files
                 else None
             ),
             extfrag_index=(
@@ -614,6 +720,14 @@ class MemorySnapshot:
 
     def free_pages(self, zone: str | None = None, exclude_dma: bool = True) -> int:
         return sum(z.free_pages for z in self._zones(zone, exclude_dma))
+
+    def free_above_watermarks(self) -> int | None:
+        """Free pages an ordinary allocation can still take without going under a zone's
+        high watermark and lowmem reserve, over every zone but ZONE_DMA (what the
+        fragmenter's floor is measured against); None without /proc/zoneinfo."""
+        if self.zoneinfo is None:
+            return None
+        return sum(z.above_high for z in self.zoneinfo if z.zone != "DMA")
 
     def largest_free_order(self, zone: str | None = None, exclude_dma: bool = True) -> int | None:
         """Highest order with a free block in ``zone`` (or all zones); None if nothing free."""

@@ -41,9 +41,14 @@ The fill stops when free memory outside ZONE_DMA would drop below ``floor_mib``
 MemFree alone let the OOM killer in). If a few blocks of the target order are left
 under that floor, a finisher faults in mlocked transparent huge pages (order 9),
 which only big blocks can serve, until none is left (target orders 9 and 10 only);
-``held.thp_bytes`` says how much that took. A kernel without transparent huge pages
-(Debian's rt flavour) has no finisher and takes 4 KiB pages throughout: ``thp`` is
-False in its summary.
+``held.thp_bytes`` says how much that took. The fill cannot take those blocks itself:
+4 KiB allocations come from the smallest free blocks first, so the last order-10
+blocks are what the floor, the zones' high watermarks and lowmem reserves leave
+(about 25 MiB on a 5 GiB guest). A kernel without transparent huge pages (Debian's
+rt flavour; ``thp`` is False in its summary) takes 4 KiB pages in bulk and has no THP
+finisher; there, and wherever the THP finisher leaves blocks, a second finisher grows
+the 2 MiB hugetlb pool by as many pages as there are free order-9 blocks outside
+ZONE_DMA, above the same floor: ``held.pool_finish_bytes`` (0 in older summaries).
 """
 
 from __future__ import annotations
@@ -312,6 +317,8 @@ class HeldMemory:
     pagecache_bytes: int
     slab_entries: int
     slab_bytes: int
+    #: 2 MiB hugetlb pool pages the finisher took (kernels without THP); optional
+    pool_finish_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -428,6 +435,10 @@ class FragmentSummary:
     released: Release | None
 
 
+#: ``held`` fields a summary from an older fragmenter does not have (their default then)
+_OPTIONAL_HELD = ("pool_finish_bytes",)
+
+
 def parse_fragment_summary(text: str, source: str = "fragment summary") -> FragmentSummary:
     """Parse the fragmenter's JSON; ValueError naming the field on anything unexpected."""
     try:
@@ -503,7 +514,8 @@ def parse_fragment_summary(text: str, source: str = "fragment summary") -> Fragm
         buddyinfo_after=_buddy(data.get("buddyinfo_after"), source + ".buddyinfo_after"),
         bytes_held=_field(data, "bytes_held", int, source),
         held=HeldMemory(**{name: _field(held, name, int, source + ".held")
-                           for name in HeldMemory.__dataclass_fields__}),
+                           for name in HeldMemory.__dataclass_fields__
+                           if name in held or name not in _OPTIONAL_HELD}),
         dir=dir_value,
         drop_method=_field(data, "drop_method", str, source),
         sysctl_saved=MappingProxyType(dict(sysctl)),

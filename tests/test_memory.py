@@ -16,6 +16,7 @@ from lab.memory import (
     parse_meminfo,
     parse_pagetypeinfo,
     parse_vmstat,
+    parse_zoneinfo,
 )
 
 DATA = Path(__file__).parent / "data" / "memory"
@@ -128,6 +129,77 @@ def test_queries_reject_bad_arguments() -> None:
         snap.largest_free_order("Normal")
     with pytest.raises(ValueError, match="Nope"):
         snap.meminfo_kib("Nope")
+
+
+def test_host_zoneinfo_6_18() -> None:
+    zones = parse_zoneinfo((DATA / "host-6.18-zoneinfo").read_text())
+    assert [z.zone for z in zones] == ["DMA", "DMA32", "Normal", "Movable", "Device"]
+    dma32 = zones[1]
+    assert (dma32.free, dma32.min, dma32.low, dma32.high) == (772818, 3120, 3900, 4680)
+    assert dma32.managed == 772818 and dma32.protection == (0, 0, 13312, 13312, 13312)
+    assert dma32.reserve == 13312 and dma32.above_high == 772818 - 4680 - 13312
+    normal = zones[2]
+    # the per-cpu lists' "high:" (after "pagesets") is not the watermark
+    assert normal.high == 20640 and normal.reserve == 0
+    assert zones[4].free == 0 and zones[4].protection == (0, 0, 0, 0, 0)
+
+
+def test_free_above_watermarks_is_what_the_fragmenter_reads() -> None:
+    files = files_of("guest-6.1-clean.txt")
+    assert MemorySnapshot.from_texts(files).free_above_watermarks() is None
+    files["zoneinfo"] = (DATA / "host-6.18-zoneinfo").read_text()
+    # fragment.c's free_pages_outside_dma() on the same file printed 3269413
+    assert MemorySnapshot.from_texts(files).free_above_watermarks() == 3269413
+
+
+def _zone(name: str, free: int, high: int, protection: str) -> str:
+    return (f"Node 0, zone {name:>8}\n  pages free     {free}\n        boost    0\n"
+            f"        min      {high // 2}\n        low      {high * 3 // 4}\n"
+            f"        high     {high}\n        managed  {free * 10}\n"
+            f"        protection: ({protection})\n      nr_free_pages {free}\n"
+            "  pagesets\n    cpu: 0\n              count:    31\n"
+            "              high:     252\n              batch:    63\n"
+            "  vm stats threshold: 24\n  node_unreclaimable:  0\n  start_pfn:           1\n")
+
+
+def test_big_blocks_under_the_watermarks_and_the_floor() -> None:
+    """Why the 4 KiB fill alone stops with order-10 blocks free (rt kernel, no THP
+    finisher): allocations take the smallest free blocks first, so what is left when
+    the fragmenter's floor (12 MiB = 3072 pages over the high watermarks and reserves)
+    stops the fill is the last big blocks. Watermarks estimated for the rt run's 5 GiB
+    guest with min_free_kbytes=8192 (~500k DMA32 and ~229k Normal managed pages: DMA32
+    high 2397 and reserve 229k / 256 = 894, Normal high 1098); buddyinfo as there,
+    six order-10 blocks left in DMA32."""
+    files = files_of("guest-6.1-clean.txt")
+    files["buddyinfo"] = ("Node 0, zone      DMA 0 0 0 0 0 0 0 0 0 1 3\n"
+                          "Node 0, zone    DMA32 62 20 10 5 2 0 0 0 0 0 6\n"
+                          "Node 0, zone   Normal 900 25 10 2 3 0 0 0 0 0 0\n")
+    files["zoneinfo"] = (_zone("DMA", 3584, 21, "0, 2860, 3754, 3754, 3754")
+                         + _zone("DMA32", 6358, 2397, "0, 0, 894, 894, 894")
+                         + _zone("Normal", 1054, 1098, "0, 0, 0, 0, 0"))
+    snap = MemorySnapshot.from_texts(files)
+    assert snap.free_pages() == 6358 + 1054
+    assert snap.free_blocks(10) == 6  # 24 MiB in whole blocks ...
+    headroom = snap.free_above_watermarks()
+    assert headroom == 6358 - 2397 - 894  # ... yet the headroom is under floor + 64
+    assert headroom is not None and headroom - 12 * 256 < 64
+
+
+def test_zoneinfo_malformed() -> None:
+    good = _zone("DMA32", 100, 10, "0, 0, 5")
+    assert parse_zoneinfo(good)[0].reserve == 5
+    with pytest.raises(MemoryFormatError, match=r"/proc/zoneinfo:1: expected 'Node N"):
+        parse_zoneinfo("  pages free 3\n")
+    with pytest.raises(MemoryFormatError, match=r"/proc/zoneinfo:8: expected 'protection"):
+        parse_zoneinfo(good.replace("(0, 0, 5)", "0, 0, 5"))
+    with pytest.raises(MemoryFormatError, match=r"'x' is not an integer"):
+        parse_zoneinfo(good.replace("high     10", "high     x"))
+    with pytest.raises(MemoryFormatError, match=r"zone DMA32 has no high"):
+        parse_zoneinfo(good.replace("        high     10\n", ""))
+    with pytest.raises(MemoryFormatError, match=r"/proc/zoneinfo:3: unexpected line"):
+        parse_zoneinfo(good.replace("boost    0", "boost ? 0"))
+    with pytest.raises(MemoryFormatError, match="no zones"):
+        parse_zoneinfo("\n")
 
 
 # --------------------------------------------------------------------- malformed input

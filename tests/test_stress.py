@@ -128,7 +128,9 @@ def test_parse_real_summary() -> None:
     assert dma32.free[10] == 0
     assert s.sysctl_saved["vm.min_free_kbytes"] == "67584"
     assert s.bytes_held == (s.held.bulk_bytes + s.held.anon_bytes + s.held.thp_bytes
-                            + s.held.pagecache_bytes + s.held.slab_bytes)
+                            + s.held.pool_finish_bytes + s.held.pagecache_bytes
+                            + s.held.slab_bytes)
+    assert s.held.pool_finish_bytes == 0  # a summary from before the pool finisher
     assert s.released is not None and s.released.free_blocks > 0
     assert s.free_outside_dma_kib_after // 1024 >= MIN_FREE_AFTER_MIB
 
@@ -173,6 +175,22 @@ def test_summary_says_whether_the_kernel_had_transparent_huge_pages() -> None:
     assert not parse_fragment_summary(json.dumps(data)).thp
     data["thp"] = "no"
     with pytest.raises(ValueError, match="'thp' has the wrong type"):
+        parse_fragment_summary(json.dumps(data))
+
+
+def test_summary_names_what_the_pool_finisher_took() -> None:
+    """Without THP (rt) the last order-10 blocks go to the 2 MiB hugetlb pool."""
+    data = summary_data()
+    data["thp"] = False
+    data["held"]["thp_bytes"] = 0
+    data["held"]["pool_finish_bytes"] = 12 * 2 * 1024 * 1024
+    s = parse_fragment_summary(json.dumps(data))
+    assert not s.thp and s.held.pool_finish_bytes == 25165824 and s.held.thp_bytes == 0
+    data["held"]["pool_finish_bytes"] = "24 MiB"
+    with pytest.raises(ValueError, match=r"held: field 'pool_finish_bytes' has the wrong type"):
+        parse_fragment_summary(json.dumps(data))
+    del data["held"]["anon_bytes"]  # the other held fields stay required
+    with pytest.raises(ValueError, match=r"held: field 'anon_bytes' is missing"):
         parse_fragment_summary(json.dumps(data))
 
 

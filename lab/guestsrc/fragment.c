@@ -41,10 +41,16 @@
  * pages kept are what stops the free memory around them from merging, and the
  * summary says what they are (/proc/kpageflags) and which migratetypes the free
  * pages sit in (/proc/pagetypeinfo). Blocks left under the floor are taken by
- * mlocked transparent huge pages (order 9; target orders 9 and 10 only). A kernel
- * without transparent huge pages (no /sys/kernel/mm/transparent_hugepage, e.g.
- * Debian's rt flavour; madvise(MADV_*HUGEPAGE) fails there with EINVAL) gets 4 KiB
- * pages and no finisher, and the summary says "thp":false.
+ * mlocked transparent huge pages (order 9; target orders 9 and 10 only). The fill
+ * cannot take them itself: 4 KiB allocations are served from the smallest free
+ * blocks first, so the last big blocks are what is left when the floor (plus the
+ * zones' high watermarks and lowmem reserves, ~25 MiB on a 5 GiB guest) stops it;
+ * an order-9 allocation after the drop takes exactly those. A kernel without
+ * transparent huge pages (no /sys/kernel/mm/transparent_hugepage, e.g. Debian's rt
+ * flavour; madvise(MADV_*HUGEPAGE) fails there with EINVAL) gets 4 KiB pages in
+ * bulk, and the summary says "thp":false; there, and wherever the THP finisher
+ * leaves blocks, the finisher grows the 2 MiB hugetlb pool by as many pages as the
+ * free lists hold order-9 blocks (held.pool_finish_bytes), above the same floor.
  * The target must then hold three times, 0.25 s apart (per-cpu lists drain late).
  * vm.compaction_proactiveness=0, vm.compact_unevictable_allowed=0 and
  * vm.min_free_kbytes=8192 are set for every profile unless --no-sysctl, and
@@ -576,6 +582,7 @@ struct region {
 /* Pinned bulk memory: every whole block that the profile's own area does not need. */
 struct bulk {
 	size_t pool_pages;   /* 2 MiB pages added to the hugetlb pool */
+	size_t finish_pool_pages; /* of those, added by the finisher (after the drops) */
 	int n;
 	char *base[MAX_BULK];
 	size_t size[MAX_BULK];
@@ -708,13 +715,14 @@ static void pool_restore(long pages)
 	write_str(POOL_2M, buf);
 }
 
-static void pool_take(struct state *s, long pages)
+/* Asks for `pages` more 2 MiB pool pages; returns how many the pool grew by. */
+static long pool_take(struct state *s, long pages)
 {
 	char buf[64];
-	long have = pool_pages();
+	long have = pool_pages(), before = have;
 
 	if (have < 0 || pages <= 0)
-		return;
+		return 0;
 	if (!s->pool_saved) {
 		s->pool_before = have;
 		s->pool_saved = true;
@@ -725,6 +733,7 @@ static void pool_take(struct state *s, long pages)
 	have = pool_pages();
 	if (have > s->pool_before)
 		s->bulk.pool_pages = (size_t)(have - s->pool_before);
+	return have > before ? have - before : 0;
 }
 
 static int bulk_take(struct state *s, char *err, size_t errlen)
@@ -1088,6 +1097,50 @@ static int thp_finish(struct state *s, double deadline, char *err, size_t errlen
 	return 0;
 }
 
+/*
+ * ---- finisher without THP: the same order-9 allocations, as 2 MiB pages added to the
+ * hugetlb pool (what bulk_take does, so it works wherever the bulk phase did). It asks
+ * for as many pages as the free lists have order-9 blocks outside ZONE_DMA, so each
+ * is served from a free block without compaction, and never takes free memory above
+ * the watermarks below the floor. Runs only while the target is not met, so after a
+ * THP finisher that did the job it does nothing.
+ */
+static void pool_finish(struct state *s, double deadline)
+{
+	struct options *o = s->o;
+	struct buddy b;
+
+	if (o->target_order < 9)
+		return;
+	for (int pass = 0; pass < 4; pass++) {
+		long want, room, got;
+
+		if (stop_requested || now_s() > deadline || read_buddy(&b) || target_met(o, &b))
+			return;
+		want = (long)free_blocks(&b, 9);
+		room = ((long)free_pages_outside_dma(&b) - o->floor_mib * 256) /
+		       (long)(THP_SIZE / PAGE);
+		if (want > room)
+			want = room;
+		if (want <= 0)
+			return;
+		got = pool_take(s, want);
+		s->bulk.finish_pool_pages += (size_t)got;
+		progress(s, "finish-pool");
+		if (got < want)
+			return; /* the rest is not in free blocks: no compaction for it */
+	}
+}
+
+/* Whatever the fill left of the target order: THP faults where there is THP, then the pool. */
+static int finish(struct state *s, double deadline, char *err, size_t errlen)
+{
+	if (thp_finish(s, deadline, err, errlen))
+		return -1;
+	pool_finish(s, deadline);
+	return 0;
+}
+
 /* ---- what keeps the free memory from merging: /proc/kpageflags, /proc/pagetypeinfo */
 
 #define KPF_LRU 5
@@ -1393,8 +1446,10 @@ static char *summary_json(struct state *s, struct result *res, const struct budd
 	FILE *f = open_memstream(&text, &len);
 	unsigned long long anon_bytes = (unsigned long long)s->anon.held_pages * PAGE;
 	unsigned long long thp_bytes = (unsigned long long)s->thp.held_pages * PAGE;
+	unsigned long long finish_bytes = (unsigned long long)s->bulk.finish_pool_pages * THP_SIZE;
 	unsigned long long bulk_bytes = (unsigned long long)s->bulk.pages * PAGE +
-					(unsigned long long)s->bulk.pool_pages * THP_SIZE;
+					(unsigned long long)s->bulk.pool_pages * THP_SIZE -
+					finish_bytes;
 	unsigned long long file_bytes = (unsigned long long)s->files.kept * PAGE;
 	unsigned long long msg_bytes = (unsigned long long)s->msg.kept * MSG_PAGES * PAGE;
 	const struct blockers *bl = &res->blockers;
@@ -1448,11 +1503,12 @@ static char *summary_json(struct state *s, struct result *res, const struct budd
 	fputs(",\"buddyinfo_after\":", f);
 	json_buddy(f, &res->after);
 	fprintf(f, ",\"bytes_held\":%llu,",
-		bulk_bytes + anon_bytes + thp_bytes + file_bytes + msg_bytes);
+		bulk_bytes + anon_bytes + thp_bytes + finish_bytes + file_bytes + msg_bytes);
 	fprintf(f, "\"held\":{\"bulk_bytes\":%llu,\"anon_bytes\":%llu,\"thp_bytes\":%llu,"
+		"\"pool_finish_bytes\":%llu,"
 		"\"pagecache_files\":%d,\"pagecache_bytes\":%llu,\"slab_entries\":%zu,"
-		"\"slab_bytes\":%llu},", bulk_bytes, anon_bytes, thp_bytes, s->files.nfiles,
-		file_bytes, s->msg.kept, msg_bytes);
+		"\"slab_bytes\":%llu},", bulk_bytes, anon_bytes, thp_bytes, finish_bytes,
+		s->files.nfiles, file_bytes, s->msg.kept, msg_bytes);
 	fputs("\"dir\":", f);
 	if (s->workdir[0])
 		json_string(f, s->workdir);
@@ -1592,7 +1648,7 @@ static int run_round(struct state *s, double deadline, char *err, size_t errlen,
 	if (filled)
 		*progress = true;
 	if (anon_drop(s, err, errlen) || pagecache_drop(s, err, errlen) ||
-	    slab_drop(s, err, errlen) || thp_finish(s, deadline, err, errlen))
+	    slab_drop(s, err, errlen) || finish(s, deadline, err, errlen))
 		return -1;
 	s->rounds++;
 	return 0;
@@ -1644,7 +1700,7 @@ static bool settle(struct state *s, double deadline, char *err, size_t errlen)
 			continue;
 		}
 		stable = 0;
-		if (now_s() > deadline || stop_requested || thp_finish(s, deadline, err, errlen))
+		if (now_s() > deadline || stop_requested || finish(s, deadline, err, errlen))
 			return false;
 	}
 	return stable >= 3;
