@@ -181,7 +181,8 @@ def test_fetch_builds_once_and_then_reuses(tmp_path: Path,
     assert built == [key]
     assert first == second == Kernel(spec="debug:6.1", release=RELEASE,
                                      package_version="6.1.192-3",
-                                     root=tmp_path / "debug-kernels" / key)
+                                     root=tmp_path / "debug-kernels" / key, pvh_boots=False)
+    assert first.boot_image == first.vmlinuz
 
 
 def test_a_spec_without_a_series_is_refused(tmp_path: Path) -> None:
