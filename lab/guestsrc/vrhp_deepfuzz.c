@@ -733,6 +733,38 @@ static struct region *map_alias(struct worker *w, int f, uint64_t page, uint64_t
 	return g;
 }
 
+/*
+ * Pages first .. first + npages of file f at adjacent addresses, but the second page left
+ * out: built page by page into a reservation, so no huge-page mapping is ever split (a
+ * split of a hugetlb VMA trips a lockdep assertion in Debian's 6.1 kernels themselves).
+ */
+static struct region *map_holed(struct worker *w, int f, uint64_t first, uint64_t npages)
+{
+	const struct hfile *h = &files[f];
+	char *base;
+	struct region *g;
+	int fd;
+
+	if (!h->ok || npages < 2 || first + npages > h->pages)
+		return NULL;
+	base = reserve(npages * h->ps, h->ps);
+	if (!base)
+		return NULL;
+	fd = open(h->path, O_RDWR | O_CREAT, 0600);
+	for (uint64_t i = 0; fd >= 0 && i < npages; i++)
+		if (i != 1 && mmap(base + i * h->ps, h->ps, PROT_READ | PROT_WRITE,
+				   MAP_SHARED | MAP_FIXED, fd, (off_t)((first + i) * h->ps)) == MAP_FAILED)
+			break;
+	if (fd >= 0)
+		close(fd);
+	g = slot(w);
+	g->addr = base;
+	g->len = npages * h->ps;
+	g->file = f;
+	g->foff = first * h->ps;
+	return g;
+}
+
 static int pick_2m(struct rng *r)
 {
 	return F_M0 + (int)below(r, M2_FILES);
@@ -884,11 +916,13 @@ static int hostile_flow(struct worker *w, struct rng *r, struct vrhp_hp_config *
 	case T_ALIAS:		/* one page at n + 1 adjacent addresses */
 		g = map_alias(w, f, below(r, files[f].pages), n + 1);
 		return place(r, &c->segs[0], g, 0);
-	case T_HOLE:		/* n + 2 pages with the second unmapped */
-		g = region_for(w, r, f, fb, 2, MAP_SHARED);
+	case T_HOLE:		/* n + 2 pages with the second not mapped */
+		n = pages_for(fb, ps) + 2;
+		if (!files[f].ok || n > files[f].pages)
+			return 0;
+		g = map_holed(w, f, below(r, files[f].pages - n + 1), n);
 		if (!g)
 			return 0;
-		punch_hole(g->addr + ps, ps);
 		seg_at(&c->segs[0], g, 0, KB4 * below(r, ps / KB4), fb);
 		return 1;
 	case T_MREMAP:		/* the mapping moved: address and offset still agree */
