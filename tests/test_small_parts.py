@@ -176,7 +176,7 @@ DEFAULT_TABLES = pytest.mark.hugepages(count={"1G": 2, "2M": 87}).mark
 def test_hugepage_marker_with_a_count_per_size(pool: str | None, reason: str | None) -> None:
     """Any one listed size will do; a node without a pool has none."""
     pages = f", hugepages: {pool}" if pool else ""
-    node = parse(f"nodes: [{{name: cn1, memory: 3G{pages}}}]", Path("t")).nodes[0]
+    node = parse(f"nodes: [{{name: cn1, memory: 5G{pages}}}]", Path("t")).nodes[0]
     assert plugin.hugepage_shortfall(node, DEFAULT_TABLES) == reason
 
 
