@@ -27,7 +27,7 @@ from lab.report import COMPARE_NAME, write_compare, write_report
 from lab.results import bounded
 from lab.stress import FragmentSpec, Target
 from lab.timeouts import Timeouts
-from lab.topology import Node, Topology
+from lab.topology import PAGE_SIZES, Node, Topology
 
 DEFAULT_TOPOLOGY = "topologies/single.yaml"
 MAX_REVIVALS = 3  # per node and session
@@ -620,17 +620,38 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("node_name", names, ids=names, scope="session")
 
 
+def hugepage_needs(marker: pytest.Mark) -> dict[str, int]:
+    """What a hugepages marker asks, as {page size: count}, any one of which will do.
+
+    ``hugepages(size="1G", count=2)`` (or positional) asks for one size;
+    ``hugepages(count={"1G": 2, "2M": 87})`` for a pool of either size.
+    """
+    count = marker.kwargs.get("count", marker.args[1] if len(marker.args) > 1 else 1)
+    if isinstance(count, dict):
+        if not count or "size" in marker.kwargs or marker.args:
+            raise pytest.UsageError(f"hugepages{marker.args}{marker.kwargs}: a count per "
+                                    "size takes no size")
+        needs = {str(size): int(n) for size, n in count.items()}
+    else:
+        size = marker.kwargs.get("size", marker.args[0] if marker.args else "1G")
+        needs = {str(size): int(count)}
+    unknown = sorted(set(needs) - set(PAGE_SIZES))
+    if unknown:
+        raise pytest.UsageError(f"hugepages marker: page size {', '.join(unknown)}: must be "
+                                f"one of {', '.join(PAGE_SIZES)}")
+    return needs
+
+
 def hugepage_shortfall(node: Node, marker: pytest.Mark | None) -> str | None:
-    """Why `node` cannot give what a hugepages(size, count) marker asks, or None."""
+    """Why `node` cannot give what a hugepages marker asks, or None (see hugepage_needs)."""
     if marker is None:
         return None
-    size = marker.kwargs.get("size", marker.args[0] if marker.args else "1G")
-    count = marker.kwargs.get("count", marker.args[1] if len(marker.args) > 1 else 1)
+    needs = hugepage_needs(marker)
     have = node.hugepages
-    if have is None or have.size != size or have.count < count:
+    if have is None or have.count < needs.get(have.size, have.count + 1):
         got = f"{have.count} x {have.size}" if have else "no"
-        return (f"node {node.name!r} has {got} huge pages; the test needs "
-                f"{count} x {size}")
+        wanted = " or ".join(f"{n} x {size}" for size, n in needs.items())
+        return f"node {node.name!r} has {got} huge pages; the test needs {wanted}"
     return None
 
 

@@ -55,6 +55,15 @@ class HugePages:
     def size_kib(self) -> int:
         return self.size_bytes // 1024
 
+    @property
+    def mount(self) -> str:
+        """Where `vrhp-agent setup` mounts this pool's hugetlbfs (it picks 1G, else 2M)."""
+        return f"/dev/hugepages{self.size}"
+
+    def pages_for(self, nbytes: int) -> int:
+        """Pages of this size a file of `nbytes` takes."""
+        return -(-nbytes // self.size_bytes)
+
 
 @dataclass(frozen=True)
 class Node:

@@ -153,6 +153,14 @@ def bridge_sizes(
     )
 
 
+def default_table_pages() -> dict[str, int]:
+    """Huge pages the agent's default flow and bridge tables take, per page size: a
+    hugepages(count=...) marker for tests that set up the default tables."""
+    sizes = (flow_sizes(), bridge_sizes())
+    return {"1G": sum(t.huge_pages(PAGE_1G) for t in sizes),
+            "2M": sum(t.huge_pages(PAGE_2M) for t in sizes)}
+
+
 @dataclass(frozen=True)
 class BtableFailure:
     """The module's account of a mem=btable load that fragmentation defeated."""

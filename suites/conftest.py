@@ -14,6 +14,7 @@ from lab import kmod
 from lab.engine import Lab
 from lab.kmod import GuestModule
 from lab.plugin import LabSession, hugepage_shortfall
+from lab.topology import HugePages
 
 FUZZ_CALLS_DEFAULT = 5000  # per backend: about a minute under TCG
 
@@ -61,6 +62,16 @@ def class_module(request: pytest.FixtureRequest, lab: Lab, lab_session: LabSessi
     module = GuestModule(guest, vrhp_builds[key]).install()
     yield module
     kmod.reset_guest(guest)
+
+
+@pytest.fixture
+def hugepool(lab_session: LabSession, node_name: str) -> HugePages:
+    """The node's huge-page pool: size ("1G"/"2M"), size_bytes, size_kib, count, and the
+    mount the agent uses for it; a node without huge pages skips the test."""
+    pool = lab_session.topology.node(node_name).hugepages
+    if pool is None:
+        pytest.skip(f"node {node_name!r} has no huge pages")
+    return pool
 
 
 @pytest.fixture

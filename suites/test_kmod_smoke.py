@@ -1,20 +1,25 @@
 """vrhp in hugepage mode end to end: setup, fill until full, scan, unload, pool whole;
-load/unload loops in both backends leak nothing."""
+load/unload loops in both backends leak nothing.
+
+The hugepage cases run on the node's own pool: 1 GiB pages (one per table), else 2 MiB
+pages (the agent's fallback); the btable loop needs no pool at all."""
 
 from __future__ import annotations
 
 import shlex
 
 import pytest
-from vrhp_support import HUGETLB_1G, RecordProperty, meminfo
+from vrhp_support import DEFAULT_TABLES_POOL, RecordProperty, meminfo
 
 from lab import vrhp as view
+from lab.engine import NodeRuntime
 from lab.guest import Guest
 from lab.kmod import GuestModule, hugepage_pool, reset_guest
+from lab.topology import HugePages
 
-pytestmark = [pytest.mark.lab, pytest.mark.hugepages(size="1G", count=2)]
+pytestmark = [pytest.mark.lab]
 
-GIB = 1 << 30
+DEFAULT_PAGES = view.default_table_pages()
 DEFAULT_SIZES = {"flow": view.flow_sizes(), "bridge": view.bridge_sizes()}
 
 
@@ -28,7 +33,12 @@ def tables(vrhp: GuestModule, record_property: RecordProperty) -> GuestModule:
     return vrhp
 
 
-def test_setup_places_each_table_on_its_own_1g_page(tables: GuestModule) -> None:
+@DEFAULT_TABLES_POOL
+def test_setup_places_each_table_on_huge_pages(tables: GuestModule, hugepool: HugePages,
+                                               ) -> None:
+    """1 GiB pool: each table on its own page, contiguous, not vmapped; 2 MiB pool: each
+    table on as many pages as its file needs, vmapped unless they happen to be
+    contiguous."""
     info = tables.info()
     assert (info.mem, info.last_outcome) == ("hugepage", view.Outcome.SUCCESS)
     for name, sizes in DEFAULT_SIZES.items():
@@ -40,12 +50,19 @@ def test_setup_places_each_table_on_its_own_1g_page(tables: GuestModule) -> None
         assert table.generation == 1
     segments = {s.table: s for s in info.segments}
     assert sorted(segments) == ["bridge", "flow"]
+    page = hugepool.size_bytes
     for name, segment in segments.items():
-        assert (segment.page_size, segment.nr_hpages) == (GIB, 1), name
-        assert segment.contiguous and not segment.vmapped, name
+        pages = DEFAULT_SIZES[name].huge_pages(page)
+        assert (segment.page_size, segment.nr_hpages) == (page, pages), name
+        assert segment.nr_hpages == hugepool.pages_for(segment.len), name
+        if pages == 1:
+            assert segment.contiguous and not segment.vmapped, name
+        else:
+            assert segment.vmapped == (not segment.contiguous), name
         assert segment.len >= DEFAULT_SIZES[name].file_bytes
 
 
+@DEFAULT_TABLES_POOL
 @pytest.mark.parametrize("table", ["flow", "bridge"])
 def test_fill_until_full_then_scan_agrees_with_stats(tables: GuestModule, table: str,
                                                      record_property: RecordProperty,
@@ -72,13 +89,14 @@ def test_fill_until_full_then_scan_agrees_with_stats(tables: GuestModule, table:
     assert sum(scan.bucket_histogram) == sizes.buckets
 
 
-def test_unload_and_file_removal_return_every_huge_page(guest: Guest,
-                                                        tables: GuestModule) -> None:
-    total, free_in_use = hugepage_pool(guest)
-    assert free_in_use == total - 2
+@DEFAULT_TABLES_POOL
+def test_unload_and_file_removal_return_every_huge_page(guest: Guest, tables: GuestModule,
+                                                        hugepool: HugePages) -> None:
+    total, free_in_use = hugepage_pool(guest, hugepool.size_kib)
+    assert free_in_use == total - DEFAULT_PAGES[hugepool.size]
     tables.fill("flow", 100_000)
     reset_guest(guest)
-    assert hugepage_pool(guest) == (total, total)
+    assert hugepage_pool(guest, hugepool.size_kib) == (total, total)
     assert not tables.loaded()
 
 
@@ -89,16 +107,18 @@ SETTLE = "sync; echo 3 > /proc/sys/vm/drop_caches; sleep 1"
 LEAK_SLACK_KB = {"MemFree": 16384, "SUnreclaim": 1024, "VmallocUsed": 1024}
 
 
-@pytest.mark.parametrize("mem", ["btable", "hugepage"])
-def test_load_use_unload_loop_leaks_nothing(mem: str, guest: Guest, vrhp: GuestModule,
+@pytest.mark.parametrize("mem", ["btable", pytest.param("hugepage", marks=DEFAULT_TABLES_POOL)])
+def test_load_use_unload_loop_leaks_nothing(mem: str, guest: Guest, node: NodeRuntime,
+                                            vrhp: GuestModule,
                                             record_property: RecordProperty) -> None:
     """Each pass: an insmod refused with EINVAL, a load, (hugepage) setup, fills of both
     tables, rmmod. The huge-page files stay from pass to pass, so every later pass adopts
     them (a freed 1 GiB page is zeroed again on its next fault, seconds under TCG), and
-    go at the end. Kernel memory and the pool end where they started."""
+    go at the end. Kernel memory and the pool (if the node has one) end where they
+    started."""
     ko, agent = shlex.quote(vrhp.ko), shlex.quote(vrhp.agent_path)
     setup = f"{agent} setup > /dev/null || exit 12; " if mem == "hugepage" else ""
-    # small tables on the same 1 GiB pages: every allocation the module makes per pass
+    # small tables on the same huge pages: every allocation the module makes per pass
     # (pinned-page arrays, physical runs, chunk lists) without zeroing 180 MiB
     sizes = SMALL_TABLES if mem == "hugepage" else ""
     one_pass = (f"out=$(insmod {ko} flow_entries=3 2>&1) && exit 10; "
@@ -108,7 +128,8 @@ def test_load_use_unload_loop_leaks_nothing(mem: str, guest: Guest, vrhp: GuestM
                 f"{agent} fill flow 1000 $i > /dev/null || exit 13; "
                 f"{agent} fill bridge 1000 $i > /dev/null || exit 14; "
                 f"rmmod vrhp || exit 15")
-    remove = f"rm -f {HUGETLB_1G}/*"
+    pool = node.node.hugepages
+    remove = f"rm -f {pool.mount}/*" if pool is not None else "true"
     guest.check(f"i=0; {one_pass}; {remove}; {SETTLE}")  # first-load allocations are not leaks
     before = meminfo(guest)
     guest.check(f"for i in $(seq {LEAK_CYCLES}); do {one_pass}; done; {remove}; {SETTLE}",

@@ -7,7 +7,7 @@ identical, every dumped entry is found by the new module's hash lookup, and the
 generation advanced. The time the module was absent is recorded per upgrade, as a
 JUnit property and in ``artifacts/upgrade-times-<node>.json``. Then the living agent:
 a running `vrhp-agent run` follows an upgrade, and five swaps under flow traffic lose
-no acknowledged flow.
+no acknowledged flow. The tables are on the node's pool: 1 GiB pages, else 2 MiB.
 """
 
 from __future__ import annotations
@@ -20,7 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from vrhp_support import HUGETLB_1G, RecordProperty, dump_to, fragmentation_lost, lookup_all
+from vrhp_support import (
+    DEFAULT_TABLES_POOL,
+    RecordProperty,
+    dump_to,
+    fragmentation_lost,
+    lookup_all,
+)
 
 from lab import vrhp as view
 from lab.agentd import AgentDaemon, realtime_ns
@@ -28,9 +34,10 @@ from lab.engine import Lab
 from lab.fragment import FragmentRun, GuestFragmenter
 from lab.guest import Guest
 from lab.kmod import GuestModule
+from lab.topology import HugePages
 from lab.traffic import Traffic, dumped_keys
 
-pytestmark = [pytest.mark.lab, pytest.mark.hugepages(size="1G", count=2)]
+pytestmark = [pytest.mark.lab, DEFAULT_TABLES_POOL]
 
 FLOWS = 120_000
 BRIDGES = 120_000
@@ -140,13 +147,13 @@ def _assert_adopted(module: GuestModule, swapped: Swapped, generation: int,
 
 
 def _assert_migrated(module: GuestModule, migrated: dict[str, Any],
-                     before: dict[str, tuple[int, str]]) -> None:
+                     before: dict[str, tuple[int, str]], mount: str) -> None:
     """`migrate` copied every byte of each btable table, header included, to its file:
     the bytes it copied, then the bytes of the file equal to the table's."""
     info = module.info()
     for table in TABLES:
         doc = migrated["tables"][table]
-        assert doc["path"] == f"{HUGETLB_1G}/{table}"
+        assert doc["path"] == f"{mount}/{table}"
         assert doc["bytes_copied"] == doc["bytes_verified"] == info.tables[table].file_bytes, (
             f"{table}: {doc['bytes_copied']} bytes copied, {doc['bytes_verified']} equal to "
             f"the table's {info.tables[table].file_bytes}")
@@ -172,24 +179,24 @@ def test_hugepage_v1_to_v2_keeps_every_entry(
 
 def test_btable_to_hugepage_by_migration_keeps_every_entry(
         guest: Guest, vrhp_variant: Variant, record_property: RecordProperty,
-        upgrade_times: dict[str, dict[str, float]]) -> None:
+        upgrade_times: dict[str, dict[str, float]], hugepool: HugePages) -> None:
     v1 = vrhp_variant(1, 1)
     record_property("backend", "btable->hugepage")
     v1.load(mem="btable")
     before = _populate(v1)
-    _assert_migrated(v1, v1.agent_json("migrate", timeout=300), before)
+    _assert_migrated(v1, v1.agent_json("migrate", timeout=300), before, hugepool.mount)
     swapped = _swap(guest, v1, mem="hugepage")
     _record("btable -> hugepage (migrate)", swapped, record_property, upgrade_times)
     _assert_adopted(v1, swapped, 2, before)
     assert {s.table: s.path for s in v1.info().segments} == {
-        t: f"{HUGETLB_1G}/{t}" for t in TABLES}
+        t: f"{hugepool.mount}/{t}" for t in TABLES}
 
 
 @pytest.mark.fresh_guest
 def test_btable_to_hugepage_by_migration_in_a_fragmented_guest(
         guest: Guest, vrhp_variant: Variant, fragmenter: GuestFragmenter,
         fragmented: Callable[..., FragmentRun], record_property: RecordProperty,
-        upgrade_times: dict[str, dict[str, float]]) -> None:
+        upgrade_times: dict[str, dict[str, float]], hugepool: HugePages) -> None:
     """The seed's case: a btable module loaded while memory was young, the host fragments
     over time, and the upgrade to huge pages still keeps every entry.
 
@@ -208,7 +215,7 @@ def test_btable_to_hugepage_by_migration_in_a_fragmented_guest(
     record_property("fragment_seconds", run.summary.elapsed_s)
     lost = fragmentation_lost(fragmenter, run, "upgrade")
     assert lost is None, lost
-    _assert_migrated(v1, v1.agent_json("migrate", timeout=300), before)
+    _assert_migrated(v1, v1.agent_json("migrate", timeout=300), before, hugepool.mount)
     swapped = _swap(guest, v1, mem="hugepage")
     _record("btable -> hugepage (migrate, fragmented)", swapped, record_property,
             upgrade_times)
@@ -217,13 +224,13 @@ def test_btable_to_hugepage_by_migration_in_a_fragmented_guest(
 
 def test_incompatible_layout_is_refused_and_the_old_module_rolls_back(
         guest: Guest, vrhp_variant: Variant, record_property: RecordProperty,
-        upgrade_times: dict[str, dict[str, float]]) -> None:
+        upgrade_times: dict[str, dict[str, float]], hugepool: HugePages) -> None:
     v1, v3 = vrhp_variant(1, 1), vrhp_variant(3, 2)
     record_property("backend", "hugepage")
     v1.load(mem="hugepage")
     assert v1.setup().outcome is view.Outcome.SUCCESS
     before = _populate(v1)
-    headers = {t: _header_digest(guest, f"{HUGETLB_1G}/{t}") for t in TABLES}
+    headers = {t: _header_digest(guest, f"{hugepool.mount}/{t}") for t in TABLES}
     mark = guest.canary("layout-v3")
 
     refused = _swap(guest, v3)
@@ -240,7 +247,7 @@ def test_incompatible_layout_is_refused_and_the_old_module_rolls_back(
                 f"layout mismatch") in dmesg
     info = v3.info()
     assert (info.layout_version, info.state, info.segments) == (2, "uninit", [])
-    assert {t: _header_digest(guest, f"{HUGETLB_1G}/{t}") for t in TABLES} == headers, \
+    assert {t: _header_digest(guest, f"{hugepool.mount}/{t}") for t in TABLES} == headers, \
         "the refused module wrote to the tables"
 
     rolled_back = _swap(guest, v1)

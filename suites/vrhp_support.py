@@ -9,6 +9,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from lab import guesttools
 from lab import vrhp as view
 from lab.fragment import FragmentRun, GuestFragmenter
@@ -17,6 +19,8 @@ from lab.kmod import GuestModule
 from lab.stress import ProbeSpec
 
 HUGETLB_1G = "/dev/hugepages1G"
+# The test sets up the default tables: two 1 GiB pages, or 87 of 2 MiB (the agent's fallback).
+DEFAULT_TABLES_POOL = pytest.mark.hugepages(count=view.default_table_pages())
 # A 4 MiB block can stray into ZONE_DMA (16 MiB, never fragmented by user memory) and
 # a single order-10 block can be freed between the fragmenter's check and the probe.
 STRAY_BLOCKS = 2

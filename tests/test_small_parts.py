@@ -160,6 +160,51 @@ def test_hugepage_marker_shortfall() -> None:
     assert "has no huge pages" in (plugin.hugepage_shortfall(bare, mark) or "")
 
 
+DEFAULT_TABLES = pytest.mark.hugepages(count={"1G": 2, "2M": 87}).mark
+
+
+@pytest.mark.parametrize(("pool", "reason"), [
+    ("{size: 1G, count: 2}", None),
+    ("{size: 2M, count: 128}", None),
+    ("{size: 2M, count: 87}", None),
+    ("{size: 1G, count: 1}",
+     "node 'cn1' has 1 x 1G huge pages; the test needs 2 x 1G or 87 x 2M"),
+    ("{size: 2M, count: 86}",
+     "node 'cn1' has 86 x 2M huge pages; the test needs 2 x 1G or 87 x 2M"),
+    (None, "node 'cn1' has no huge pages; the test needs 2 x 1G or 87 x 2M"),
+], ids=["1G", "2M", "2M-exact", "1G-short", "2M-short", "none"])
+def test_hugepage_marker_with_a_count_per_size(pool: str | None, reason: str | None) -> None:
+    """Any one listed size will do; a node without a pool has none."""
+    pages = f", hugepages: {pool}" if pool else ""
+    node = parse(f"nodes: [{{name: cn1, memory: 5G{pages}}}]", Path("t")).nodes[0]
+    assert plugin.hugepage_shortfall(node, DEFAULT_TABLES) == reason
+
+
+def test_hugepage_marker_for_one_size_skips_the_other() -> None:
+    node = parse("nodes: [{name: cn1, memory: 3G, hugepages: {size: 2M, count: 128}}]",
+                 Path("t")).nodes[0]
+    assert plugin.hugepage_shortfall(node, pytest.mark.hugepages(size="1G", count=2).mark) == (
+        "node 'cn1' has 128 x 2M huge pages; the test needs 2 x 1G")
+    assert plugin.hugepage_shortfall(node, pytest.mark.hugepages("2M", 128).mark) is None
+    assert plugin.hugepage_needs(pytest.mark.hugepages().mark) == {"1G": 1}
+
+
+@pytest.mark.parametrize("mark", [pytest.mark.hugepages(count={"4K": 1}),
+                                  pytest.mark.hugepages(size="3M", count=1),
+                                  pytest.mark.hugepages(size="1G", count={"1G": 2}),
+                                  pytest.mark.hugepages(count={})],
+                         ids=["unknown-size", "unknown-size-kw", "size-and-dict", "empty"])
+def test_hugepage_marker_misuse_is_a_usage_error(mark: pytest.MarkDecorator) -> None:
+    with pytest.raises(pytest.UsageError):
+        plugin.hugepage_needs(mark.mark)
+
+
+def test_default_tables_need_two_1g_or_87_2m_pages() -> None:
+    """The marker of the suites that set up the default tables, from the table sizes."""
+    from lab import vrhp
+    assert vrhp.default_table_pages() == {"1G": 2, "2M": 87}
+
+
 class _Config:
     rootpath = Path("/src")
 

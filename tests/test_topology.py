@@ -142,3 +142,24 @@ def test_gigantic_page_capacity(gib: int, pages: int) -> None:
 def test_unknown_node_lookup_lists_nodes() -> None:
     with pytest.raises(TopologyError, match=r"no node named 'x' \(nodes: cn1\)"):
         parse(GOOD).node("x")
+
+
+@pytest.mark.parametrize(("name", "size", "page", "kib", "count", "mount", "flow_pages"), [
+    ("single", "1G", topology.GIB, 1048576, 2, "/dev/hugepages1G", 1),
+    ("single-2m", "2M", 2 * topology.MIB, 2048, 128, "/dev/hugepages2M", 77),
+])
+def test_pool_of_a_shipped_node(name: str, size: str, page: int, kib: int, count: int,
+                                mount: str, flow_pages: int) -> None:
+    """What the suites' hugepool fixture hands a test: the node's pool, its page bytes,
+    the agent's mount for it, and the pages a file takes (the default flow table here)."""
+    from lab import vrhp
+    pool = topology.load(ROOT / "topologies" / f"{name}.yaml").nodes[0].hugepages
+    assert pool is not None
+    assert (pool.size, pool.size_bytes, pool.size_kib, pool.count, pool.mount) == (
+        size, page, kib, count, mount)
+    assert pool.pages_for(vrhp.flow_sizes().file_bytes) == flow_pages
+    assert (pool.pages_for(page), pool.pages_for(page + 1), pool.pages_for(1)) == (1, 2, 1)
+
+
+def test_plain_node_has_no_pool() -> None:
+    assert topology.load(ROOT / "topologies" / "single-plain.yaml").nodes[0].hugepages is None
