@@ -77,7 +77,8 @@ def _dry_run(topology: topologies.Topology, base: Path) -> int:
                                node=node.name, memory_mib=node.memory_mib, vcpus=node.vcpus,
                                accel=node.accel if node.accel != "auto" else "tcg",
                                kernel=kernel.boot_image, initrd=node_dir / NODE_INITRD,
-                               cmdline=kernel_cmdline(node), console=node_dir / "console.log",
+                               cmdline=kernel_cmdline(node, kernel.cmdline),
+                               console=node_dir / "console.log",
                                ssh_port=0, hugepage_backing=node.backing == "hugepages-1G",
                                disk=node_dir / NODE_DISK if image.disk else None)
         print(virt.domain_xml(spec))

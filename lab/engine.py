@@ -45,7 +45,9 @@ QEMU_LOG_DIR = Path("/var/log/libvirt/qemu")  # qemu:///system's log of each dom
 CONSOLE_TAIL_LINES = 30
 
 
-def kernel_cmdline(node: Node) -> str:
+def kernel_cmdline(node: Node, kernel_args: str = "") -> str:
+    """The guest's command line: the lab's, the node's pool, the kernel's own (a debug
+    kernel's), then the topology's."""
     # loglevel=5: every kernel warning (WARN, lockdep, KASAN) reaches the console watch on
     # every image, while the boot stays terse. cryptomgr.notests: the crypto self-tests
     # cost ~0.3 s of every boot under TCG.
@@ -54,6 +56,8 @@ def kernel_cmdline(node: Node) -> str:
         size = node.hugepages.size
         args += [f"default_hugepagesz={size}", f"hugepagesz={size}",
                  f"hugepages={node.hugepages.count}"]
+    if kernel_args:
+        args.append(kernel_args)
     if node.cmdline:
         args.append(node.cmdline)
     return " ".join(args)
@@ -354,7 +358,8 @@ class Lab:
             spec = virt.DomainSpec(
                 name=rt.domain, run_id=self.run_id, node=rt.node.name,
                 memory_mib=rt.node.memory_mib, vcpus=rt.node.vcpus, accel=rt.accel,
-                kernel=rt.kernel.boot_image, initrd=rt.initrd, cmdline=kernel_cmdline(rt.node),
+                kernel=rt.kernel.boot_image, initrd=rt.initrd,
+                cmdline=kernel_cmdline(rt.node, rt.kernel.cmdline),
                 console=rt.console, ssh_port=rt.port,
                 hugepage_backing=rt.node.backing == "hugepages-1G", disk=rt.disk)
             (rt.console.parent / "domain.xml").write_text(virt.domain_xml(spec))

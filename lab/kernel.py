@@ -64,6 +64,7 @@ class Kernel:
     # False: the PVH entry does not boot it (the debug kernel, KASAN and lockdep on 6.1,
     # stops before its first console line there) and it boots as a bzImage
     pvh_boots: bool = True
+    cmdline: str = ""  # what every boot of this kernel needs on its command line
 
     @property
     def vmlinuz(self) -> Path:

@@ -181,7 +181,8 @@ def test_fetch_builds_once_and_then_reuses(tmp_path: Path,
     assert built == [key]
     assert first == second == Kernel(spec="debug:6.1", release=RELEASE,
                                      package_version="6.1.192-3",
-                                     root=tmp_path / "debug-kernels" / key, pvh_boots=False)
+                                     root=tmp_path / "debug-kernels" / key, pvh_boots=False,
+                                     cmdline="watchdog_thresh=60")
     assert first.boot_image == first.vmlinuz
 
 

@@ -113,6 +113,11 @@ def test_kernel_cmdline(text: str, expected: str) -> None:
     assert kernel_cmdline(parse(text, Path("t.yaml")).nodes[0]) == expected
 
 
+def test_a_kernels_own_arguments_come_before_the_topologys() -> None:
+    node = parse("nodes: [{name: a, cmdline: quiet}]", Path("t.yaml")).nodes[0]
+    assert kernel_cmdline(node, "watchdog_thresh=60").endswith("watchdog_thresh=60 quiet")
+
+
 def test_console_tail_of_missing_file(tmp_path: Path) -> None:
     assert "no console file" in virt.console_tail(tmp_path / "nothing")
 
