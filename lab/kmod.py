@@ -214,10 +214,10 @@ REMOVE_HUGETLBFS_FILES = ("awk '$3 == \"hugetlbfs\" {print $2}' /proc/mounts | "
 BUSY = 4
 # One round trip when nothing holds the module; exit BUSY while something still does.
 # SIGKILL and wait: a daemon or traffic generator still mapping a table's file keeps
-# its huge pages from the pool.
-STOP_AGENTS = ("pkill -9 -x vrhp-agent; pkill -9 -x vrhp_traffic; i=0; "
-               "while pgrep -x vrhp-agent || pgrep -x vrhp_traffic; do i=$((i+1)); "
-               "[ $i -gt 100 ] && break; sleep 0.1; done > /dev/null")
+# its huge pages from the pool. The wait is bounded by the reset command's scaled bound.
+STOP_AGENTS = ("pkill -9 -x vrhp-agent; pkill -9 -x vrhp_traffic; "
+               "while pgrep -x vrhp-agent || pgrep -x vrhp_traffic; do sleep 0.1; done "
+               "> /dev/null")
 RESET_AT_ONCE = (f"{STOP_AGENTS}; c=$(cat /sys/module/{MODULE_NAME}/refcnt 2>/dev/null); "
                  f"case \"$c\" in '') ;; 0) rmmod {MODULE_NAME} || exit 3 ;; "
                  f"*) exit {BUSY} ;; esac; {REMOVE_HUGETLBFS_FILES}")

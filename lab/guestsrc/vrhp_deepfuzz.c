@@ -709,7 +709,14 @@ static char *reserve(uint64_t len, uint64_t align)
 }
 
 /* One page of file f at `npages` adjacent addresses: a range that aliases itself. */
-static struct region *map_alias(struct worker *w, int f, uint64_t page, uint64_t npages)
+/*
+ * `npages` huge pages of file f, mapped one by one into a reservation: page i is the
+ * file's page `first` (alias) or `first + i`, and page `hole` (if any) is left out. Built
+ * page by page, no huge-page mapping is ever split (a split of a hugetlb VMA trips a
+ * lockdep assertion in Debian's 6.1 kernels themselves).
+ */
+static struct region *map_pagewise(struct worker *w, int f, uint64_t first, uint64_t npages,
+				   int alias, uint64_t hole)
 {
 	const struct hfile *h = &files[f];
 	char *base = reserve(npages * h->ps, h->ps);
@@ -720,40 +727,9 @@ static struct region *map_alias(struct worker *w, int f, uint64_t page, uint64_t
 		return NULL;
 	fd = open(h->path, O_RDWR | O_CREAT, 0600);
 	for (uint64_t i = 0; fd >= 0 && i < npages; i++)
-		if (mmap(base + i * h->ps, h->ps, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED,
-			 fd, (off_t)(page * h->ps)) == MAP_FAILED)
-			break;
-	if (fd >= 0)
-		close(fd);
-	g = slot(w);
-	g->addr = base;
-	g->len = npages * h->ps;
-	g->file = f;
-	g->foff = page * h->ps;
-	return g;
-}
-
-/*
- * Pages first .. first + npages of file f at adjacent addresses, but the second page left
- * out: built page by page into a reservation, so no huge-page mapping is ever split (a
- * split of a hugetlb VMA trips a lockdep assertion in Debian's 6.1 kernels themselves).
- */
-static struct region *map_holed(struct worker *w, int f, uint64_t first, uint64_t npages)
-{
-	const struct hfile *h = &files[f];
-	char *base;
-	struct region *g;
-	int fd;
-
-	if (!h->ok || npages < 2 || first + npages > h->pages)
-		return NULL;
-	base = reserve(npages * h->ps, h->ps);
-	if (!base)
-		return NULL;
-	fd = open(h->path, O_RDWR | O_CREAT, 0600);
-	for (uint64_t i = 0; fd >= 0 && i < npages; i++)
-		if (i != 1 && mmap(base + i * h->ps, h->ps, PROT_READ | PROT_WRITE,
-				   MAP_SHARED | MAP_FIXED, fd, (off_t)((first + i) * h->ps)) == MAP_FAILED)
+		if (i != hole && mmap(base + i * h->ps, h->ps, PROT_READ | PROT_WRITE,
+				      MAP_SHARED | MAP_FIXED, fd,
+				      (off_t)((first + (alias ? 0 : i)) * h->ps)) == MAP_FAILED)
 			break;
 	if (fd >= 0)
 		close(fd);
@@ -763,6 +739,20 @@ static struct region *map_holed(struct worker *w, int f, uint64_t first, uint64_
 	g->file = f;
 	g->foff = first * h->ps;
 	return g;
+}
+
+/* One page at `npages` adjacent addresses. */
+static struct region *map_alias(struct worker *w, int f, uint64_t page, uint64_t npages)
+{
+	return map_pagewise(w, f, page, npages, 1, UINT64_MAX);
+}
+
+/* Pages first .. first + npages - 1 at adjacent addresses, the second one left out. */
+static struct region *map_holed(struct worker *w, int f, uint64_t first, uint64_t npages)
+{
+	if (!files[f].ok || npages < 2 || first + npages > files[f].pages)
+		return NULL;
+	return map_pagewise(w, f, first, npages, 0, 1);
 }
 
 static int pick_2m(struct rng *r)
