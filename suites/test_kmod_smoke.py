@@ -9,7 +9,7 @@ from __future__ import annotations
 import shlex
 
 import pytest
-from vrhp_support import DEFAULT_TABLES_POOL, RecordProperty, meminfo
+from vrhp_support import DEFAULT_TABLES_POOL, SETTLE_KERNEL_MEMORY, RecordProperty, meminfo
 
 from lab import vrhp as view
 from lab.engine import NodeRuntime
@@ -102,7 +102,6 @@ def test_unload_and_file_removal_return_every_huge_page(guest: Guest, tables: Gu
 
 LEAK_CYCLES = 10
 SMALL_TABLES = "flow_entries=8192 bridge_entries=8192"
-SETTLE = "sync; echo 3 > /proc/sys/vm/drop_caches; sleep 1"
 # kB of slack over the whole loop; one leaked btable chunk is 4096 kB, one table 20-160 MiB
 LEAK_SLACK_KB = {"MemFree": 16384, "SUnreclaim": 1024, "VmallocUsed": 1024}
 
@@ -130,9 +129,10 @@ def test_load_use_unload_loop_leaks_nothing(mem: str, guest: Guest, node: NodeRu
                 f"rmmod vrhp || exit 15")
     pool = node.node.hugepages
     remove = f"rm -f {pool.mount}/*" if pool is not None else "true"
-    guest.check(f"i=0; {one_pass}; {remove}; {SETTLE}")  # first-load allocations are not leaks
+    settle = SETTLE_KERNEL_MEMORY
+    guest.check(f"i=0; {one_pass}; {remove}; {settle}")  # first-load allocations are not leaks
     before = meminfo(guest)
-    guest.check(f"for i in $(seq {LEAK_CYCLES}); do {one_pass}; done; {remove}; {SETTLE}",
+    guest.check(f"for i in $(seq {LEAK_CYCLES}); do {one_pass}; done; {remove}; {settle}",
                 timeout=900)
     after = meminfo(guest)
     record_property("backend", mem)

@@ -13,7 +13,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from vrhp_support import HUGETLB_1G, LoadedTables, RecordProperty, agent_refuses, meminfo, mount_1g
+from vrhp_support import (
+    HUGETLB_1G,
+    SETTLE_KERNEL_MEMORY,
+    LoadedTables,
+    RecordProperty,
+    agent_refuses,
+    meminfo,
+    mount_1g,
+)
 
 from lab import guesttools
 from lab import vrhp as view
@@ -289,7 +297,6 @@ INVALID: list[tuple[dict[str, int | str], str]] = [
 
 REFUSALS = 5
 REFUSAL_SLACK_KIB = 8192
-SETTLE = "sync; echo 3 > /proc/sys/vm/drop_caches"
 
 
 @pytest.mark.parametrize(("params", "message"), INVALID,
@@ -298,7 +305,7 @@ def test_invalid_parameter_refused_with_einval_naming_it(
         guest: Guest, vrhp: GuestModule, params: dict[str, int | str], message: str,
         record_property: RecordProperty) -> None:
     record_property("backend", "none (insmod refused)")
-    guest.check(SETTLE)
+    guest.check(SETTLE_KERNEL_MEMORY)
     before = meminfo(guest)
     for _ in range(REFUSALS - 1):  # repeated, so that one leaked chunk each stands out
         assert not vrhp.insmod(**params).ok
@@ -310,7 +317,7 @@ def test_invalid_parameter_refused_with_einval_naming_it(
     assert re.search(re.escape(message), guest.dmesg_since(mark)), message
     assert not vrhp.loaded()
     assert guest.run("ls /dev/vrhp /dev/vrhp_flow /dev/vrhp_bridge 2>/dev/null").stdout == ""
-    guest.check(SETTLE)
+    guest.check(SETTLE_KERNEL_MEMORY)
     after = meminfo(guest)
     for counter in ("HugePages_Total", "HugePages_Free", "HugePages_Rsvd"):
         assert after[counter] == before[counter], counter
