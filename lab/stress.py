@@ -80,7 +80,9 @@ MIN_FREE_AFTER_MIB = 352
 FAULTS = ("release-hang",)
 PROBE_MAX_COUNT = 1024
 PROBE_PREFIX = "hplab_allocprobe: "
-SUMMARY_SCHEMA = 2
+SUMMARY_SCHEMA = 3
+#: schema 2 summaries (before ``blockers.blocks_with``) still read, with that map empty
+SUMMARY_SCHEMAS = (2, SUMMARY_SCHEMA)
 
 #: fragment's exit status
 EXIT_REACHED = 0
@@ -326,7 +328,9 @@ class Blockers:
     """What stops the free memory from merging into blocks of the target order.
 
     ``pages``: used pages by kind (slab, anon, file, pgtable, hugetlb, other) in the
-    target-order blocks that hold free pages too; the migratetype maps count free pages
+    target-order blocks that hold free pages too; ``blocks_with``: how many of those
+    blocks hold pages of each kind (one such page keeps the block from merging, so a
+    kind present in most of them is what breaks contiguity); the migratetype maps count free pages
     and pageblocks outside ZONE_DMA. ``error`` says why there is nothing to say.
     """
 
@@ -335,6 +339,7 @@ class Blockers:
     blocks: int
     mixed_blocks: int
     pages: Mapping[str, int]
+    blocks_with: Mapping[str, int]
     free_pages_by_migratetype: Mapping[str, int]
     pageblocks_by_migratetype: Mapping[str, int]
 
@@ -342,6 +347,10 @@ class Blockers:
         """The fraction of the blocking pages that are of `kind`."""
         total = sum(self.pages.values())
         return self.pages.get(kind, 0) / total if total else 0.0
+
+    def block_share(self, kind: str) -> float:
+        """The fraction of the blocks holding free pages that also hold pages of `kind`."""
+        return self.blocks_with.get(kind, 0) / self.mixed_blocks if self.mixed_blocks else 0.0
 
     @property
     def dominant(self) -> str | None:
@@ -359,8 +368,11 @@ class Blockers:
         free = ", ".join(f"{k} {v}" for k, v in
                          sorted(self.free_pages_by_migratetype.items(), key=lambda kv: -kv[1])
                          if v)
+        held = ", ".join(f"{k} {v}" for k, v in
+                         sorted(self.blocks_with.items(), key=lambda kv: -kv[1]) if v)
         return (f"{self.mixed_blocks} of {self.blocks} blocks hold free pages; blocking pages: "
-                f"{kinds or 'none'}; free pages by migratetype: {free or 'none'}")
+                f"{kinds or 'none'}; blocks holding each kind: {held or 'not recorded'}; "
+                f"free pages by migratetype: {free or 'none'}")
 
 
 def _counts(data: Any, where: str) -> Mapping[str, int]:
@@ -371,7 +383,7 @@ def _counts(data: Any, where: str) -> Mapping[str, int]:
     return MappingProxyType(dict(data))
 
 
-def _blockers(data: Any, where: str) -> Blockers:
+def _blockers(data: Any, where: str, schema: int) -> Blockers:
     if not isinstance(data, dict):
         raise ValueError(f"{where}: expected an object")
     if "error" in data:
@@ -379,13 +391,15 @@ def _blockers(data: Any, where: str) -> Blockers:
         if not isinstance(error, str):
             raise ValueError(f"{where}: field 'error' must be a string")
         empty: Mapping[str, int] = MappingProxyType({})
-        return Blockers(error, 0.0, 0, 0, empty, empty, empty)
+        return Blockers(error, 0.0, 0, 0, empty, empty, empty, empty)
     return Blockers(
         error=None,
         seconds=float(_field(data, "seconds", (int, float), where)),
         blocks=_field(data, "blocks", int, where),
         mixed_blocks=_field(data, "mixed_blocks", int, where),
         pages=_counts(data.get("pages"), where + ".pages"),
+        blocks_with=_counts(data.get("blocks_with", {} if schema == 2 else None),
+                            where + ".blocks_with"),
         free_pages_by_migratetype=_counts(data.get("free_pages_by_migratetype"),
                                           where + ".free_pages_by_migratetype"),
         pageblocks_by_migratetype=_counts(data.get("pageblocks_by_migratetype"),
@@ -447,7 +461,7 @@ def parse_fragment_summary(text: str, source: str = "fragment summary") -> Fragm
         raise ValueError(f"{source}: not JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise ValueError(f"{source}: expected a JSON object")
-    if data.get("tool") != "hplab-fragment" or data.get("schema") != SUMMARY_SCHEMA:
+    if data.get("tool") != "hplab-fragment" or data.get("schema") not in SUMMARY_SCHEMAS:
         raise ValueError(f"{source}: not an hplab-fragment schema {SUMMARY_SCHEMA} summary")
     num = (int, float)
     t = _field(data, "target", dict, source)
@@ -509,7 +523,7 @@ def parse_fragment_summary(text: str, source: str = "fragment summary") -> Fragm
         free_outside_dma_kib_after=_field(data, "free_outside_dma_kib_after", int, source),
         area_mib=_field(data, "area_mib", int, source),
         thp=_field(data, "thp", bool, source) if "thp" in data else True,
-        blockers=_blockers(data.get("blockers"), source + ".blockers"),
+        blockers=_blockers(data.get("blockers"), source + ".blockers", data["schema"]),
         buddyinfo_before=_buddy(data.get("buddyinfo_before"), source + ".buddyinfo_before"),
         buddyinfo_after=_buddy(data.get("buddyinfo_after"), source + ".buddyinfo_after"),
         bytes_held=_field(data, "bytes_held", int, source),

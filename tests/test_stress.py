@@ -271,3 +271,22 @@ def test_real_6_1_run() -> None:
     for tag in ("f-atomic", "f-noretry", "f-kernel", "f-kernel2"):
         assert probes[tag].outside_dma == 0  # only the tolerated stray ZONE_DMA block
     assert probes["r-kernel"].succeeded == 64
+
+
+def test_schema_3_counts_the_blocks_each_kind_holds() -> None:
+    data = summary_data()
+    data["schema"] = 3
+    with pytest.raises(ValueError, match=r"blockers\.blocks_with: expected an object"):
+        parse_fragment_summary(json.dumps(data))
+    data["blockers"]["blocks_with"] = {"slab": 112, "anon": 4, "file": 1, "pgtable": 3,
+                                       "hugetlb": 2, "other": 9}
+    blockers = parse_fragment_summary(json.dumps(data)).blockers
+    assert blockers.block_share("slab") == 112 / blockers.mixed_blocks
+    assert blockers.block_share("file") == 1 / blockers.mixed_blocks
+    assert "blocks holding each kind: slab 112, other 9" in blockers.describe()
+
+
+def test_schema_2_summaries_read_without_block_counts() -> None:
+    blockers = parse_fragment_summary(SUMMARY.read_text()).blockers
+    assert blockers.blocks_with == {} and blockers.block_share("anon") == 0.0
+    assert "blocks holding each kind: not recorded" in blockers.describe()

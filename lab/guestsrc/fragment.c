@@ -61,6 +61,7 @@
  */
 #define _GNU_SOURCE
 #include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -1031,6 +1032,28 @@ static int slab_fill(struct state *s, size_t pages)
 	return (int)(made * MSG_PAGES);
 }
 
+/*
+ * A KASAN kernel keeps freed objects in a quarantine (up to 1/32 of RAM) before
+ * their slabs can go back to the buddy allocator; shrinking a cache empties its
+ * share. Elsewhere it only hands back empty slabs a moment early. Best effort.
+ */
+static void shrink_kmalloc_caches(void)
+{
+	char path[512];
+	struct dirent *e;
+	DIR *d = opendir("/sys/kernel/slab");
+
+	if (!d)
+		return;
+	while ((e = readdir(d))) {
+		if (strncmp(e->d_name, "kmalloc", 7))
+			continue;
+		snprintf(path, sizeof(path), "/sys/kernel/slab/%s/shrink", e->d_name);
+		write_str(path, "1");
+	}
+	closedir(d);
+}
+
 static int slab_drop(struct state *s, char *err, size_t errlen)
 {
 	struct msqid_ds ds;
@@ -1044,6 +1067,7 @@ static int slab_drop(struct state *s, char *err, size_t errlen)
 		return -1;
 	}
 	s->msg.drop_q = -1;
+	shrink_kmalloc_caches();
 	return 0;
 }
 
@@ -1055,6 +1079,7 @@ static int thp_finish(struct state *s, double deadline, char *err, size_t errlen
 	struct region *r = &s->thp;
 	struct buddy b;
 	size_t before, limit;
+	long huge_kib;
 
 	if (o->target_order < 9 || s->no_thp || read_buddy(&b))
 		return 0;
@@ -1084,8 +1109,14 @@ static int thp_finish(struct state *s, double deadline, char *err, size_t errlen
 			break;
 		if ((long)free_pages_outside_dma(&b) - o->floor_mib * 256 < (long)(THP_SIZE / PAGE))
 			break;
+		huge_kib = meminfo_kib("AnonHugePages");
 		for (size_t i = 0; i < THP_SIZE / PAGE; i++)
 			r->base[(r->touched + i) * PAGE] = 1;
+		if (meminfo_kib("AnonHugePages") - huge_kib < (long)(THP_SIZE / 1024)) {
+			/* 4 KiB pages scattered among the blockers: give them back, the pool finishes */
+			madvise(r->base + r->touched * PAGE, THP_SIZE, MADV_DONTNEED);
+			break;
+		}
 		r->touched += THP_SIZE / PAGE;
 	}
 	if (r->touched > before &&
@@ -1163,6 +1194,7 @@ struct blockers {
 	unsigned long blocks;        /* target-order blocks outside ZONE_DMA */
 	unsigned long mixed_blocks;  /* of those, with free and used pages */
 	unsigned long pages[NBLOCKER];
+	unsigned long blocks_with[NBLOCKER]; /* mixed blocks holding pages of each kind */
 	int ntypes;
 	char type_name[MAX_MIGRATETYPES][24];
 	unsigned long free_pages[MAX_MIGRATETYPES]; /* free pages outside ZONE_DMA */
@@ -1306,8 +1338,10 @@ static void find_blockers(struct blockers *r, int order)
 			r->blocks++;
 			if (has_free && has_used) {
 				r->mixed_blocks++;
-				for (int k = 0; k < NBLOCKER; k++)
+				for (int k = 0; k < NBLOCKER; k++) {
 					r->pages[k] += used[k];
+					r->blocks_with[k] += used[k] > 0;
+				}
 			}
 		}
 		pfn += got;
@@ -1456,7 +1490,7 @@ static char *summary_json(struct state *s, struct result *res, const struct budd
 
 	if (!f)
 		return NULL;
-	fprintf(f, "{\"tool\":\"hplab-fragment\",\"schema\":2,\"profile\":\"%s\",\"seed\":%llu,",
+	fprintf(f, "{\"tool\":\"hplab-fragment\",\"schema\":3,\"profile\":\"%s\",\"seed\":%llu,",
 		profile_names[o->profile], o->seed);
 	fprintf(f, "\"target\":{\"order\":%d,", o->target_order);
 	if (o->unusable >= 0)
@@ -1490,6 +1524,10 @@ static char *summary_json(struct state *s, struct result *res, const struct budd
 			bl->seconds, bl->blocks, bl->mixed_blocks);
 		for (int k = 0; k < NBLOCKER; k++)
 			fprintf(f, "%s\"%s\":%lu", k ? "," : "", blocker_names[k], bl->pages[k]);
+		fputs("},\"blocks_with\":{", f);
+		for (int k = 0; k < NBLOCKER; k++)
+			fprintf(f, "%s\"%s\":%lu", k ? "," : "", blocker_names[k],
+				bl->blocks_with[k]);
 		fputs("},\"free_pages_by_migratetype\":{", f);
 		for (int i = 0; i < bl->ntypes; i++)
 			fprintf(f, "%s\"%s\":%lu", i ? "," : "", bl->type_name[i], bl->free_pages[i]);
