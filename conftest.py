@@ -1,1 +1,1 @@
-pytest_plugins = ["lab.plugin"]
+pytest_plugins = ["lab.pytest_plugin.plugin"]

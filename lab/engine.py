@@ -22,17 +22,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab import image as images
-from lab import kernel as kernels
-from lab import virt
+from lab.build import kernel as kernels
+from lab.build.image import minimal as images
 from lab.errors import LabError
 from lab.events import EventBus
-from lab.guest import Guest
+from lab.guest.ssh import Guest
+from lab.guest.triage import read_from
 from lab.paths import cache_dir, runs_dir
 from lab.shell import locked, run
 from lab.timeouts import Speed, Timeouts
 from lab.topology import Node, Topology
-from lab.triage import read_from
+from lab.vm import virt
 
 CREATE_ATTEMPTS = 3
 LIBVIRT_RECONNECT_S = 60.0  # a restarted libvirtd answers after ~8 s here (host prepare)

@@ -28,3 +28,9 @@ def runs_dir(base: Path) -> Path:
     path = base / "runs"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+LAB_PACKAGE = Path(__file__).resolve().parent
+# C sources the lab builds for guests: static tools and the allocation-probe module
+GUEST_SOURCES = LAB_PACKAGE / "guestsrc"
+# the module under test, beside lab/ in the repository
+KMOD_SOURCE = LAB_PACKAGE.parent / "kmod"

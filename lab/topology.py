@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 import yaml
 
-from lab import kernel as kernels
+from lab.build import kernel as kernels
 from lab.errors import TopologyError
 
 GIB = 1024**3

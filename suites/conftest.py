@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from vrhp_support import RecordProperty
 
-from lab import kmod
+from lab.dut import kmod
+from lab.dut.kmod import GuestModule
 from lab.engine import Lab
-from lab.kmod import GuestModule
-from lab.plugin import LabSession, hugepage_shortfall
+from lab.pytest_plugin.plugin import LabSession, hugepage_shortfall
 from lab.topology import HugePages
 
 FUZZ_CALLS_DEFAULT = 5000  # per backend: about a minute under TCG

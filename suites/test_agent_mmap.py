@@ -13,10 +13,10 @@ from __future__ import annotations
 import pytest
 from vrhp_support import HUGETLB_1G, RecordProperty, agent_refuses, dump_to
 
-from lab import vrhp as view
-from lab.agentd import AgentDaemon, realtime_ns
-from lab.guest import Guest
-from lab.kmod import GuestModule, hugepage_pool, reset_guest
+from lab.dut import vrhp as view
+from lab.dut.agentd import AgentDaemon, realtime_ns
+from lab.dut.kmod import GuestModule, hugepage_pool, reset_guest
+from lab.guest.ssh import Guest
 
 pytestmark = [pytest.mark.lab, pytest.mark.hugepages(size="1G", count=2)]
 

@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
-from lab import guesttools, virt
+from lab.build import guesttools
 from lab.engine import Lab, NodeRuntime
 from lab.errors import GuestError
-from lab.guest import Guest
+from lab.guest.ssh import Guest
+from lab.vm import virt
 
 pytestmark = pytest.mark.lab
 

@@ -17,12 +17,12 @@ from collections.abc import Callable
 import pytest
 from vrhp_support import DEFAULT_TABLES_POOL, PROBE_COUNT, file_pfns, fragmentation_lost
 
-from lab import vrhp as view
+from lab.dut import vrhp as view
+from lab.dut.kmod import GuestModule
 from lab.engine import Lab, NodeRuntime
-from lab.fragment import FragmentRun, GuestFragmenter
-from lab.guest import Guest
-from lab.kmod import GuestModule
-from lab.stress import MIN_FREE_AFTER_MIB, ProbeSpec
+from lab.fragment.driver import FragmentRun, GuestFragmenter
+from lab.fragment.spec import MIN_FREE_AFTER_MIB, ProbeSpec
+from lab.guest.ssh import Guest
 
 pytestmark = [pytest.mark.lab]
 

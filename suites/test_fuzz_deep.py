@@ -23,11 +23,11 @@ from pathlib import Path
 import pytest
 from vrhp_support import HUGETLB_1G, RecordProperty, mount_1g
 
-from lab import guesttools
-from lab import vrhp as view
+from lab.build import guesttools
+from lab.dut import vrhp as view
+from lab.dut.kmod import GuestModule, hugepage_pool, reset_guest
 from lab.engine import Lab
-from lab.guest import Guest
-from lab.kmod import GuestModule, hugepage_pool, reset_guest
+from lab.guest.ssh import Guest
 
 SEED = 20261203
 THREADS = 3

@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 from vrhp_support import RecordProperty
 
-from lab import guesttools
-from lab import vrhp as view
+from lab.build import guesttools
+from lab.dut import vrhp as view
+from lab.dut.kmod import GuestModule, hugepage_pool, reset_guest
 from lab.engine import Lab
 from lab.errors import CanaryLost
-from lab.guest import Guest
-from lab.kmod import GuestModule, hugepage_pool, reset_guest
+from lab.guest.ssh import Guest
 
 MOUNT = "/mnt/hplab-hostile"
 POOL_2M = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"

@@ -11,10 +11,10 @@ import shlex
 import pytest
 from vrhp_support import DEFAULT_TABLES_POOL, SETTLE_KERNEL_MEMORY, RecordProperty, meminfo
 
-from lab import vrhp as view
+from lab.dut import vrhp as view
+from lab.dut.kmod import GuestModule, hugepage_pool, reset_guest
 from lab.engine import NodeRuntime
-from lab.guest import Guest
-from lab.kmod import GuestModule, hugepage_pool, reset_guest
+from lab.guest.ssh import Guest
 from lab.topology import HugePages
 
 pytestmark = [pytest.mark.lab]

@@ -18,13 +18,15 @@ from typing import Any
 import pytest
 from vrhp_support import HUGETLB_1G, RecordProperty, mount_1g
 
-from lab import engine, guesttools, virt
+from lab import engine
+from lab.build import guesttools
+from lab.dut.kmod import hugepage_pool
 from lab.engine import Lab
-from lab.guest import Guest
-from lab.kmod import hugepage_pool
+from lab.guest.ssh import Guest
 from lab.paths import lab_dir
-from lab.plugin import LabSession
+from lab.pytest_plugin.plugin import LabSession
 from lab.timeouts import Bound, Timeouts
+from lab.vm import virt
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ROOT / "topologies" / "small.yaml"
@@ -33,7 +35,7 @@ INNER_LIMIT_S = 300  # reference seconds; the inner session's own waits are far 
 INNER_HEAD = '''
 import os, signal, time
 from pathlib import Path
-from lab import virt
+from lab.vm import virt
 
 def _mark(lab):
     Path(os.environ["HPLAB_INNER_RUN"]).write_text(lab.run_id)
@@ -67,7 +69,7 @@ def test_fault(lab, guest, node):
     "libvirtd-restarted": '''
 def test_fault(lab, guest, node):
     _mark(lab)
-    from lab import host
+    from lab.host import prepare as host
     print(f"libvirtd answered again after {host.restart_libvirtd():.1f}s")
     guest.check("true")
 ''',
@@ -116,8 +118,9 @@ def _start_inner(tmp_path: Path, fault: str,
     junit = tmp_path / "junit.xml"
     env = {**os.environ, "HPLAB_INNER_RUN": str(marker), "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "lab.plugin", "-p", "no:cacheprovider", "-q",
-         "--rootdir", str(tmp_path), "--topology", str(SMALL), "--kernel", kernel,
+        [sys.executable, "-m", "pytest", "-p", "lab.pytest_plugin.plugin",
+         "-p", "no:cacheprovider", "-q", "--rootdir", str(tmp_path),
+         "--topology", str(SMALL), "--kernel", kernel,
          f"--junitxml={junit}",
          str(test_file)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT)

@@ -23,11 +23,11 @@ from vrhp_support import (
     mount_1g,
 )
 
-from lab import guesttools
-from lab import vrhp as view
+from lab.build import guesttools
+from lab.dut import vrhp as view
+from lab.dut.kmod import GuestModule, hugepage_pool, reset_guest
 from lab.engine import Lab, NodeRuntime
-from lab.guest import Guest
-from lab.kmod import GuestModule, hugepage_pool, reset_guest
+from lab.guest.ssh import Guest
 
 pytestmark = pytest.mark.lab
 

@@ -28,14 +28,14 @@ from vrhp_support import (
     lookup_all,
 )
 
-from lab import vrhp as view
-from lab.agentd import AgentDaemon, realtime_ns
+from lab.dut import vrhp as view
+from lab.dut.agentd import AgentDaemon, realtime_ns
+from lab.dut.kmod import GuestModule
+from lab.dut.traffic import Traffic, dumped_keys
 from lab.engine import Lab
-from lab.fragment import FragmentRun, GuestFragmenter
-from lab.guest import Guest
-from lab.kmod import GuestModule
+from lab.fragment.driver import FragmentRun, GuestFragmenter
+from lab.guest.ssh import Guest
 from lab.topology import HugePages
-from lab.traffic import Traffic, dumped_keys
 
 pytestmark = [pytest.mark.lab, DEFAULT_TABLES_POOL]
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from lab import guesttools
-from lab import vrhp as view
-from lab.fragment import FragmentRun, GuestFragmenter
-from lab.guest import Guest, Result
-from lab.kmod import GuestModule
-from lab.stress import ProbeSpec
+from lab.build import guesttools
+from lab.dut import vrhp as view
+from lab.dut.kmod import GuestModule
+from lab.fragment.driver import FragmentRun, GuestFragmenter
+from lab.fragment.spec import ProbeSpec
+from lab.guest.ssh import Guest, Result
 
 HUGETLB_1G = "/dev/hugepages1G"
 # The test sets up the default tables: two 1 GiB pages, or 87 of 2 MiB (the agent's fallback).

@@ -14,12 +14,13 @@ from typing import Any
 
 import pytest
 
-from lab import engine, plugin
+from lab import engine
+from lab.build.image.minimal import Image
+from lab.build.kernel import Kernel
 from lab.errors import GuestError
 from lab.events import EventBus
-from lab.guest import Guest, Result
-from lab.image import Image
-from lab.kernel import Kernel
+from lab.guest.ssh import Guest, Result
+from lab.pytest_plugin import plugin
 from lab.topology import Topology
 
 
@@ -157,7 +158,7 @@ def run_inner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, source
     lab_dir = pytester.path / "labdir"
     junit = pytester.path / "junit.xml"
     result = pytester.runpytest_subprocess(
-        "-p", "lab.plugin", "-p", "no:cacheprovider", f"--rootdir={pytester.path}",
+        "-p", "lab.pytest_plugin.plugin", "-p", "no:cacheprovider", f"--rootdir={pytester.path}",
         f"--topology={ROOT / 'topologies' / 'single.yaml'}", f"--lab-dir={lab_dir}",
         f"--junitxml={junit}", *args)
     runs = sorted((lab_dir / "runs").glob("*")) if (lab_dir / "runs").exists() else []

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from lab import virt
 from lab.errors import BootError
+from lab.vm import virt
 
 Handler = Callable[[socket.socket, int], None]
 

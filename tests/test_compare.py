@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 from browser import browse, chromium
 
-from lab import cli, compare, report
-from lab.results import UNCLASSIFIED, RunFileError, bounded, load_junit, result_key
+from lab.cli import main as cli
+from lab.report import compare
+from lab.report import html as report
+from lab.report.results import UNCLASSIFIED, RunFileError, bounded, load_junit, result_key
 
 PYTEST_OUTCOME = {"passed": "passed", "precondition-unreachable": "skipped"}
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from lab import cli
-from lab import debugkernel as dk
+from lab.build import debugkernel as dk
+from lab.build.kernel import Kernel
+from lab.cli import main as cli
 from lab.errors import BuildError
-from lab.kernel import Kernel
 
 RELEASE = "6.1.192-hplab-debug-0123abcd"
 FRAGMENT = """\

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from lab import apt, debian
-from lab import image as images
+from lab.build import apt
+from lab.build.image import debian
+from lab.build.image import minimal as images
+from lab.build.kernel import Kernel
 from lab.errors import BuildError, HostError
-from lab.kernel import Kernel
 
 DEB822 = """\
 Types: deb

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import kernel as kernels
+from lab.build import kernel as kernels
 from lab.errors import BuildError
 
 ELF = b"\x7fELF" + bytes(range(256)) * 64

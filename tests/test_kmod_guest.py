@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from lab import kmod
+from lab.dut import kmod
 from lab.errors import GuestError
-from lab.guest import Guest, Result
+from lab.guest.ssh import Guest, Result
 from lab.timeouts import Bound
 
 
@@ -115,8 +115,8 @@ def test_a_pool_not_whole_after_the_reset_reboots_the_node_and_says_why(
         pool: str, reboots: list[str]) -> None:
     from types import SimpleNamespace
 
-    from lab import plugin
     from lab.events import EventBus
+    from lab.pytest_plugin import plugin
     from lab.topology import parse
 
     text = "nodes: [{name: cn1, memory: 5G, hugepages: {size: 1G, count: 2}}]"

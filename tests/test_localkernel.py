@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lab import kconfig, localkernel
-from lab import kernel as kernels
+from lab.build import kconfig, localkernel
+from lab.build import kernel as kernels
 from lab.errors import BuildError
 
 REL = "6.1.0-99-hplab"

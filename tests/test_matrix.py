@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 from fakelab import ROOT
 
-from lab import cli, matrix, report
+from lab.cli import main as cli
+from lab.cli import matrix
+from lab.report import html as report
 
 # Inner sessions boot a FakeLab whose release follows the spec; the spec of an exact
 # release that has no package fails in the kernel phase, as kernels.fetch does.
@@ -21,7 +23,7 @@ import dataclasses
 
 import fakelab
 import pytest
-from lab import plugin
+from lab.pytest_plugin import plugin
 from lab.errors import BuildError
 
 
@@ -69,7 +71,7 @@ def suite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     inner.mkdir()
     (inner / "conftest.py").write_text(INNER_CONFTEST)
     (inner / "test_inner.py").write_text(INNER_TESTS)
-    return ["-p", "lab.plugin", "-p", "no:cacheprovider", "-q", f"--rootdir={inner}",
+    return ["-p", "lab.pytest_plugin.plugin", "-p", "no:cacheprovider", "-q", f"--rootdir={inner}",
             str(inner / "test_inner.py")]
 
 

@@ -1,4 +1,4 @@
-"""lab.memory against real captured files (tests/data/memory) and malformed input."""
+"""lab.guest.memory against real captured files (tests/data/memory) and malformed input."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.memory import (
+from lab.guest.memory import (
     SNAPSHOT_COMMAND,
     MemoryFormatError,
     MemorySnapshot,

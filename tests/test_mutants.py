@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from lab import cli, mutants
+from lab.cli import main as cli
+from lab.cli import mutants
 
 SHORT = mutants.MUTANTS[0]
 

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from lab import cli, repeat
+from lab.cli import main as cli
+from lab.cli import repeat
 
 
 def _junit(path: Path, cases: list[tuple[str, str, float]]) -> Path:

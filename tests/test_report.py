@@ -10,9 +10,10 @@ import pytest
 from browser import browse, chromium
 from fakelab import run_inner
 
-from lab import cli, report
-from lab.memory import MemorySnapshot
-from lab.results import MESSAGE_CHARS, UNCLASSIFIED, phase_bars
+from lab.cli import main as cli
+from lab.guest.memory import MemorySnapshot
+from lab.report import html as report
+from lab.report.results import MESSAGE_CHARS, UNCLASSIFIED, phase_bars
 
 pytest_plugins = ["pytester"]
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from lab import bench, repro
 from lab import topology as topologies
+from lab.cli import bench, repro
+from lab.dut.vrhp import BenchResult
 from lab.errors import LabError
-from lab.vrhp import BenchResult
 
 ROOT = Path(__file__).resolve().parent.parent
 SINGLE = ROOT / "topologies" / "single.yaml"

@@ -13,9 +13,12 @@ from pathlib import Path
 import pytest
 from fakelab import run_inner
 
-from lab import engine, image, plugin, virt
-from lab.kernel import Kernel
+from lab import engine
+from lab.build.image import minimal as image
+from lab.build.kernel import Kernel
+from lab.pytest_plugin import plugin
 from lab.topology import parse
+from lab.vm import virt
 
 pytest_plugins = ["pytester"]
 
@@ -277,7 +280,7 @@ def test_revive_boots_a_vanished_domain_again(tmp_path: Path,
 
 
 def test_a_session_without_a_lab_notices_nothing(pytester: pytest.Pytester) -> None:
-    config = pytester.parseconfig("-p", "lab.plugin")
+    config = pytester.parseconfig("-p", "lab.pytest_plugin.plugin")
     session = plugin.LabSession(config)
     item = pytester.getitem("def test_func(): pass")
     assert session.notice_deaths(item, "during x", settle=True) == []

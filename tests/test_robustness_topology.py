@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from lab import cli, topology
+from lab import topology
+from lab.cli import main as cli
 from lab.errors import TopologyError
 
 NINE_NODES = "nodes: [" + ", ".join(f"{{name: cn{i}}}" for i in range(9)) + "]"

@@ -7,10 +7,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from lab import guesttools, host, image, plugin, shell
+from lab import shell
+from lab.build import guesttools
+from lab.build.image import minimal as image
 from lab.errors import BuildError, GuestError
 from lab.events import EventBus
-from lab.guest import Guest
+from lab.guest.ssh import Guest
+from lab.host import prepare as host
+from lab.pytest_plugin import plugin
 from lab.topology import parse
 
 
@@ -43,7 +47,7 @@ def test_install_command_lists_packages() -> None:
 
 
 def test_module_order_puts_dependencies_first(tmp_path: Path) -> None:
-    from lab.kernel import Kernel
+    from lab.build.kernel import Kernel
 
     mods = tmp_path / "lib" / "modules" / "6.1.0-1-amd64"
     mods.mkdir(parents=True)
@@ -63,7 +67,7 @@ def test_module_order_puts_dependencies_first(tmp_path: Path) -> None:
 
 def test_module_order_of_a_kernel_with_virtio_built_in(tmp_path: Path) -> None:
     """A local kernel may have virtio built in and no modules.builtin beside modules.dep."""
-    from lab.kernel import Kernel
+    from lab.build.kernel import Kernel
 
     mods = tmp_path / "lib" / "modules" / "6.13.0"
     mods.mkdir(parents=True)
@@ -201,7 +205,7 @@ def test_hugepage_marker_misuse_is_a_usage_error(mark: pytest.MarkDecorator) -> 
 
 def test_default_tables_need_two_1g_or_87_2m_pages() -> None:
     """The marker of the suites that set up the default tables, from the table sizes."""
-    from lab import vrhp
+    from lab.dut import vrhp
     assert vrhp.default_table_pages() == {"1G": 2, "2M": 87}
 
 

@@ -1,4 +1,4 @@
-"""lab.stress: specs, command lines, and parsing of the fragmenter's and probe's output."""
+"""lab.fragment.spec: specs, command lines, and parsing of the fragmenter's and probe's output."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from lab.stress import (
+from lab.fragment.spec import (
     EXIT_MISSED,
     EXIT_REACHED,
     EXIT_USAGE,

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from lab.dut.kmod import GuestModule
 from lab.errors import GuestError
-from lab.guest import Guest, Progress, Result, did_not_finish
-from lab.kmod import GuestModule
+from lab.guest.ssh import Guest, Progress, Result, did_not_finish
 from lab.timeouts import (
     SLOWDOWN_RANGE,
     SPEED_REFERENCE,

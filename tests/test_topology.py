@@ -152,7 +152,7 @@ def test_pool_of_a_shipped_node(name: str, size: str, page: int, kib: int, count
                                 mount: str, flow_pages: int) -> None:
     """What the suites' hugepool fixture hands a test: the node's pool, its page bytes,
     the agent's mount for it, and the pages a file takes (the default flow table here)."""
-    from lab import vrhp
+    from lab.dut import vrhp
     pool = topology.load(ROOT / "topologies" / f"{name}.yaml").nodes[0].hugepages
     assert pool is not None
     assert (pool.size, pool.size_bytes, pool.size_kib, pool.count, pool.mount) == (

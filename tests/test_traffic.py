@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from lab import traffic
+from lab.dut import traffic
 
 KEY = '"vrf":4001,"family":4,"src":"198.18.0.0","dst":"198.19.0.1","proto":17,' \
       '"sport":{},"dport":4789'

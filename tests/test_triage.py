@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pytest
 
-from lab import triage
 from lab.errors import (
     BootError,
     CommandFailed,
@@ -14,6 +13,7 @@ from lab.errors import (
     NodeDied,
     TopologyError,
 )
+from lab.guest import triage
 
 OOPS = """\
 [   12.000000] hplab-canary test_x abc

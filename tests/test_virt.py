@@ -7,14 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from lab import engine, virt
-from lab import image as image_module
+from lab import engine
+from lab.build.image import minimal as image_module
+from lab.build.image.minimal import Image
+from lab.build.kernel import Kernel
 from lab.engine import host_pages_needed, kernel_cmdline, leaked_host_pages
 from lab.errors import BootError, HostError, LabError
-from lab.image import Image
-from lab.kernel import Kernel
 from lab.timeouts import Speed, Timeouts, parse_speed
 from lab.topology import parse
+from lab.vm import virt
 
 QEMU_NS = "{http://libvirt.org/schemas/domain/qemu/1.0}"
 

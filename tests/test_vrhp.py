@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from lab import vrhp
+from lab.dut import vrhp
 
 # Outputs captured from vrhp-agent in a 6.12 guest (4M-entry flow table on two 1 GiB pages,
 # bridge on btable fallback; and a default-size fill run).

@@ -10,15 +10,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab import kmod
 from lab import topology as topologies
+from lab.dut import kmod
+from lab.dut.vrhp import Outcome, bridge_sizes, btable_failure, flow_sizes
 from lab.engine import Lab, NodeRuntime
 from lab.errors import LabError
 from lab.events import EventBus
-from lab.fragment import FragmentRun, GuestFragmenter
-from lab.report import write_report
-from lab.stress import DEFAULT_FLOOR_MIB, FragmentSpec, Target
-from lab.vrhp import Outcome, bridge_sizes, btable_failure, flow_sizes
+from lab.fragment.driver import FragmentRun, GuestFragmenter
+from lab.fragment.spec import DEFAULT_FLOOR_MIB, FragmentSpec, Target
+from lab.report.html import write_report
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab import kconfig
+from lab.build import kconfig
 from lab.errors import BuildError
-from lab.kernel import LOCAL, Kernel, extract_vmlinux, read_vermagic
+from lab.build.kernel import LOCAL, Kernel, extract_vmlinux, read_vermagic
 from lab.shell import locked, run
 
 BUILDER_VERSION = "1"

@@ -14,9 +14,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lab.compare import Comparison, PhaseTotal, RunSide, Slowdown, Transition
-from lab.memory import MemorySnapshot, parse_buddyinfo
-from lab.results import (
+from lab.guest.memory import MemorySnapshot, parse_buddyinfo
+from lab.report.compare import Comparison, PhaseTotal, RunSide, Slowdown, Transition
+from lab.report.results import (
     RunFileError,
     TestResult,
     console_tail,
@@ -27,7 +27,7 @@ from lab.results import (
 )
 
 if TYPE_CHECKING:
-    from lab.matrix import KernelRun, Matrix
+    from lab.cli.matrix import KernelRun, Matrix
 
 REPORT_NAME = "report.html"
 COMPARE_NAME = "compare.html"

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab.errors import BuildError
-from lab.kernel import Kernel
+from lab.build.kernel import Kernel
 from lab.shell import digest, file_digest, locked, run
 
 BUILDER_VERSION = "1"
@@ -225,7 +225,7 @@ def build(kind: str, kernel: Kernel, cache: Path) -> Image:
     if kind == "minimal":
         return build_minimal(kernel, cache)
     if kind == "debian":
-        from lab import debian
+        from lab.build.image import debian
 
         return debian.build(kernel, cache)
     raise BuildError(f"unknown image kind {kind!r} (known: minimal, debian)")

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab import kconfig
+from lab.build import kconfig
 from lab.errors import BuildError
 from lab.shell import locked, run
 
@@ -281,11 +281,11 @@ def fetch(spec: str, cache: Path) -> Kernel:
         raise BuildError(f"kernel {spec!r} is not a kernel spec (debian:SERIES, "
                          "debian:SERIES-FLAVOUR, debian:RELEASE, local:DIR or debug:SERIES)")
     if spec.startswith(LOCAL):
-        from lab import localkernel
+        from lab.build import localkernel
 
         return localkernel.prepare(spec, cache)
     if spec.startswith(DEBUG):
-        from lab import debugkernel
+        from lab.build import debugkernel
 
         kernel = debugkernel.fetch(spec, cache)
         kconfig.check(kernel.config, kernel.release)

@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from lab.memory import ZoneFree
+from lab.guest.memory import ZoneFree
 
 PROFILES = ("anon-pinned", "pagecache", "slab", "mixed")
 GFP_MODES = ("atomic", "kernel", "noretry", "retry_mayfail")

@@ -7,9 +7,9 @@ import shlex
 import time
 from collections.abc import Callable
 
-from lab import vrhp
+from lab.dut import vrhp
+from lab.dut.kmod import GuestModule
 from lab.errors import GuestError
-from lab.kmod import GuestModule
 
 STATUS = "/tmp/vrhp-agent.json"
 CUTOFF = "/tmp/vrhp-agent.cutoff"

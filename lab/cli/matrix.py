@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from lab.compare import merge_runs
 from lab.errors import LabError
-from lab.report import COUNTED, REPORT_NAME, class_label
-from lab.results import (
+from lab.report.compare import merge_runs
+from lab.report.html import COUNTED, REPORT_NAME, class_label
+from lab.report.results import (
     UNCLASSIFIED,
     RunFileError,
     TestResult,

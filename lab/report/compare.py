@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.results import (
+from lab.report.results import (
     RunFileError,
     TestResult,
     load_events,

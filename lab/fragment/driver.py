@@ -10,13 +10,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab import guesttools
+from lab.build import guesttools
+from lab.build.kernel import Kernel
+from lab.dut.kmod import build_kbuild
 from lab.errors import GuestError
-from lab.guest import Guest
-from lab.kernel import Kernel
-from lab.kmod import build_kbuild
-from lab.memory import SNAPSHOT_COMMAND, MemorySnapshot
-from lab.stress import (
+from lab.fragment.spec import (
     EXIT_MISSED,
     EXIT_REACHED,
     FragmentSpec,
@@ -28,8 +26,11 @@ from lab.stress import (
     release_argv,
     summary_from_output,
 )
+from lab.guest.memory import SNAPSHOT_COMMAND, MemorySnapshot
+from lab.guest.ssh import Guest
+from lab.paths import GUEST_SOURCES
 
-PROBE_SOURCE = Path(__file__).parent / "guestsrc" / "allocprobe"
+PROBE_SOURCE = GUEST_SOURCES / "allocprobe"
 WORK_DIR = "/run/hplab-fragment"
 # The fragmenter's files live on their own tmpfs, mounted for a run and unmounted at
 # release, so nothing of one run outlives it as page cache.

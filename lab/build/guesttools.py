@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from lab.guest import Guest
+from lab.paths import GUEST_SOURCES
+from lab.guest.ssh import Guest
 from lab.shell import digest, locked, run
 
-SOURCES = Path(__file__).parent / "guestsrc"
+SOURCES = GUEST_SOURCES
 CFLAGS = ("-static", "-O2", "-Wall", "-Wextra", "-Werror")
 # Flags a tool needs besides CFLAGS, by tool name (after CFLAGS on the command line).
 EXTRA_FLAGS: dict[str, tuple[str, ...]] = {

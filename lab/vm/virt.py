@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
-from lab import timeouts, triage
+from lab import timeouts
 from lab.errors import BootError, HostError, LabError
+from lab.guest import triage
 from lab.shell import digest, locked, run
 
 DOMAIN_PREFIX = "hplab-"

@@ -14,18 +14,19 @@ from typing import Any
 
 import pytest
 
-from lab import mutants, triage
 from lab import topology as topologies
-from lab.compare import compare_paths
+from lab.cli import mutants
 from lab.engine import Lab, NodeRuntime
 from lab.errors import CanaryLost, GuestError, LabError, NodeDied
 from lab.events import Event, EventBus, progress_line
-from lab.fragment import FragmentRun, GuestFragmenter, ReleaseOutcome
-from lab.guest import Guest
+from lab.fragment.driver import FragmentRun, GuestFragmenter, ReleaseOutcome
+from lab.fragment.spec import FragmentSpec, Target
+from lab.guest import triage
+from lab.guest.ssh import Guest
 from lab.paths import lab_dir
-from lab.report import COMPARE_NAME, write_compare, write_report
-from lab.results import bounded
-from lab.stress import FragmentSpec, Target
+from lab.report.compare import compare_paths
+from lab.report.html import COMPARE_NAME, write_compare, write_report
+from lab.report.results import bounded
 from lab.timeouts import Timeouts
 from lab.topology import PAGE_SIZES, Node, Topology
 
@@ -714,7 +715,7 @@ def vrhp_variant(request: pytest.FixtureRequest, guest: Guest, node: NodeRuntime
     At teardown the module is unloaded and the agent's huge-page files are removed, so
     every test starts with the whole pool free.
     """
-    from lab import kmod
+    from lab.dut import kmod
 
     def make(version: int = 1, layout: int = 1) -> kmod.GuestModule:
         key = (node.kernel.release, version, layout)
@@ -741,7 +742,7 @@ def _reboot_unless_pool_whole(request: pytest.FixtureRequest, guest: Guest,
     """Huge pages still held once the module is gone and its files removed (a leaked pin)
     stay held for the rest of the boot: the node boots again, and says why, so that the
     next test starts with the whole pool."""
-    from lab import kmod
+    from lab.dut import kmod
 
     pages = node.node.hugepages
     if pages is None:

@@ -7,14 +7,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab import kmod
 from lab import topology as topologies
+from lab.dut import kmod
+from lab.dut.vrhp import BenchResult, parse_bench
 from lab.engine import Lab
 from lab.errors import LabError
 from lab.events import EventBus
-from lab.fragment import GuestFragmenter
-from lab.stress import PROFILES, FragmentSpec, Target
-from lab.vrhp import BenchResult, parse_bench
+from lab.fragment.driver import GuestFragmenter
+from lab.fragment.spec import PROFILES, FragmentSpec, Target
 
 ORDERS = range(11)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.errors import LabError
-from lab.triage import NO_FAILURE
+from lab.guest.triage import NO_FAILURE
 
 UNCLASSIFIED = "(not classified)"
 MESSAGE_CHARS = 2000
@@ -51,7 +51,7 @@ class TestResult:
 
     nodeid: str
     outcome: str  # pytest's: passed, failed, error, skipped
-    outcome_class: str  # the lab's (lab/triage.py), UNCLASSIFIED when the run has none
+    outcome_class: str  # the lab's (lab/guest/triage.py), UNCLASSIFIED when the run has none
     durations: tuple[float, ...]
     properties: dict[str, str] = field(default_factory=dict)  # without "outcome"
     message: str = ""

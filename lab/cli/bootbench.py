@@ -9,9 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab import image as images
-from lab import kernel as kernels
 from lab import topology as topologies
+from lab.build import kernel as kernels
+from lab.build.image import minimal as images
 from lab.engine import Lab
 from lab.errors import LabError
 from lab.events import EventBus

@@ -18,9 +18,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from lab import apt
+from lab.build import apt
 from lab.errors import BuildError
-from lab.image import (
+from lab.build.image.minimal import (
     BOOTED_MARK,
     BUSYBOX,
     READY_MARK,
@@ -30,7 +30,7 @@ from lab.image import (
     _pack_cpio,
     _write_init,
 )
-from lab.kernel import Kernel
+from lab.build.kernel import Kernel
 from lab.shell import digest, file_digest, locked, run
 
 BUILDER_VERSION = "2"

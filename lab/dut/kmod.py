@@ -12,14 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lab import vrhp
+from lab.build.kernel import Kernel
+from lab.dut import vrhp
 from lab.errors import BuildError, GuestError
-from lab.guest import Guest, Result
-from lab.kernel import Kernel
+from lab.guest.ssh import Guest, Result
+from lab.paths import KMOD_SOURCE
 from lab.shell import digest, locked, run
 from lab.timeouts import Timeouts
 
-KMOD_SOURCE = Path(__file__).resolve().parent.parent / "kmod"
 SOURCE_SUFFIXES = (".c", ".h", "Kbuild", "Makefile")
 REMOTE_DIR = "/opt/vrhp"
 MODULE_NAME = "vrhp"

@@ -8,8 +8,8 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab import guesttools
-from lab.guest import Guest
+from lab.build import guesttools
+from lab.guest.ssh import Guest
 
 ACKED = "/tmp/vrhp-traffic.acked"
 OUT = "/tmp/vrhp-traffic.json"

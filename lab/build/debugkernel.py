@@ -34,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lab.errors import BuildError
-from lab.kernel import Kernel, _package_version, read_vermagic
+from lab.build.kernel import Kernel, _package_version, read_vermagic
 from lab.shell import digest, locked, run
 
 RECIPE_VERSION = "1"

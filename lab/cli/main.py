@@ -8,11 +8,9 @@ import os
 import sys
 from pathlib import Path
 
-from lab import host as hostprep
-from lab import image as images
-from lab import kernel as kernels
 from lab import topology as topologies
-from lab import virt
+from lab.build import kernel as kernels
+from lab.build.image import minimal as images
 from lab.engine import (
     NODE_DISK,
     NODE_INITRD,
@@ -27,8 +25,10 @@ from lab.engine import (
 )
 from lab.errors import LabError
 from lab.events import EventBus, ProgressPrinter
+from lab.fragment.spec import PROFILES
+from lab.host import prepare as hostprep
 from lab.paths import cache_dir, lab_dir
-from lab.stress import PROFILES
+from lab.vm import virt
 
 
 def _bus(quiet: bool = False) -> EventBus:
@@ -178,7 +178,7 @@ def cmd_host(args: argparse.Namespace) -> int:
 
 def cmd_kernel_build_debug(args: argparse.Namespace) -> int:
     """Build (or reuse) the debug kernel and print where it is and how to boot it."""
-    from lab import debugkernel
+    from lab.build import debugkernel
 
     kernel = debugkernel.fetch(f"{debugkernel.SPEC_PREFIX}{args.series}",
                                cache_dir(lab_dir(args.lab_dir)))
@@ -191,7 +191,7 @@ def cmd_kernel_build_debug(args: argparse.Namespace) -> int:
 def cmd_bench_boot(args: argparse.Namespace) -> int:
     """Median seconds from domain create to SSH ready, and image build cold/warm,
     per image kind (one topology each) and kernel."""
-    from lab import bootbench
+    from lab.cli import bootbench
 
     base = lab_dir(args.lab_dir)
     cache = cache_dir(base)
@@ -203,7 +203,7 @@ def cmd_bench_boot(args: argparse.Namespace) -> int:
 
 def cmd_bench_fragment(args: argparse.Namespace) -> int:
     """Seconds to the fragmentation target per profile, and failed allocations per order."""
-    from lab import bench
+    from lab.cli import bench
 
     profiles = list(PROFILES) if args.profiles == ["all"] else args.profiles
     specs = bench.specs(profiles, args.repeat, args.seed)
@@ -214,7 +214,7 @@ def cmd_bench_fragment(args: argparse.Namespace) -> int:
 
 def cmd_bench_vrhp(args: argparse.Namespace) -> int:
     """Bulk fill rate, agent scan throughput and a plain anonymous read, per backend."""
-    from lab import bench
+    from lab.cli import bench
 
     samples = bench.vrhp_run(Path(args.topology), args.repeat, args.entries,
                              lab_dir(args.lab_dir), _bus(quiet=True),
@@ -225,7 +225,7 @@ def cmd_bench_vrhp(args: argparse.Namespace) -> int:
 
 def cmd_repro(args: argparse.Namespace) -> int:
     """Fragment a node, try both backends, write a run directory that replays itself."""
-    from lab import repro
+    from lab.cli import repro
 
     request = repro.ReproRequest(Path(args.topology), args.profile, args.seed, args.node,
                                  args.kernel, Path(args.kmod_source).resolve(),
@@ -240,8 +240,8 @@ def cmd_repro(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from lab.compare import compare_paths
-    from lab.report import COMPARE_NAME, write_compare, write_report
+    from lab.report.compare import compare_paths
+    from lab.report.html import COMPARE_NAME, write_compare, write_report
 
     if args.compare is None:
         if args.run_dir is None or args.output is not None:
@@ -259,7 +259,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_repeat(args: argparse.Namespace) -> int:
-    from lab import repeat
+    from lab.cli import repeat
     pytest_args = list(args.pytest_args)
     out = Path(args.out)
     records, codes = repeat.run(args.times, pytest_args, out)
@@ -271,7 +271,7 @@ def cmd_repeat(args: argparse.Namespace) -> int:
 
 
 def cmd_mutants(args: argparse.Namespace) -> int:
-    from lab import mutants
+    from lab.cli import mutants
     out = Path(args.out)
     verdicts = mutants.run(mutants.select(args.only), out, list(args.pytest_args))
     print(mutants.table(verdicts))
@@ -281,8 +281,8 @@ def cmd_mutants(args: argparse.Namespace) -> int:
 
 
 def cmd_matrix(args: argparse.Namespace) -> int:
-    from lab import matrix
-    from lab.report import write_matrix
+    from lab.cli import matrix
+    from lab.report.html import write_matrix
 
     specs = matrix.kernel_specs(args.kernels)
     topology = matrix.topology_file(args.topology)
