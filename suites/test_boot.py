@@ -11,6 +11,7 @@ import pytest
 from lab.build import guesttools
 from lab.engine import Lab, NodeRuntime
 from lab.errors import GuestError
+from lab.guest.memory import parse_meminfo
 from lab.guest.ssh import Guest
 from lab.vm import virt
 
@@ -32,10 +33,9 @@ def test_pool_actually_reserved_matches_topology(host: Any, node: NodeRuntime) -
         pytest.skip(f"node {node.node.name!r} asks for no huge pages")
     sysfs = f"/sys/kernel/mm/hugepages/hugepages-{pages.size_kib}kB/nr_hugepages"
     assert int(host.file(sysfs).content_string) == pages.count
-    meminfo = dict(line.split(":", 1) for line in
-                   host.file("/proc/meminfo").content_string.splitlines())
-    assert int(meminfo["HugePages_Total"]) == pages.count
-    assert meminfo["Hugepagesize"].split() == [str(pages.size_kib), "kB"]
+    meminfo = parse_meminfo(host.file("/proc/meminfo").content_string)
+    assert meminfo["HugePages_Total"] == pages.count
+    assert meminfo["Hugepagesize"] == pages.size_kib
 
 
 @pytest.mark.hugepages(size="1G", count=1)

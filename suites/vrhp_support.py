@@ -16,6 +16,7 @@ from lab.dut import vrhp as view
 from lab.dut.kmod import GuestModule
 from lab.fragment.driver import FragmentRun, GuestFragmenter
 from lab.fragment.spec import ProbeSpec
+from lab.guest.memory import parse_meminfo
 from lab.guest.ssh import Guest, Result
 
 HUGETLB_1G = "/dev/hugepages1G"
@@ -95,8 +96,4 @@ class LoadedTables:
 
 def meminfo(guest: Guest) -> dict[str, int]:
     """/proc/meminfo in kB (or pages for the HugePages_ counters)."""
-    out: dict[str, int] = {}
-    for line in guest.check("cat /proc/meminfo").splitlines():
-        name, _, value = line.partition(":")
-        out[name] = int(value.split()[0])
-    return out
+    return parse_meminfo(guest.check("cat /proc/meminfo"))

@@ -20,6 +20,7 @@ from xml.sax.saxutils import quoteattr
 from lab import timeouts
 from lab.errors import BootError, HostError, LabError
 from lab.guest import triage
+from lab.guest.memory import parse_meminfo
 from lab.shell import digest, locked, run
 
 DOMAIN_PREFIX = "hplab-"
@@ -491,10 +492,7 @@ def unmount_unless_busy(point: Path = HUGETLBFS_1G) -> None:
 
 
 def _mem_available_kib() -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1])
-    return 0
+    return parse_meminfo(Path("/proc/meminfo").read_text()).get("MemAvailable", 0)
 
 
 def _read_pool() -> int:
