@@ -11,6 +11,7 @@ import pytest
 from lab.build import guesttools
 from lab.engine import Lab, NodeRuntime
 from lab.errors import GuestError
+from lab.guest import hugetlbfs
 from lab.guest.memory import parse_meminfo
 from lab.guest.ssh import Guest
 from lab.vm import virt
@@ -47,7 +48,7 @@ def test_cpu_offers_gigantic_pages(host: Any) -> None:
 @pytest.mark.hugepages(size="1G", count=1)
 def test_one_gib_file_maps_gib_aligned(guest: Guest, lab: Lab) -> None:
     tool = guesttools.install(guest, "hugemap", lab.cache)
-    guest.check("mkdir -p /mnt/huge1g && mount -t hugetlbfs -o pagesize=1G none /mnt/huge1g")
+    guest.check(hugetlbfs.mount_command("/mnt/huge1g", "1G"))
     try:
         before = int(guest.read("/sys/kernel/mm/hugepages/hugepages-1048576kB/free_hugepages"))
         mapped = json.loads(guest.check(f"{tool} /mnt/huge1g/probe {1 << 30}"))
@@ -58,7 +59,7 @@ def test_one_gib_file_maps_gib_aligned(guest: Guest, lab: Lab) -> None:
         after = int(guest.read("/sys/kernel/mm/hugepages/hugepages-1048576kB/free_hugepages"))
         assert after == before
     finally:
-        guest.run("rm -f /mnt/huge1g/probe; umount /mnt/huge1g")
+        guest.run(f"rm -f /mnt/huge1g/probe; {hugetlbfs.unmount_command('/mnt/huge1g')}")
 
 
 def _assert_ram_on_host_gigantic_pages(node: NodeRuntime) -> None:
@@ -94,8 +95,8 @@ def test_reboot_is_a_new_boot_on_a_new_disk_with_the_whole_pool(
             if pages else "echo 0")
     if pages:  # a huge page left held in a hugetlbfs file
         tool = guesttools.install(guest, "hugemap", lab.cache)
-        guest.check(f"mkdir -p /mnt/hp && mount -t hugetlbfs -o pagesize={pages.size} none "
-                    f"/mnt/hp && {tool} /mnt/hp/held {pages.size_kib * 1024}")
+        guest.check(f"{hugetlbfs.mount_command('/mnt/hp', pages.size)} && "
+                    f"{tool} /mnt/hp/held {pages.size_kib * 1024}")
         assert int(guest.check(pool)) == pages.count - 1
 
     fresh = reboot(node.node.name)

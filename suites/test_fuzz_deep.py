@@ -27,6 +27,7 @@ from lab.build import guesttools
 from lab.dut import vrhp as view
 from lab.dut.kmod import GuestModule, hugepage_pool, reset_guest
 from lab.engine import Lab
+from lab.guest import hugetlbfs
 from lab.guest.ssh import Guest
 
 SEED = 20261203
@@ -59,12 +60,11 @@ def pool_2m(guest: Guest) -> Iterator[int]:
     try:
         guest.check(f"echo {PAGES_2M} > {POOL_2M}")
         total, _ = hugepage_pool(guest, KIB_2M)
-        guest.check(f"mkdir -p {MOUNT_2M} && (mountpoint -q {MOUNT_2M} || "
-                    f"mount -t hugetlbfs -o pagesize=2M none {MOUNT_2M})")
+        guest.check(hugetlbfs.mount_command(MOUNT_2M, "2M"))
         yield total
     finally:
         reset_guest(guest)
-        guest.run(f"umount {MOUNT_2M}; rmdir {MOUNT_2M}; echo 0 > {POOL_2M}; true")
+        guest.run(f"{hugetlbfs.unmount_command(MOUNT_2M)}; echo 0 > {POOL_2M}; true")
 
 
 def fuzz(guest: Guest, tool: str, seed: int, calls: int, backend: str,

@@ -23,6 +23,7 @@ from lab.dut import vrhp as view
 from lab.dut.kmod import GuestModule, hugepage_pool, reset_guest
 from lab.engine import Lab
 from lab.errors import CanaryLost
+from lab.guest import hugetlbfs
 from lab.guest.ssh import Guest
 
 MOUNT = "/mnt/hplab-hostile"
@@ -49,8 +50,7 @@ class Hostile:
             self.guest.check(f"echo {PAGES_2M} > {POOL_2M}")
             total, _ = hugepage_pool(self.guest, KIB["2M"])
             assert total >= PAGES_2M, f"only {total} 2 MiB pages could be reserved"
-        self.guest.check(f"mkdir -p {directory} && (mountpoint -q {directory} || "
-                         f"mount -t hugetlbfs -o pagesize={size} none {directory})")
+        self.guest.check(hugetlbfs.mount_command(directory, size))
         return directory
 
     def run(self, size: str | None, *args: str | int, timeout: float | None = None) -> Any:

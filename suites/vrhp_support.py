@@ -16,6 +16,7 @@ from lab.dut import vrhp as view
 from lab.dut.kmod import GuestModule
 from lab.fragment.driver import FragmentRun, GuestFragmenter
 from lab.fragment.spec import ProbeSpec
+from lab.guest import hugetlbfs
 from lab.guest.memory import parse_meminfo
 from lab.guest.ssh import Guest, Result
 
@@ -79,8 +80,7 @@ def file_pfns(guest: Guest, cache: Path, path: str, page_size: int) -> list[int]
 
 def mount_1g(guest: Guest) -> None:
     """The agent's 1 GiB hugetlbfs mount, mounted now (the agent reuses it)."""
-    guest.check(f"mkdir -p {HUGETLB_1G}; grep -q ' {HUGETLB_1G} hugetlbfs' /proc/mounts || "
-                f"mount -t hugetlbfs -o pagesize=1G none {HUGETLB_1G}")
+    guest.check(hugetlbfs.mount_command(HUGETLB_1G, "1G"))
 
 
 @dataclass
