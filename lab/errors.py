@@ -4,7 +4,8 @@ from __future__ import annotations
 
 
 class LabError(Exception):
-    """Base class: a failure the lab can explain in one line."""
+    """Base class: a failure the lab can explain in one line. `outcome` is the class
+    triage records for it (lab/guest/triage.py)."""
 
     outcome = "infrastructure"
 
@@ -26,6 +27,8 @@ class BuildError(LabError):
 class BootError(LabError):
     """A guest did not come up: the message names the phase, time and console tail."""
 
+    outcome = "infrastructure-boot"
+
     def __init__(self, message: str, *, node: str, phase: str, console_tail: str = "") -> None:
         super().__init__(message)
         self.node = node
@@ -42,9 +45,21 @@ class BootError(LabError):
 class GuestError(LabError):
     """A command or transfer in a guest failed."""
 
+    outcome = "infrastructure-ssh"
+
 
 class CommandFailed(GuestError):
-    """A guest command ran and exited non-zero: the guest answered, the command said no."""
+    """A guest command ran and exited non-zero: the guest answered, the command said no.
+    In a test's call phase that is the test's own check failing."""
+
+    outcome = "test-failure"
+
+
+class CommandTimedOut(GuestError):
+    """A guest command outlived its bound: the message says the bound, the time waited
+    and the output seen."""
+
+    outcome = "hang"
 
 
 class CanaryLost(GuestError):

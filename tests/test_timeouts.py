@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from lab.dut.kmod import GuestModule
-from lab.errors import GuestError
+from lab.errors import CommandTimedOut, GuestError
 from lab.guest.ssh import Guest, Progress, Result, did_not_finish
 from lab.timeouts import (
     SLOWDOWN_RANGE,
@@ -239,9 +239,9 @@ def fake_guest(tmp_path: Path, transport: _Transport, slowdown: float) -> Guest:
 
 
 def raised(action: Callable[[], Any]) -> tuple[float, str]:
-    """(seconds until `action` raised GuestError, its message)."""
+    """(seconds until `action` raised CommandTimedOut, its message)."""
     started = time.monotonic()
-    with pytest.raises(GuestError) as err:
+    with pytest.raises(CommandTimedOut) as err:
         action()
     return time.monotonic() - started, str(err.value)
 

@@ -7,6 +7,7 @@ import pytest
 from lab.errors import (
     BootError,
     CommandFailed,
+    CommandTimedOut,
     GuestError,
     HostKeyMismatch,
     LabError,
@@ -116,7 +117,8 @@ def test_expected_taint_is_masked() -> None:
     (None, "passed"),
     (BootError("x", node="cn1", phase="boot"), "infrastructure-boot"),
     (HostKeyMismatch("x"), "infrastructure-ssh"),
-    (GuestError("cn1: command did not finish within 10s: x"), "hang"),
+    (CommandTimedOut("cn1: command did not finish within 10s: x"), "hang"),
+    (GuestError("cn1: sftp put failed"), "infrastructure-ssh"),
     (GuestError("cn1: SSH connection lost"), "infrastructure-ssh"),
     (CommandFailed("cn1: `vrhp-agent setup` exited 3: REFUSED"), "test-failure"),
     (LabError("libvirt refused"), "infrastructure"),

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import paramiko
 
-from lab.errors import CanaryLost, CommandFailed, GuestError, HostKeyMismatch
+from lab.errors import CanaryLost, CommandFailed, CommandTimedOut, GuestError, HostKeyMismatch
 from lab.timeouts import SPEED_WORKLOAD, Bound, Speed, Timeouts, parse_speed
 
 log = logging.getLogger(__name__)
@@ -207,7 +207,7 @@ class Guest:
             now = time.monotonic()
             if expired.is_set() or (not progress.accepted and now >= deadline):
                 self.silent = True
-                raise GuestError(did_not_finish(self.node, command, bound, progress,
+                raise CommandTimedOut(did_not_finish(self.node, command, bound, progress,
                                                 now)) from None
             if isinstance(exc, GuestError):
                 raise
@@ -255,7 +255,7 @@ class Guest:
                 break
             if now > deadline:
                 channel.close()
-                raise GuestError(did_not_finish(self.node, command, bound, progress, now))
+                raise CommandTimedOut(did_not_finish(self.node, command, bound, progress, now))
             if transport().is_active() is False:
                 raise GuestError(f"{self.node}: SSH connection lost while running: "
                                  f"{command[:200]}")

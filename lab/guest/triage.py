@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.errors import BootError, CommandFailed, GuestError, HostKeyMismatch, LabError
+from lab.errors import CommandFailed, LabError
 
 # (kind, pattern of the first line). Order matters: the first match names the finding.
 CONSOLE_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
@@ -172,14 +172,8 @@ def _exception_class(exc: BaseException, when: str) -> str:
         exc = _lab_cause(exc) or exc
     if SAFETY_NET_MESSAGE.match(str(exc)):
         return "hang"
-    if isinstance(exc, BootError):
-        return "infrastructure-boot"
-    if isinstance(exc, HostKeyMismatch):
-        return "infrastructure-ssh"
-    if isinstance(exc, CommandFailed):  # the guest answered: the test's own command failed
-        return "test-failure" if when == "call" else "infrastructure"
-    if isinstance(exc, GuestError):
-        return "hang" if "did not finish within" in str(exc) else "infrastructure-ssh"
+    if isinstance(exc, CommandFailed) and when != "call":  # a fixture's command said no
+        return "infrastructure"
     if isinstance(exc, LabError):
         return exc.outcome
     if from_paramiko(exc):
