@@ -13,14 +13,14 @@ from __future__ import annotations
 import pytest
 from vrhp_support import HUGETLB_1G, RecordProperty, agent_refuses, dump_to
 
-from lab.dut import vrhp as view
+from lab.dut import abi, agent_output
 from lab.dut.agentd import AgentDaemon, realtime_ns
 from lab.dut.kmod import GuestModule, hugepage_pool, reset_guest
 from lab.guest.ssh import Guest
 
 pytestmark = [pytest.mark.lab, pytest.mark.hugepages(size="1G", count=2)]
 
-VALID = 0x1
+VALID = abi.EF_VALID
 FLOWS = [  # vrf, src, dst, proto, sport, dport, action
     (1, "203.0.113.1", "198.51.100.1", 6, 40000, 443, 1),
     (1, "203.0.113.2", "198.51.100.1", 17, 5353, 53, 2),
@@ -36,8 +36,8 @@ BRIDGES = [  # vrf, mac, nexthop, label
 
 def _raw(module: GuestModule, table: str, index: int) -> tuple[bytes, str]:
     doc = module.agent_json("raw", table, index)
-    assert doc["entry_size"] == (view.FLOW_ENTRY_SIZE if table == "flow"
-                                 else view.BRIDGE_ENTRY_SIZE)
+    assert doc["entry_size"] == (abi.FLOW_ENTRY_SIZE if table == "flow"
+                                 else abi.BRIDGE_ENTRY_SIZE)
     return bytes.fromhex(doc["hex"]), doc["source"]
 
 
@@ -53,17 +53,17 @@ def _assert_entries_in_mapping(module: GuestModule, flows: list[dict[str, int]],
     for (vrf, src, dst, proto, sport, dport, action), added in zip(FLOWS, flows, strict=True):
         got = module.agent_json("get", "flow", vrf, src, dst, proto, sport, dport)
         assert (got["index"], got["action"], got["flags"]) == (added["index"], action, VALID)
-        key = view.flow_key_bytes(vrf, src, dst, proto, sport, dport)
-        want = view.expected_flow_entry(got["flags"], key, action, got["packets"],
-                                        got["bytes"], got["last_used"])
+        key = abi.flow_key_bytes(vrf, src, dst, proto, sport, dport)
+        want = abi.expected_flow_entry(got["flags"], key, action, got["packets"],
+                                       got["bytes"], got["last_used"])
         raw, where = _raw(module, "flow", got["index"])
         assert where == source.format(table="flow")
         assert raw == want, f"flow entry {got['index']} differs in the agent's mapping"
     for (vrf, mac, nexthop, label), added in zip(BRIDGES, bridges, strict=True):
         got = module.agent_json("get", "bridge", vrf, mac)
         assert (got["index"], got["nexthop"], got["label"]) == (added["index"], nexthop, label)
-        want = view.expected_bridge_entry(got["flags"], vrf, mac, nexthop, label,
-                                          got["last_used"], got["packets"])
+        want = abi.expected_bridge_entry(got["flags"], vrf, mac, nexthop, label,
+                                         got["last_used"], got["packets"])
         raw, where = _raw(module, "bridge", got["index"])
         assert where == source.format(table="bridge")
         assert raw == want, f"bridge entry {got['index']} differs in the agent's mapping"
@@ -73,7 +73,7 @@ def _assert_entries_in_mapping(module: GuestModule, flows: list[dict[str, int]],
 def hugepage_tables(vrhp: GuestModule, record_property: RecordProperty) -> GuestModule:
     vrhp.load(mem="hugepage")
     setup = vrhp.setup()
-    assert setup.outcome is view.Outcome.SUCCESS, setup
+    assert setup.outcome is abi.Outcome.SUCCESS, setup
     record_property("backend", "hugepage")
     return vrhp
 
@@ -96,7 +96,7 @@ def test_ioctl_entries_appear_byte_for_byte_in_the_hugetlbfs_mapping(
     hugepage_tables.agent_stdout("del", "flow", vrf, src, dst, proto, sport, dport)
     raw, _ = _raw(hugepage_tables, "flow", flows[0]["index"])
     assert int.from_bytes(raw[:4], "little") & VALID == 0
-    assert raw[8:] == bytes(view.FLOW_ENTRY_SIZE - 8)
+    assert raw[8:] == bytes(abi.FLOW_ENTRY_SIZE - 8)
 
 
 def test_entries_aged_by_the_agent_are_gone_for_the_module(
@@ -106,11 +106,11 @@ def test_entries_aged_by_the_agent_are_gone_for_the_module(
         assert module.fill(table, 20_000, seed=21).inserted == 20_000
     fresh = FLOWS[1]
     module.agent_stdout("add", "flow", *(str(v) for v in fresh))
-    before = view.parse_stats(module.agent_stdout("stats"))
+    before = agent_output.parse_stats(module.agent_stdout("stats"))
     aged = module.agent_json("age", "--older-than", 1800)
     record_property("aged", {t: v["aged"] for t, v in aged["tables"].items()})
-    after = view.parse_stats(module.agent_stdout("stats"))
-    scan = view.parse_scan(module.agent_stdout("scan"))
+    after = agent_output.parse_stats(module.agent_stdout("stats"))
+    scan = agent_output.parse_scan(module.agent_stdout("scan"))
     for table in ("flow", "bridge"):
         counts = aged["tables"][table]
         assert counts["examined"] == before[table].used
@@ -121,8 +121,8 @@ def test_entries_aged_by_the_agent_are_gone_for_the_module(
     assert module.agent_json("get", "flow", *fresh_key)["flags"] == VALID
     # aging everything: the module sees empty tables and answers ENOENT
     module.agent_stdout("age", "--older-than", 0)
-    assert {t: s.used for t, s in view.parse_stats(module.agent_stdout("stats")).items()} == {
-        "flow": 0, "bridge": 0}
+    stats = agent_output.parse_stats(module.agent_stdout("stats"))
+    assert {t: s.used for t, s in stats.items()} == {"flow": 0, "bridge": 0}
     gone = agent_refuses(module, "get", "flow", *fresh_key, status=2)
     assert "no such entry (ENOENT)" in gone.stderr
     # and reuses the aged slots
@@ -134,13 +134,13 @@ def test_entries_aged_by_the_agent_are_gone_for_the_module(
 def test_btable_read_only_mapping_shows_the_same_entries(btable_tables: GuestModule) -> None:
     flows, bridges = _add_known_entries(btable_tables)
     _assert_entries_in_mapping(btable_tables, flows, bridges, "/dev/vrhp_{table}")
-    dumped = view.parse_dump(btable_tables.agent_stdout("dump", "flow"))
+    dumped = agent_output.parse_dump(btable_tables.agent_stdout("dump", "flow"))
     assert sorted((d["vrf"], d["src"], d["dst"], d["proto"], d["sport"], d["dport"], d["action"])
                   for d in dumped) == sorted(FLOWS)
-    bridges_dumped = view.parse_dump(btable_tables.agent_stdout("dump", "bridge"))
+    bridges_dumped = agent_output.parse_dump(btable_tables.agent_stdout("dump", "bridge"))
     assert sorted((d["vrf"], d["mac"], d["nexthop"], d["label"]) for d in bridges_dumped) == \
         sorted(BRIDGES)
-    scan = view.parse_scan(btable_tables.agent_stdout("scan"))
+    scan = agent_output.parse_scan(btable_tables.agent_stdout("scan"))
     assert {t: (s.backend, s.source, s.used) for t, s in scan.items()} == {
         "flow": ("btable", "/dev/vrhp_flow", len(FLOWS)),
         "bridge": ("btable", "/dev/vrhp_bridge", len(BRIDGES))}
@@ -159,7 +159,7 @@ def test_btable_map_unmap_1000_times_leaves_no_warning(
         record_property: RecordProperty) -> None:
     btable_tables.fill(table, 5000, seed=4)
     mark = guest.canary(f"remap-{table}")
-    remap = view.parse_remap(btable_tables.agent_stdout("remap", table, 1000, timeout=600))
+    remap = agent_output.parse_remap(btable_tables.agent_stdout("remap", table, 1000, timeout=600))
     record_property("remap_1000_s", round(remap.elapsed_ns / 1e9, 2))
     assert (remap.iterations, remap.bad_headers, remap.backend) == (1000, 0, "btable")
     dmesg = guest.dmesg_since(mark)
@@ -223,7 +223,7 @@ def _add_fresh_flows(module: GuestModule, count: int) -> None:
 
 
 def _live(module: GuestModule) -> dict[str, int]:
-    return {t: s.used for t, s in view.parse_stats(module.agent_stdout("stats")).items()}
+    return {t: s.used for t, s in agent_output.parse_stats(module.agent_stdout("stats")).items()}
 
 
 def test_agent_daemon_killed_and_restarted_keeps_every_entry_and_ages_them(
@@ -292,7 +292,7 @@ def test_hugetlbfs_file_deleted_or_truncated_while_pinned(
     assert "no longer holds its pinned pages" in replaced.stderr
 
     # the module keeps working on the memory it pinned
-    stats = view.parse_stats(module.agent_stdout("stats"))
+    stats = agent_output.parse_stats(module.agent_stdout("stats"))
     assert (stats["flow"].used, stats["bridge"].used) == (10_000, 10_000)
     assert module.fill("flow", 1000, seed=10).inserted == 1000
     assert module.fill("bridge", 1000, seed=10).inserted == 1000

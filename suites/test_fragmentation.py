@@ -17,7 +17,7 @@ from collections.abc import Callable
 import pytest
 from vrhp_support import DEFAULT_TABLES_POOL, PROBE_COUNT, file_pfns, fragmentation_lost
 
-from lab.dut import vrhp as view
+from lab.dut import abi, agent_output, sizing
 from lab.dut.kmod import GuestModule
 from lab.engine import Lab, NodeRuntime
 from lab.fragment.driver import FragmentRun, GuestFragmenter
@@ -38,8 +38,8 @@ FREE_MIGRATETYPES = {"anon-pinned": ("Movable",), "pagecache": ("Movable",),
                      "slab": ("Unmovable", "Reclaimable")}
 # The btable load asks for every chunk of a table in turn; on fragmented memory the
 # flow table, first, gets none of its chunks.
-EXPECTED_CHUNKS = {"flow": view.flow_sizes().btable_chunks,
-                   "bridge": view.bridge_sizes().btable_chunks}
+EXPECTED_CHUNKS = {"flow": sizing.flow_sizes().btable_chunks,
+                   "bridge": sizing.bridge_sizes().btable_chunks}
 
 
 def _fragment(fragmented: Callable[..., FragmentRun], profile: str) -> FragmentRun:
@@ -103,7 +103,7 @@ def _btable_refused(guest: Guest, module: GuestModule) -> tuple[str, int, int]:
     mark = guest.canary("btable-insmod")
     result = module.insmod(mem="btable")
     assert not result.ok, "mem=btable loaded on fragmented memory"
-    failure = view.btable_failure(result.stderr, guest.dmesg_since(mark))
+    failure = sizing.btable_failure(result.stderr, guest.dmesg_since(mark))
     assert failure, f"mem=btable refused, but not for want of 4 MiB chunks: {result.stderr}"
     assert failure.wanted == EXPECTED_CHUNKS[failure.table], (
         f"{failure.table} table asked for {failure.wanted} chunks, its default size needs "
@@ -114,7 +114,7 @@ def _btable_refused(guest: Guest, module: GuestModule) -> tuple[str, int, int]:
 
 def _fill_to_full(module: GuestModule) -> dict[str, int]:
     inserted = {}
-    for name, sizes in (("flow", view.flow_sizes()), ("bridge", view.bridge_sizes())):
+    for name, sizes in (("flow", sizing.flow_sizes()), ("bridge", sizing.bridge_sizes())):
         fill = module.fill(name, sizes.total_entries, seed=11)
         assert fill.full, f"{name}: fill stopped on {fill.first_fail_error}"
         assert sizes.entries < fill.inserted < sizes.total_entries
@@ -155,7 +155,7 @@ def test_insert_at_any_time(profile: str, guest: Guest, node: NodeRuntime, lab: 
 
     vrhp.load(mem="hugepage")
     setup = vrhp.setup()
-    assert setup.outcome is view.Outcome.SUCCESS, setup
+    assert setup.outcome is abi.Outcome.SUCCESS, setup
     assert {t.backend for t in setup.tables.values()} == {"hugepage"}
     inserted = _fill_to_full(vrhp)
     placed = _segments(vrhp)
@@ -164,12 +164,12 @@ def test_insert_at_any_time(profile: str, guest: Guest, node: NodeRuntime, lab: 
     vrhp.rmmod()
     vrhp.load(mem="hugepage")
     again = vrhp.setup()
-    assert again.outcome is view.Outcome.SUCCESS, again
+    assert again.outcome is abi.Outcome.SUCCESS, again
     assert {n: t.action for n, t in again.tables.items()} == {"flow": "adopted",
                                                              "bridge": "adopted"}
     assert _segments(vrhp) == placed
     assert _frames(guest, lab, placed) == frames, "the tables came back on other huge pages"
-    stats = view.parse_stats(vrhp.agent_stdout("stats"))
+    stats = agent_output.parse_stats(vrhp.agent_stdout("stats"))
     assert {name: stats[name].used for name in inserted} == inserted
 
     _assert_still_fragmented(fragmenter, run, profile, f"{profile}-after")

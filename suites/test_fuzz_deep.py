@@ -24,7 +24,7 @@ import pytest
 from vrhp_support import HUGETLB_1G, RecordProperty, mount_1g
 
 from lab.build import guesttools
-from lab.dut import vrhp as view
+from lab.dut import abi, agent_output
 from lab.dut.kmod import GuestModule, hugepage_pool, reset_guest
 from lab.engine import Lab
 from lab.guest import hugetlbfs
@@ -68,18 +68,18 @@ def pool_2m(guest: Guest) -> Iterator[int]:
 
 
 def fuzz(guest: Guest, tool: str, seed: int, calls: int, backend: str,
-         mount: str) -> view.DeepFuzzRun:
+         mount: str) -> agent_output.DeepFuzzRun:
     """One run of the deep fuzzer; its bound grows with the calls."""
     command = (f"{tool} {seed} {calls} {THREADS} {mount} --backend {backend}"
                f"{f' --state {STATE}' if backend == 'hugepage' else ''}")
     out = guest.check(command, timeout=120 + calls * 0.01)
     try:
-        return view.parse_deepfuzz(out)
+        return agent_output.parse_deepfuzz(out)
     except ValueError as exc:
         raise AssertionError(f"{command}: {exc}") from None
 
 
-def record(record_property: RecordProperty, backend: str, run: view.DeepFuzzRun,
+def record(record_property: RecordProperty, backend: str, run: agent_output.DeepFuzzRun,
            suffix: str = "") -> None:
     key = f"{backend}{suffix}"
     record_property(f"fuzz_calls_{key}", run.calls)
@@ -97,7 +97,7 @@ def record(record_property: RecordProperty, backend: str, run: view.DeepFuzzRun,
         record_property(f"fuzz_skipped_{key}", "; ".join(run.skipped))
 
 
-def assert_sound(run: view.DeepFuzzRun, calls: int) -> None:
+def assert_sound(run: agent_output.DeepFuzzRun, calls: int) -> None:
     assert run.calls == calls, run
     assert not run.violations, (f"{run.violations} violations seen by the fuzzer: "
                                 f"{'; '.join(run.violation_notes)}")
@@ -131,9 +131,9 @@ def test_deep_fuzzer_reaches_every_deep_path_and_leaves_the_module_whole(
                              f"{run.reach_calls}; errno: {run.errno})")
 
         if backend == "hugepage":
-            assert run.setup is not None and run.setup["outcome"] == view.Outcome.SUCCESS, \
+            assert run.setup is not None and run.setup["outcome"] == abi.Outcome.SUCCESS, \
                 f"the first valid setup failed: {run.setup}"
-            assert run.final is not None and run.final["outcome"] == view.Outcome.SUCCESS, \
+            assert run.final is not None and run.final["outcome"] == abi.Outcome.SUCCESS, \
                 f"the clean tables at the end could not be built: {run.final}"
             # a new module instance adopts what the fuzzed one left, entry for entry
             vrhp.rmmod()
@@ -145,7 +145,7 @@ def test_deep_fuzzer_reaches_every_deep_path_and_leaves_the_module_whole(
             adopt = again.adopt
             assert adopt is not None, "the second run found no state to adopt"
             record_property("fuzz_adopt", json.dumps(adopt, sort_keys=True))
-            assert (adopt["errno"], adopt["outcome"]) == ("OK", view.Outcome.SUCCESS), adopt
+            assert (adopt["errno"], adopt["outcome"]) == ("OK", abi.Outcome.SUCCESS), adopt
             assert adopt["actions"] == [ADOPTED, ADOPTED], adopt
             assert adopt["used_after"] == adopt["used_before"], adopt
             assert again.reached.get("hp_adopt") == 2, again.reached

@@ -19,7 +19,7 @@ import pytest
 from vrhp_support import RecordProperty
 
 from lab.build import guesttools
-from lab.dut import vrhp as view
+from lab.dut import abi, agent_output
 from lab.dut.kmod import GuestModule, hugepage_pool, reset_guest
 from lab.engine import Lab
 from lab.errors import CanaryLost
@@ -137,7 +137,7 @@ def test_both_tables_on_the_same_physical_pages_are_refused(
 def test_a_refused_reset_leaves_the_tables_as_they_were(
         hostile: Hostile, record_property: RecordProperty) -> None:
     hostile.module.load(mem="hugepage", fallback=0, **SMALL)
-    assert hostile.module.setup().outcome is view.Outcome.SUCCESS
+    assert hostile.module.setup().outcome is abi.Outcome.SUCCESS
     before = hostile.module.info()
     hostile.module.fill("flow", 1000, seed=3)
     answer = hostile.run(None, "reset-refused")
@@ -148,7 +148,7 @@ def test_a_refused_reset_leaves_the_tables_as_they_were(
         assert after.tables[name].instance == before.tables[name].instance, name
         assert after.tables[name].backend == "hugepage", name
     assert after.segments == before.segments
-    stats = view.parse_stats(hostile.module.agent_stdout("stats"))
+    stats = agent_output.parse_stats(hostile.module.agent_stdout("stats"))
     assert stats["flow"].used == 1000
 
 
@@ -159,7 +159,7 @@ def test_churn_past_the_overflow_area_never_runs_out(
     with new keys: every deleted overflow entry goes back to the free pool."""
     hostile.module.load(mem="hugepage", flow_entries=1024, oflow_entries=1024,
                         bridge_entries=1024, bridge_oentries=1024)
-    assert hostile.module.setup().outcome is view.Outcome.SUCCESS
+    assert hostile.module.setup().outcome is abi.Outcome.SUCCESS
     answer = hostile.run(None, "churn", 10, 1536)
     record_property("hostile", json.dumps(answer, sort_keys=True))
     assert (answer["nospc"], answer["other_errors"]) == (0, 0), answer
@@ -174,7 +174,7 @@ def test_cyclic_chains_in_table_memory_end_every_walk_and_are_not_adopted(
     EUCLEAN within a bound, and a new module refuses to adopt the file."""
     hostile.module.load(mem="hugepage", fallback=0)
     setup = hostile.module.setup()
-    assert setup.outcome is view.Outcome.SUCCESS
+    assert setup.outcome is abi.Outcome.SUCCESS
     bound = guest.bound(10)
     answer = hostile.run(None, "cycle", setup.tables["flow"].path, timeout=3 * bound.seconds)
     record_property("hostile", json.dumps(answer, sort_keys=True))
@@ -185,7 +185,7 @@ def test_cyclic_chains_in_table_memory_end_every_walk_and_are_not_adopted(
     hostile.module.rmmod()
     hostile.module.load(mem="hugepage", fallback=0)
     again = hostile.module.setup()
-    assert again.outcome is view.Outcome.LAYOUT_MISMATCH, again
+    assert again.outcome is abi.Outcome.LAYOUT_MISMATCH, again
     assert (again.tables["flow"].action, again.tables["flow"].error) == ("mismatch", "EUCLEAN")
 
 
@@ -227,7 +227,7 @@ def test_a_flood_of_rejected_calls_keeps_the_kernel_log(
 @pytest.mark.hugepages(size="1G", count=2)
 def test_fill_asks_for_at_most_twice_the_table(hostile: Hostile) -> None:
     hostile.module.load(mem="hugepage", **SMALL)
-    assert hostile.module.setup().outcome is view.Outcome.SUCCESS
+    assert hostile.module.setup().outcome is abi.Outcome.SUCCESS
     answer = hostile.run(None, "fill-cap")
     assert (answer["fill"]["errno"], answer["inserted"]) == ("EINVAL", 0), answer
 
@@ -237,11 +237,11 @@ def test_setup_against_other_files_than_the_modules_fails(hostile: Hostile) -> N
     """Tables exist; a second setup maps other, empty files: ALREADY_INITIALISED, but
     the agent exits 2 and says the headers do not match."""
     hostile.module.load(mem="hugepage", **SMALL)
-    assert hostile.module.setup().outcome is view.Outcome.SUCCESS
+    assert hostile.module.setup().outcome is abi.Outcome.SUCCESS
     other = hostile.mount("2M")
     result = hostile.module.agent("setup", "--mount", other, "--pagesize", "2M")
     assert result.exit_status == 2, result
-    again = view.parse_setup(result.stdout)
-    assert again.outcome is view.Outcome.ALREADY_INITIALISED
+    again = agent_output.parse_setup(result.stdout)
+    assert again.outcome is abi.Outcome.ALREADY_INITIALISED
     assert not again.ok
     assert "is not the one in" in result.stderr

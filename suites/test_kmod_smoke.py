@@ -11,7 +11,7 @@ import shlex
 import pytest
 from vrhp_support import DEFAULT_TABLES_POOL, SETTLE_KERNEL_MEMORY, RecordProperty, meminfo
 
-from lab.dut import vrhp as view
+from lab.dut import abi, agent_output, sizing
 from lab.dut.kmod import GuestModule, hugepage_pool, reset_guest
 from lab.engine import NodeRuntime
 from lab.guest.ssh import Guest
@@ -19,8 +19,8 @@ from lab.topology import HugePages
 
 pytestmark = [pytest.mark.lab]
 
-DEFAULT_PAGES = view.default_table_pages()
-DEFAULT_SIZES = {"flow": view.flow_sizes(), "bridge": view.bridge_sizes()}
+DEFAULT_PAGES = sizing.default_table_pages()
+DEFAULT_SIZES = {"flow": sizing.flow_sizes(), "bridge": sizing.bridge_sizes()}
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def tables(vrhp: GuestModule, record_property: RecordProperty) -> GuestModule:
     record_property("backend", "hugepage")
     vrhp.load(mem="hugepage")
     setup = vrhp.setup()
-    assert setup.outcome is view.Outcome.SUCCESS, setup
+    assert setup.outcome is abi.Outcome.SUCCESS, setup
     return vrhp
 
 
@@ -40,7 +40,7 @@ def test_setup_places_each_table_on_huge_pages(tables: GuestModule, hugepool: Hu
     table on as many pages as its file needs, vmapped unless they happen to be
     contiguous."""
     info = tables.info()
-    assert (info.mem, info.last_outcome) == ("hugepage", view.Outcome.SUCCESS)
+    assert (info.mem, info.last_outcome) == ("hugepage", abi.Outcome.SUCCESS)
     for name, sizes in DEFAULT_SIZES.items():
         table = info.tables[name]
         assert (table.entries, table.oentries, table.entry_size) == (
@@ -77,8 +77,8 @@ def test_fill_until_full_then_scan_agrees_with_stats(tables: GuestModule, table:
     # holds, fewer than main + overflow.
     assert sizes.entries < fill.inserted < sizes.total_entries
 
-    stats = view.parse_stats(tables.agent_stdout("stats", table))[table]
-    scan = view.parse_scan(tables.agent_stdout("scan", table))[table]
+    stats = agent_output.parse_stats(tables.agent_stdout("stats", table))[table]
+    scan = agent_output.parse_scan(tables.agent_stdout("scan", table))[table]
     assert stats.used == fill.inserted == stats.inserts
     assert stats.nospc_failures == fill.failed
     assert (scan.used, scan.main_used, scan.oflow_used) == (

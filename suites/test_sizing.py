@@ -24,7 +24,7 @@ from vrhp_support import (
 )
 
 from lab.build import guesttools
-from lab.dut import vrhp as view
+from lab.dut import abi, agent_output, sizing
 from lab.dut.kmod import GuestModule, hugepage_pool, reset_guest
 from lab.engine import Lab, NodeRuntime
 from lab.guest.ssh import Guest
@@ -65,7 +65,7 @@ CASES = [
          segments={"flow": (0, 1_288_704_000, 2, True),
                    "bridge": (1_289_748_480, 20_189_184, 1, False)}),
 ]
-ENTRY_SIZE = {"flow": view.FLOW_ENTRY_SIZE, "bridge": view.BRIDGE_ENTRY_SIZE}
+ENTRY_SIZE = {"flow": abi.FLOW_ENTRY_SIZE, "bridge": abi.BRIDGE_ENTRY_SIZE}
 
 
 @pytest.fixture(scope="class", params=CASES, ids=[c.name for c in CASES])
@@ -93,7 +93,7 @@ class TestSizing:
 
     def test_setup_puts_both_tables_on_huge_pages(self, node: NodeRuntime,
                                                  sized: LoadedTables) -> None:
-        assert sized.setup.outcome is view.Outcome.SUCCESS, sized.setup
+        assert sized.setup.outcome is abi.Outcome.SUCCESS, sized.setup
         assert sized.setup.outcome_code == 0
         for name, table in sized.setup.tables.items():
             assert (table.backend, table.action, table.generation) == ("hugepage", "fresh", 1)
@@ -108,7 +108,7 @@ class TestSizing:
             assert (table.entries, table.oentries, table.entry_size) == (
                 entries, oentries, ENTRY_SIZE[name]), name
             assert table.table_bytes == (entries + oentries) * ENTRY_SIZE[name] == table_bytes
-            assert table.file_bytes == view.HDR_SIZE + table_bytes
+            assert table.file_bytes == abi.HDR_SIZE + table_bytes
             assert sized.setup.tables[name].table_bytes == table_bytes
 
     def test_segments_cover_the_tables(self, node: NodeRuntime, sized: LoadedTables) -> None:
@@ -136,8 +136,8 @@ class TestSizing:
             record_property: RecordProperty) -> None:
         """Pattern through page_address()/vmap(), read through the hugetlbfs mapping."""
         size = sized.info.tables[table].table_bytes
-        written = view.parse_pattern(sized.module.agent_stdout("pattern", table, 0x5EED,
-                                                               timeout=600))
+        written = agent_output.parse_pattern(sized.module.agent_stdout("pattern", table, 0x5EED,
+                                                                       timeout=600))
         record_property(f"{table}_pattern_kernel_mib_s",
                         round(size / 2**20 / max(written.kernel_write_ns, 1) * 1e9))
         record_property(f"{table}_pattern_agent_mib_s",
@@ -145,10 +145,10 @@ class TestSizing:
         assert (written.bytes_written, written.bytes_checked) == (size, size)
         assert (written.mismatched_bytes, written.first_mismatch_offset) == (0, None)
         assert written.source == {s.table: s for s in sized.info.segments}[table].path
-        cleared = view.parse_pattern(sized.module.agent_stdout("pattern", table, 0,
-                                                               timeout=600))
+        cleared = agent_output.parse_pattern(sized.module.agent_stdout("pattern", table, 0,
+                                                                       timeout=600))
         assert (cleared.bytes_checked, cleared.mismatched_bytes) == (size, 0)
-        stats = view.parse_stats(sized.module.agent_stdout("stats", table))[table]
+        stats = agent_output.parse_stats(sized.module.agent_stdout("stats", table))[table]
         assert stats.used == 0
 
     @pytest.mark.parametrize("table", ["flow", "bridge"])
@@ -159,7 +159,7 @@ class TestSizing:
         total = info.entries + info.oentries
         # an empty table, whatever the class's earlier tests left in it
         sized.module.agent_stdout("pattern", table, 0, timeout=600)
-        start = view.parse_stats(sized.module.agent_stdout("stats", table))[table]
+        start = agent_output.parse_stats(sized.module.agent_stdout("stats", table))[table]
         assert start.used == 0, start
         fill = sized.module.fill(table, total, seed=11)
         record_property(f"{table}_inserted", fill.inserted)
@@ -167,20 +167,20 @@ class TestSizing:
         assert fill.full, f"fill stopped on {fill.first_fail_error}, not a full bucket"
         assert fill.inserted + fill.failed == total
         assert info.entries < fill.inserted < total
-        stats = view.parse_stats(sized.module.agent_stdout("stats", table))[table]
+        stats = agent_output.parse_stats(sized.module.agent_stdout("stats", table))[table]
         assert stats.used == stats.inserts - start.inserts == fill.inserted
         assert stats.oflow_used == info.oentries, "ENOSPC before the overflow area was used up"
         assert stats.nospc_failures - start.nospc_failures == fill.failed
 
         assert fill.first_fail_key is not None
         again = agent_refuses(sized.module, "add", table,
-                              *view.key_args(table, fill.first_fail_key),
+                              *agent_output.key_args(table, fill.first_fail_key),
                               *(() if table == "flow" else ("1", "1")), status=2)
         assert "table full (bucket and overflow area) (ENOSPC)" in again.stderr
-        after = view.parse_stats(sized.module.agent_stdout("stats", table))[table]
+        after = agent_output.parse_stats(sized.module.agent_stdout("stats", table))[table]
         assert after.used == stats.used
         assert after.nospc_failures == stats.nospc_failures + 1
-        scan = view.parse_scan(sized.module.agent_stdout("scan", table, timeout=300))[table]
+        scan = agent_output.parse_scan(sized.module.agent_stdout("scan", table, timeout=300))[table]
         assert (scan.used, scan.oflow_used) == (stats.used, info.oentries)
 
 
@@ -196,13 +196,13 @@ def _hold_pages(guest: Guest, lab: Lab, count: int) -> None:
 
 @pytest.mark.hugepages(size="1G", count=2)
 @pytest.mark.parametrize(("held", "fallback", "outcome", "backends"), [
-    (1, 1, view.Outcome.PARTIAL, {"flow": "hugepage", "bridge": "btable"}),
-    (2, 1, view.Outcome.HUGEPAGE_FAILURE_FALLBACK_IN_USE, {"flow": "btable", "bridge": "btable"}),
-    (1, 0, view.Outcome.REFUSED, {"flow": "none", "bridge": "none"}),
+    (1, 1, abi.Outcome.PARTIAL, {"flow": "hugepage", "bridge": "btable"}),
+    (2, 1, abi.Outcome.HUGEPAGE_FAILURE_FALLBACK_IN_USE, {"flow": "btable", "bridge": "btable"}),
+    (1, 0, abi.Outcome.REFUSED, {"flow": "none", "bridge": "none"}),
 ], ids=["one-page-short-fallback", "no-pages-fallback", "one-page-short-no-fallback"])
 def test_not_enough_huge_pages_obeys_the_fallback_policy(
         guest: Guest, lab: Lab, vrhp: GuestModule, held: int, fallback: int,
-        outcome: view.Outcome, backends: dict[str, str],
+        outcome: abi.Outcome, backends: dict[str, str],
         record_property: RecordProperty) -> None:
     total, _ = hugepage_pool(guest)
     _hold_pages(guest, lab, held)
@@ -211,7 +211,7 @@ def test_not_enough_huge_pages_obeys_the_fallback_policy(
     mark = guest.canary("short-of-pages")
     result = vrhp.agent("setup")
     assert result.exit_status == outcome.agent_exit_code, result.stderr
-    setup = view.parse_setup(result.stdout)
+    setup = agent_output.parse_setup(result.stdout)
     record_property("backend", "+".join(f"{k}={v}" for k, v in sorted(backends.items())))
     assert (setup.outcome, setup.outcome_code) == (outcome, outcome.value)
     info = vrhp.info()
@@ -228,7 +228,7 @@ def test_not_enough_huge_pages_obeys_the_fallback_policy(
         if name in unmapped:
             assert table.map_error == "ENOMEM"
             assert f"vrhp: {name} table: the agent sent no huge-page segment" in dmesg
-    if outcome is view.Outcome.REFUSED:
+    if outcome is abi.Outcome.REFUSED:
         assert "vrhp: bridge table: no usable huge pages and fallback=0: refusing" in dmesg
         assert "falling back" not in dmesg
         assert "setup failed: REFUSED" in result.stderr
@@ -239,8 +239,8 @@ def test_not_enough_huge_pages_obeys_the_fallback_policy(
     for name in unmapped:
         assert f"vrhp: {name} table: falling back to btable" in dmesg
         assert setup.tables[name].action == "fallback"
-        sizes = view.TableSizes(info.tables[name].entries, info.tables[name].oentries,
-                                info.tables[name].entry_size)
+        sizes = sizing.TableSizes(info.tables[name].entries, info.tables[name].oentries,
+                                  info.tables[name].entry_size)
         assert info.tables[name].nr_chunks == sizes.btable_chunks
         fill = vrhp.fill(name, 10_000, seed=3)
         assert fill.inserted == 10_000, f"{name} on btable fallback does not work"
@@ -255,9 +255,9 @@ def test_flow_short_of_pages_bridge_mapped_tables_stay_apart(
     vrhp.load(mem="hugepage", flow_entries=4_194_304)
     result = vrhp.agent("setup")       # one file per table: flow needs 2 pages, 1 is free
     assert result.exit_status == 3, result.stderr
-    setup = view.parse_setup(result.stdout)
+    setup = agent_output.parse_setup(result.stdout)
     record_property("backend", "flow=btable+bridge=hugepage")
-    assert setup.outcome is view.Outcome.PARTIAL
+    assert setup.outcome is abi.Outcome.PARTIAL
     assert (setup.tables["flow"].mapped, setup.tables["flow"].map_error) == (False, "ENOMEM")
     assert (setup.tables["bridge"].mapped, setup.tables["bridge"].action) == (True, "fresh")
     info = vrhp.info()
@@ -265,7 +265,7 @@ def test_flow_short_of_pages_bridge_mapped_tables_stay_apart(
     assert [(s.table, s.path) for s in info.segments] == [("bridge", f"{HUGETLB_1G}/bridge")]
     flow = vrhp.agent_json("add", "flow", 1, "203.0.113.5", "198.51.100.5", 6, 1000, 80)
     bridge = vrhp.agent_json("add", "bridge", 1, "02:00:00:00:00:05", 5, 5)
-    scan = view.parse_scan(vrhp.agent_stdout("scan", timeout=300))
+    scan = agent_output.parse_scan(vrhp.agent_stdout("scan", timeout=300))
     assert {t: (s.backend, s.source, s.entries, s.used) for t, s in scan.items()} == {
         "flow": ("btable", "/dev/vrhp_flow", 4_194_304, 1),
         "bridge": ("hugepage", f"{HUGETLB_1G}/bridge", 262_144, 1)}
@@ -340,7 +340,7 @@ def test_default_tables_on_2m_pages(guest: Guest, vrhp: GuestModule,
     record_property("backend", "hugepage-2M")
     vrhp.load(mem="hugepage")
     setup = vrhp.setup()      # no 1 GiB pool: the agent picks 2 MiB pages itself
-    assert (setup.outcome, setup.page_size) == (view.Outcome.SUCCESS, MIB2), setup
+    assert (setup.outcome, setup.page_size) == (abi.Outcome.SUCCESS, MIB2), setup
     assert setup.mount == "/dev/hugepages2M"
     info = vrhp.info()
     for seg in info.segments:
@@ -348,7 +348,8 @@ def test_default_tables_on_2m_pages(guest: Guest, vrhp: GuestModule,
         assert (seg.page_size, seg.nr_hpages) == (MIB2, PAGES_2M[seg.table])
         assert seg.len == PAGES_2M[seg.table] * MIB2 >= table.file_bytes > seg.len - MIB2
         assert seg.vmapped, "several 2 MiB pages must be vmapped"
-        pattern = view.parse_pattern(vrhp.agent_stdout("pattern", seg.table, 77, timeout=600))
+        pattern = agent_output.parse_pattern(vrhp.agent_stdout("pattern", seg.table, 77,
+                                                               timeout=600))
         assert (pattern.bytes_checked, pattern.mismatched_bytes) == (table.table_bytes, 0)
         vrhp.agent_stdout("pattern", seg.table, 0, timeout=600)
         fill = vrhp.fill(seg.table, table.entries + table.oentries, seed=5)

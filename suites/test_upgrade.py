@@ -28,7 +28,7 @@ from vrhp_support import (
     lookup_all,
 )
 
-from lab.dut import vrhp as view
+from lab.dut import abi, agent_output
 from lab.dut.agentd import AgentDaemon, realtime_ns
 from lab.dut.kmod import GuestModule
 from lab.dut.traffic import Traffic, dumped_keys
@@ -127,8 +127,8 @@ def _assert_adopted(module: GuestModule, swapped: Swapped, generation: int,
                     before: dict[str, tuple[int, str]]) -> None:
     """The new module adopted both tables unchanged, and finds every entry."""
     assert swapped.setup_status == 0, swapped.setup_stderr
-    setup = view.parse_setup(swapped.setup_stdout)
-    assert setup.outcome is view.Outcome.SUCCESS, setup
+    setup = agent_output.parse_setup(swapped.setup_stdout)
+    assert setup.outcome is abi.Outcome.SUCCESS, setup
     for table in TABLES:
         assert (setup.tables[table].action, setup.tables[table].generation) == (
             "adopted", generation), table
@@ -142,7 +142,7 @@ def _assert_adopted(module: GuestModule, swapped: Swapped, generation: int,
         found = lookup_all(module, table, f"/tmp/after-{table}")
         assert (found.lines, found.found, found.missing, found.mismatched) == (
             before[table][0], before[table][0], 0, 0), found
-    stats = view.parse_stats(module.agent_stdout("stats"))
+    stats = agent_output.parse_stats(module.agent_stdout("stats"))
     assert (stats["flow"].used, stats["bridge"].used) == (FLOWS, BRIDGES)
 
 
@@ -170,7 +170,7 @@ def test_hugepage_v1_to_v2_keeps_every_entry(
     v1, v2 = vrhp_variant(1, 1), vrhp_variant(2, 1)
     record_property("backend", "hugepage")
     v1.load(mem="hugepage")
-    assert v1.setup().outcome is view.Outcome.SUCCESS
+    assert v1.setup().outcome is abi.Outcome.SUCCESS
     before = _populate(v1)
     swapped = _swap(guest, v2)
     _record("hugepage v1 -> v2", swapped, record_property, upgrade_times)
@@ -228,15 +228,15 @@ def test_incompatible_layout_is_refused_and_the_old_module_rolls_back(
     v1, v3 = vrhp_variant(1, 1), vrhp_variant(3, 2)
     record_property("backend", "hugepage")
     v1.load(mem="hugepage")
-    assert v1.setup().outcome is view.Outcome.SUCCESS
+    assert v1.setup().outcome is abi.Outcome.SUCCESS
     before = _populate(v1)
     headers = {t: _header_digest(guest, f"{hugepool.mount}/{t}") for t in TABLES}
     mark = guest.canary("layout-v3")
 
     refused = _swap(guest, v3)
-    assert refused.setup_status == view.Outcome.LAYOUT_MISMATCH.agent_exit_code == 2
-    setup = view.parse_setup(refused.setup_stdout)
-    assert (setup.outcome, setup.outcome_code) == (view.Outcome.LAYOUT_MISMATCH, 6)
+    assert refused.setup_status == abi.Outcome.LAYOUT_MISMATCH.agent_exit_code == 2
+    setup = agent_output.parse_setup(refused.setup_stdout)
+    assert (setup.outcome, setup.outcome_code) == (abi.Outcome.LAYOUT_MISMATCH, 6)
     assert "setup failed: LAYOUT_MISMATCH" in refused.setup_stderr
     for table in TABLES:
         assert (setup.tables[table].action, setup.tables[table].error,
@@ -261,7 +261,7 @@ def test_v2_to_v1_downgrade_with_the_same_layout_keeps_every_entry(
     v2, v1 = vrhp_variant(2, 1), vrhp_variant(1, 1)
     record_property("backend", "hugepage")
     v2.load(mem="hugepage")
-    assert v2.setup().outcome is view.Outcome.SUCCESS
+    assert v2.setup().outcome is abi.Outcome.SUCCESS
     before = _populate(v2)
     swapped = _swap(guest, v1)
     _record("hugepage v2 -> v1", swapped, record_property, upgrade_times)
@@ -308,7 +308,7 @@ def test_agent_daemon_follows_a_module_upgrade_and_keeps_aging(
     aged = daemon.wait_for("v1's entries aged under v2", lambda s: (
         s.tables["flow"].aged_total, s.tables["bridge"].aged_total) == (20_000, 20_000))
     assert aged.module_version == 2
-    stats = view.parse_stats(v2.agent_stdout("stats"))
+    stats = agent_output.parse_stats(v2.agent_stdout("stats"))
     assert (stats["flow"].used, stats["bridge"].used) == (1, 0)
     daemon.kill("TERM")
 
@@ -323,7 +323,7 @@ def test_upgrade_under_traffic_loses_no_acknowledged_flow(
     builds = [vrhp_variant(1, 1), vrhp_variant(2, 1)]
     record_property("backend", "hugepage")
     builds[0].load(mem="hugepage")
-    assert builds[0].setup().outcome is view.Outcome.SUCCESS
+    assert builds[0].setup().outcome is abi.Outcome.SUCCESS
     traffic = Traffic(guest, lab.cache, uapi).start(seed=20261203)
     guest.check("sleep 1")
     for swap in range(1, SWAPS_UNDER_TRAFFIC + 1):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lab.build import guesttools
-from lab.dut import vrhp as view
+from lab.dut import agent_output, sizing
 from lab.dut.kmod import GuestModule
 from lab.fragment.driver import FragmentRun, GuestFragmenter
 from lab.fragment.spec import ProbeSpec
@@ -22,7 +22,7 @@ from lab.guest.ssh import Guest, Result
 
 HUGETLB_1G = "/dev/hugepages1G"
 # The test sets up the default tables: two 1 GiB pages, or 87 of 2 MiB (the agent's fallback).
-DEFAULT_TABLES_POOL = pytest.mark.hugepages(count=view.default_table_pages())
+DEFAULT_TABLES_POOL = pytest.mark.hugepages(count=sizing.default_table_pages())
 # A 4 MiB block can stray into ZONE_DMA (16 MiB, never fragmented by user memory) and
 # a single order-10 block can be freed between the fragmenter's check and the probe.
 STRAY_BLOCKS = 2
@@ -65,11 +65,11 @@ def dump_to(module: GuestModule, table: str, path: str) -> tuple[int, str]:
     return int(lines), digest
 
 
-def lookup_all(module: GuestModule, table: str, path: str) -> view.LookupResult:
+def lookup_all(module: GuestModule, table: str, path: str) -> agent_output.LookupResult:
     """Every line of a dump file looked up through the loaded module."""
     result = module.agent("lookup", table, path, timeout=300)
     assert result.exit_status in (0, 2), result.stderr
-    return view.parse_lookup(result.stdout)
+    return agent_output.parse_lookup(result.stdout)
 
 
 def file_pfns(guest: Guest, cache: Path, path: str, page_size: int) -> list[int]:
@@ -90,8 +90,8 @@ class LoadedTables:
     module: GuestModule
     guest: Guest
     params: Mapping[str, object]
-    setup: view.SetupOutcome
-    info: view.Info
+    setup: agent_output.SetupOutcome
+    info: agent_output.Info
 
 
 def meminfo(guest: Guest) -> dict[str, int]:

@@ -9,7 +9,7 @@ import pytest
 
 from lab import topology as topologies
 from lab.cli import bench, repro
-from lab.dut.vrhp import BenchResult
+from lab.dut.agent_output import BenchResult
 from lab.errors import LabError
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -205,8 +205,8 @@ def test_hugepage_marker_misuse_is_a_usage_error(mark: pytest.MarkDecorator) -> 
 
 def test_default_tables_need_two_1g_or_87_2m_pages() -> None:
     """The marker of the suites that set up the default tables, from the table sizes."""
-    from lab.dut import vrhp
-    assert vrhp.default_table_pages() == {"1G": 2, "2M": 87}
+    from lab.dut import sizing
+    assert sizing.default_table_pages() == {"1G": 2, "2M": 87}
 
 
 class _Config:

@@ -152,12 +152,12 @@ def test_pool_of_a_shipped_node(name: str, size: str, page: int, kib: int, count
                                 mount: str, flow_pages: int) -> None:
     """What the suites' hugepool fixture hands a test: the node's pool, its page bytes,
     the agent's mount for it, and the pages a file takes (the default flow table here)."""
-    from lab.dut import vrhp
+    from lab.dut import sizing
     pool = topology.load(ROOT / "topologies" / f"{name}.yaml").nodes[0].hugepages
     assert pool is not None
     assert (pool.size, pool.size_bytes, pool.size_kib, pool.count, pool.mount) == (
         size, page, kib, count, mount)
-    assert pool.pages_for(vrhp.flow_sizes().file_bytes) == flow_pages
+    assert pool.pages_for(sizing.flow_sizes().file_bytes) == flow_pages
     assert (pool.pages_for(page), pool.pages_for(page + 1), pool.pages_for(1)) == (1, 2, 1)
 
 

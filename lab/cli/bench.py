@@ -9,7 +9,7 @@ from pathlib import Path
 
 from lab import topology as topologies
 from lab.dut import kmod
-from lab.dut.vrhp import BenchResult, parse_bench
+from lab.dut.agent_output import BenchResult, parse_bench
 from lab.engine import Lab
 from lab.errors import LabError
 from lab.events import EventBus

@@ -12,7 +12,8 @@ from typing import Any
 
 from lab import topology as topologies
 from lab.dut import kmod
-from lab.dut.vrhp import Outcome, bridge_sizes, btable_failure, flow_sizes
+from lab.dut.abi import Outcome
+from lab.dut.sizing import bridge_sizes, btable_failure, flow_sizes
 from lab.engine import Lab, NodeRuntime
 from lab.errors import LabError
 from lab.events import EventBus

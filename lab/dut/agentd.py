@@ -7,7 +7,7 @@ import shlex
 import time
 from collections.abc import Callable
 
-from lab.dut import vrhp
+from lab.dut.agent_output import DaemonStatus, parse_daemon_status
 from lab.dut.kmod import GuestModule
 from lab.errors import GuestError
 
@@ -34,13 +34,13 @@ class AgentDaemon:
         self.pid = int(out.strip())
         return self
 
-    def status(self) -> vrhp.DaemonStatus | None:
+    def status(self) -> DaemonStatus | None:
         """The last status the daemon wrote; None before its first cycle."""
         result = self.guest.run(f"cat {STATUS}")
-        return vrhp.parse_daemon_status(result.stdout) if result.ok else None
+        return parse_daemon_status(result.stdout) if result.ok else None
 
-    def wait_for(self, what: str, done: Callable[[vrhp.DaemonStatus], bool],
-                 reference_s: float = SETTLE_S) -> vrhp.DaemonStatus:
+    def wait_for(self, what: str, done: Callable[[DaemonStatus], bool],
+                 reference_s: float = SETTLE_S) -> DaemonStatus:
         """Poll the status file until `done`; past the guest's scaled bound, fail naming
         `what` and the last status and log."""
         bound = self.guest.bound(reference_s)
@@ -57,7 +57,7 @@ class AgentDaemon:
         raise GuestError(f"{self.guest.node}: vrhp-agent run did not reach {what} within "
                          f"{bound}; last status {status}; log: {self.log()}")
 
-    def after_next_cycle(self) -> vrhp.DaemonStatus:
+    def after_next_cycle(self) -> DaemonStatus:
         """The status of a cycle that started after this call."""
         current = self.status()
         seen = current.cycles if current else 0

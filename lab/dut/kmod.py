@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from lab.build.kernel import Kernel
-from lab.dut import vrhp
+from lab.dut.agent_output import (
+    FillResult,
+    Info,
+    SetupOutcome,
+    parse_fill,
+    parse_info,
+    parse_setup,
+)
 from lab.errors import BuildError, GuestError
 from lab.guest.ssh import Guest, Result
 from lab.paths import KMOD_SOURCE
@@ -177,16 +184,16 @@ class GuestModule:
                              f"{result.exit_status}: {result.stderr.strip()[-600:]}")
         return result.stdout
 
-    def info(self) -> vrhp.Info:
-        return vrhp.parse_info(self.agent_stdout("info"))
+    def info(self) -> Info:
+        return parse_info(self.agent_stdout("info"))
 
-    def setup(self, *options: str) -> vrhp.SetupOutcome:
+    def setup(self, *options: str) -> SetupOutcome:
         """`vrhp-agent setup`; every outcome is returned, only usage errors raise."""
-        return vrhp.parse_setup(self.agent_stdout("setup", *options, exits=(0, 2, 3)))
+        return parse_setup(self.agent_stdout("setup", *options, exits=(0, 2, 3)))
 
-    def fill(self, table: str, count: int, seed: int = 1) -> vrhp.FillResult:
-        return vrhp.parse_fill(self.agent_stdout("fill", table, count, seed,
-                                                 timeout=self.guest.timeouts.agent_fill))
+    def fill(self, table: str, count: int, seed: int = 1) -> FillResult:
+        return parse_fill(self.agent_stdout("fill", table, count, seed,
+                                            timeout=self.guest.timeouts.agent_fill))
 
     def agent_json(self, *args: str | int, timeout: float | None = None) -> Any:
         """Run the agent and parse its JSON; a failure names the command and its stderr."""

@@ -1,194 +1,25 @@
-"""The Python view of the vrhp module and its agent.
+"""Typed views of what `vrhp-agent` (and the guest tools beside it) print, read strictly.
 
-`vrhp-agent` prints one JSON object per command (``dump`` prints JSON lines). The
-``parse_*`` functions turn that text into typed dataclasses and raise ``ValueError``
-naming the command and the field when the text is malformed. ``table_sizes`` repeats
-the module's size arithmetic so tests can assert exact byte counts before any memory
-exists. The ABI itself is described in ``kmod/README.md``.
+`vrhp-agent` prints one JSON object per command (``dump`` prints JSON lines; ``run``
+rewrites a status file; ``vrhp_deepfuzz`` prints one JSON line). The ``parse_*`` functions
+turn that text into frozen dataclasses and raise ``ValueError`` naming the command and the
+field when the text is malformed. The agent's commands are described in ``kmod/README.md``.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
-import math
-import re
-import struct
 from dataclasses import dataclass
-from enum import IntEnum
-from typing import Any, TypeVar
+from typing import Any
 
-HDR_SIZE = 4096
-BUCKET_SIZE = 4
-CHUNK_SIZE = 4 << 20
-PAGE_2M = 2 << 20
-PAGE_1G = 1 << 30
-FLOW_ENTRY_SIZE = 256
-BRIDGE_ENTRY_SIZE = 64
-MAX_ENTRIES = 0xFFFFFFF0
-U64_MAX = (1 << 64) - 1
+from lab.dut.abi import BUCKET_SIZE, Outcome
 
-DEFAULT_FLOW_ENTRIES = 524_288
-DEFAULT_BRIDGE_ENTRIES = 262_144
-
+# The agent's names of the module's tables and backends (enum vrhp_table_id, vrhp_backend)
 TABLES = ("flow", "bridge")
 BACKENDS = ("none", "btable", "hugepage")
 
 
-class Outcome(IntEnum):
-    """HP_CONFIG outcome codes (``enum vrhp_outcome``)."""
-
-    SUCCESS = 0
-    MEM_FAILURE = 1
-    INVALID_ARG_FALLBACK_IN_USE = 2
-    HUGEPAGE_FAILURE_FALLBACK_IN_USE = 3
-    ALREADY_INITIALISED = 4
-    PARTIAL = 5
-    LAYOUT_MISMATCH = 6
-    REFUSED = 7
-    NONE = 255
-
-    @property
-    def agent_exit_code(self) -> int:
-        """The exit status `vrhp-agent setup` uses for this outcome."""
-        if self in (Outcome.SUCCESS, Outcome.ALREADY_INITIALISED):
-            return 0
-        if self in (
-            Outcome.PARTIAL,
-            Outcome.INVALID_ARG_FALLBACK_IN_USE,
-            Outcome.HUGEPAGE_FAILURE_FALLBACK_IN_USE,
-        ):
-            return 3
-        return 2
-
-
-# ---------------------------------------------------------------- sizes
-
-
-def default_oentries(entries: int) -> int:
-    """Overflow entries the module picks: 20% of main, rounded up to a multiple of 1024."""
-    twenty = -(-entries * 2 // 10)
-    return -(-twenty // 1024) * 1024
-
-
-@dataclass(frozen=True)
-class TableSizes:
-    entries: int
-    oentries: int
-    entry_size: int
-
-    @property
-    def total_entries(self) -> int:
-        return self.entries + self.oentries
-
-    @property
-    def buckets(self) -> int:
-        return self.entries // BUCKET_SIZE
-
-    @property
-    def table_bytes(self) -> int:
-        return self.total_entries * self.entry_size
-
-    @property
-    def file_bytes(self) -> int:
-        """Header plus entries: what INFO reports as ``file_bytes``."""
-        return HDR_SIZE + self.table_bytes
-
-    @property
-    def btable_chunks(self) -> int:
-        """Order-10 (4 MiB) allocations the btable backend needs."""
-        return math.ceil(self.file_bytes / CHUNK_SIZE)
-
-    def hugepage_file_bytes(self, page_size: int) -> int:
-        """Size of the hugetlbfs file the agent creates and maps."""
-        if page_size not in (PAGE_2M, PAGE_1G):
-            raise ValueError(f"page_size {page_size}: must be {PAGE_2M} or {PAGE_1G}")
-        return math.ceil(self.file_bytes / page_size) * page_size
-
-    def huge_pages(self, page_size: int) -> int:
-        return self.hugepage_file_bytes(page_size) // page_size
-
-
-def table_sizes(
-    main: int, oflow: int | None, entry_size: int, *, main_name: str, oflow_name: str
-) -> TableSizes:
-    """Apply the module's validation and size arithmetic for one table."""
-    if main <= 0 or main % BUCKET_SIZE:
-        raise ValueError(f"{main_name}={main} invalid: must be a non-zero multiple of 4")
-    if oflow is None or oflow == -1:
-        o = default_oentries(main)
-    elif oflow <= 0 or oflow % BUCKET_SIZE:
-        raise ValueError(f"{oflow_name}={oflow} invalid: must be a non-zero multiple of 4")
-    else:
-        o = oflow
-    file_bytes = (main + o) * entry_size + HDR_SIZE
-    if main > U64_MAX or main + o > U64_MAX or file_bytes > U64_MAX - PAGE_1G:
-        raise ValueError(f"{main_name}={main} {oflow_name}={o}: table size overflows 64 bits")
-    if main + o > MAX_ENTRIES:
-        raise ValueError(f"{main_name}={main} {oflow_name}={o}: more than {MAX_ENTRIES} entries")
-    return TableSizes(main, o, entry_size)
-
-
-def flow_sizes(
-    flow_entries: int = DEFAULT_FLOW_ENTRIES, oflow_entries: int | None = None
-) -> TableSizes:
-    return table_sizes(
-        flow_entries,
-        oflow_entries,
-        FLOW_ENTRY_SIZE,
-        main_name="flow_entries",
-        oflow_name="oflow_entries",
-    )
-
-
-def bridge_sizes(
-    bridge_entries: int = DEFAULT_BRIDGE_ENTRIES, bridge_oentries: int | None = None
-) -> TableSizes:
-    return table_sizes(
-        bridge_entries,
-        bridge_oentries,
-        BRIDGE_ENTRY_SIZE,
-        main_name="bridge_entries",
-        oflow_name="bridge_oentries",
-    )
-
-
-def default_table_pages() -> dict[str, int]:
-    """Huge pages the agent's default flow and bridge tables take, per page size: a
-    hugepages(count=...) marker for tests that set up the default tables."""
-    sizes = (flow_sizes(), bridge_sizes())
-    return {"1G": sum(t.huge_pages(PAGE_1G) for t in sizes),
-            "2M": sum(t.huge_pages(PAGE_2M) for t in sizes)}
-
-
-@dataclass(frozen=True)
-class BtableFailure:
-    """The module's account of a mem=btable load that fragmentation defeated."""
-
-    table: str
-    got: int  # 4 MiB chunks allocated before one failed
-    wanted: int
-
-
-ENOMEM_TEXT = "Cannot allocate memory"  # how insmod reports the module's -ENOMEM
-_BTABLE_FAILURE = re.compile(
-    r"vrhp: (flow|bridge) table: btable allocation failed: got (\d+) of (\d+) 4 MiB chunks")
-
-
-def btable_failure(insmod_stderr: str, dmesg: str) -> BtableFailure | None:
-    """The btable refusal that fragmentation causes: ENOMEM from insmod and the kernel
-    log's line naming the table and its chunks, short of what the table needs. None for
-    any other refusal (another errno, no such line, every chunk allocated)."""
-    found = _BTABLE_FAILURE.search(dmesg)
-    if ENOMEM_TEXT not in insmod_stderr or not found:
-        return None
-    failure = BtableFailure(found.group(1), int(found.group(2)), int(found.group(3)))
-    return failure if failure.got < failure.wanted else None
-
-
 # ---------------------------------------------------------------- field access
-
-T = TypeVar("T")
 
 
 def _load(text: str, what: str) -> dict[str, Any]:
@@ -775,37 +606,6 @@ def parse_remap(text: str) -> RemapResult:
         **{f: _int(d, f, ctx) for f in ("iterations", "bad_headers", "bytes_per_map",
                                           "elapsed_ns")},
     )
-
-
-def expected_flow_entry(flags: int, key_bytes: bytes, action: int, packets: int,
-                        bytes_: int, last_used: int, nxt: int = 0) -> bytes:
-    """A layout-1 flow entry as the module lays it out (``struct vrhp_flow_entry``)."""
-    if len(key_bytes) != 44:
-        raise ValueError(f"flow key is 44 bytes, got {len(key_bytes)}")
-    head = struct.pack("<II", flags, nxt) + key_bytes + struct.pack("<IQQQ", action, packets,
-                                                                     bytes_, last_used)
-    return head + bytes(FLOW_ENTRY_SIZE - len(head))
-
-
-def flow_key_bytes(vrf: int, src: str, dst: str, proto: int, sport: int, dport: int) -> bytes:
-    """``struct vrhp_flow_key`` of an IPv4 or IPv6 flow."""
-    a, b = ipaddress.ip_address(src), ipaddress.ip_address(dst)
-    if a.version != b.version:
-        raise ValueError(f"flow key: {src} and {dst} are not the same family")
-    family = 4 if a.version == 4 else 6
-    return (a.packed.ljust(16, b"\0") + b.packed.ljust(16, b"\0")
-            + struct.pack("<IHHBB2x", vrf, sport, dport, proto, family))
-
-
-def expected_bridge_entry(flags: int, vrf: int, mac: str, nexthop: int, label: int,
-                          last_used: int, packets: int = 0, nxt: int = 0) -> bytes:
-    """A layout-1 bridge entry (``struct vrhp_bridge_entry``)."""
-    mac_bytes = bytes(int(x, 16) for x in mac.split(":"))
-    if len(mac_bytes) != 6:
-        raise ValueError(f"bridge key: bad MAC {mac!r}")
-    head = (struct.pack("<III", flags, nxt, vrf) + mac_bytes + b"\0\0"
-            + struct.pack("<III", nexthop, label, 0) + struct.pack("<QQ", last_used, packets))
-    return head + bytes(BRIDGE_ENTRY_SIZE - len(head))
 
 
 DAEMON_STATES = ("starting", "no-module", "not-hugepage", "setup", "error", "aging", "stopped")
