@@ -251,18 +251,24 @@ def _shortest_cycle(start: str, succ: Mapping[str, Iterable[str]], within: set[s
 
 
 def find_cycles(graph: Mapping[str, Iterable[str]]) -> list[list[str]]:
-    """Import cycles: for every module on one, the shortest cycle through it.
+    """Import cycles that between them pass through every module on a cycle.
 
-    Each cycle is a path that ends where it starts, rotated to start at its smallest
-    module; duplicates are dropped and the list is sorted. Empty when the graph is acyclic.
+    In each tangle (strongly connected component), the shortest cycle through its first
+    module not yet on a named cycle, until all are. Each cycle is a path that ends where
+    it starts, rotated to start at its smallest module; the list is sorted. Empty when the
+    graph is acyclic.
     """
     cycles: set[tuple[str, ...]] = set()
     for component in strongly_connected(graph):
         members = set(component)
         if len(component) == 1 and component[0] not in set(graph.get(component[0], ())):
             continue
+        covered: set[str] = set()
         for start in component:
+            if start in covered:
+                continue
             ring = _shortest_cycle(start, graph, members)[:-1]
+            covered.update(ring)
             first = ring.index(min(ring))
             ring = ring[first:] + ring[:first]
             cycles.add((*ring, ring[0]))
