@@ -33,8 +33,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from lab.errors import BuildError
 from lab.build.kernel import Kernel, _package_version, read_vermagic
+from lab.errors import BuildError
 from lab.shell import digest, locked, run
 
 RECIPE_VERSION = "1"

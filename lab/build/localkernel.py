@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab.build import kconfig
-from lab.errors import BuildError
 from lab.build.kernel import LOCAL, Kernel, extract_vmlinux, read_vermagic
+from lab.errors import BuildError
 from lab.shell import locked, run
 
 BUILDER_VERSION = "1"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from lab import topology as topologies
 from lab.build import kernel as kernels
-from lab.build.image import minimal as images
+from lab.build.image import kinds as images
 from lab.engine import (
     NODE_DISK,
     NODE_INITRD,
