@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab.build import kernel as kernels
+from lab.build import kernelfetch
 from lab.build.image import kinds as images
 from lab.build.image import nodefiles
 from lab.build.image.guestimage import BOOTED_MARK, READY_MARK, Image
+from lab.build.kernel import Kernel
 from lab.errors import LabError
 from lab.events import EventBus
 from lab.guest.ssh import Guest
@@ -224,7 +225,7 @@ class NodeRuntime:
     """A node of a running lab."""
 
     node: Node
-    kernel: kernels.Kernel
+    kernel: Kernel
     image: Image
     accel: str
     domain: str
@@ -299,7 +300,7 @@ class Lab:
 
     def _prepare_node(self, node: Node) -> NodeRuntime:
         with self.bus.phase("kernel", node.name, node.kernel):
-            kernel = kernels.fetch(node.kernel, self.cache)
+            kernel = kernelfetch.fetch(node.kernel, self.cache)
         with self.bus.phase("image", node.name, f"{node.image} for {kernel.release}"):
             image = images.build(node.image, kernel, self.cache)
         accel = self._accel(node, kernel, image)
@@ -325,7 +326,7 @@ class Lab:
             self.host_pages = pages
             self._write_state("starting")  # reap gives the pages back if this process dies
 
-    def _accel(self, node: Node, kernel: kernels.Kernel, image: Image) -> str:
+    def _accel(self, node: Node, kernel: Kernel, image: Image) -> str:
         def probe() -> bool:
             with self.bus.phase("accel-probe", node.name, "does KVM boot a guest here?"):
                 return virt.kvm_works(kernel.probe_image, image.path, BOOTED_MARK,
