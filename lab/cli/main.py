@@ -282,7 +282,7 @@ def cmd_mutants(args: argparse.Namespace) -> int:
 
 def cmd_matrix(args: argparse.Namespace) -> int:
     from lab.cli import matrix
-    from lab.report.html import write_matrix
+    from lab.report.matrixpage import write_matrix
 
     specs = matrix.kernel_specs(args.kernels)
     topology = matrix.topology_file(args.topology)
