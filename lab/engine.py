@@ -22,8 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab.build import kernel as kernels
-from lab.build.image import minimal as images
+from lab.build import kernelfetch
+from lab.build.image import kinds as images
+from lab.build.image import nodefiles
+from lab.build.image.guestimage import BOOTED_MARK, READY_MARK, Image
+from lab.build.kernel import Kernel
 from lab.errors import LabError
 from lab.events import EventBus
 from lab.guest.ssh import Guest
@@ -222,8 +225,8 @@ class NodeRuntime:
     """A node of a running lab."""
 
     node: Node
-    kernel: kernels.Kernel
-    image: images.Image
+    kernel: Kernel
+    image: Image
     accel: str
     domain: str
     console: Path
@@ -297,16 +300,16 @@ class Lab:
 
     def _prepare_node(self, node: Node) -> NodeRuntime:
         with self.bus.phase("kernel", node.name, node.kernel):
-            kernel = kernels.fetch(node.kernel, self.cache)
+            kernel = kernelfetch.fetch(node.kernel, self.cache)
         with self.bus.phase("image", node.name, f"{node.image} for {kernel.release}"):
             image = images.build(node.image, kernel, self.cache)
         accel = self._accel(node, kernel, image)
         node_dir = self.run_dir / node.name
         node_dir.mkdir()
         node_dir.chmod(0o755)
-        initrd = images.node_initrd(image, node_dir / NODE_INITRD, hostname=node.name,
+        initrd = nodefiles.node_initrd(image, node_dir / NODE_INITRD, hostname=node.name,
                                     authorized_key=(self.run_dir / "id_ed25519.pub").read_text())
-        disk = images.node_disk(image, node_dir / NODE_DISK)
+        disk = nodefiles.node_disk(image, node_dir / NODE_DISK)
         return NodeRuntime(node=node, kernel=kernel, image=image, accel=accel,
                            domain=virt.domain_name(self.run_id, node.name),
                            console=node_dir / "console.log", initrd=initrd, disk=disk,
@@ -323,10 +326,10 @@ class Lab:
             self.host_pages = pages
             self._write_state("starting")  # reap gives the pages back if this process dies
 
-    def _accel(self, node: Node, kernel: kernels.Kernel, image: images.Image) -> str:
+    def _accel(self, node: Node, kernel: Kernel, image: Image) -> str:
         def probe() -> bool:
             with self.bus.phase("accel-probe", node.name, "does KVM boot a guest here?"):
-                return virt.kvm_works(kernel.probe_image, image.path, images.BOOTED_MARK,
+                return virt.kvm_works(kernel.probe_image, image.path, BOOTED_MARK,
                                       self.cache, self.base_timeouts.accel_probe)
         return virt.resolve_accel(node.accel, probe)
 
@@ -387,7 +390,7 @@ class Lab:
             virt.wait_ssh_banner(rt.port, created + cap.seconds,
                                  lambda: virt.is_active(self._conn(rt.node.uri), rt.domain),
                                  rt.node.name,
-                                 rt.console, created, ready_mark=images.READY_MARK,
+                                 rt.console, created, ready_mark=READY_MARK,
                                  console_from=rt.console_from, stall=stall.seconds)
         with self.bus.phase("ssh", rt.node.name):
             guest = Guest(rt.node.name, rt.port, self.run_dir / "id_ed25519",
@@ -430,7 +433,7 @@ class Lab:
                         rt.guest.retire(f"rebooted into boot {rt.boots + 1}")
                         rt.guest = None
                     if rt.disk is not None:
-                        rt.disk = images.node_disk(rt.image, rt.disk)
+                        rt.disk = nodefiles.node_disk(rt.image, rt.disk)
                     created = self._create(rt)
                 try:
                     self._wait_ready(rt, created)

@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 import yaml
 
-from lab.build import kernel as kernels
+from lab.build import kernelspec
 from lab.errors import TopologyError
 
 GIB = 1024**3
@@ -199,11 +199,11 @@ def kernel_spec(value: object, base: Path) -> str | None:
     """The spec a kernel field or option gives, a local DIR made absolute against `base`;
     None if it is not one in form."""
     if isinstance(value, dict) and set(value) == {"path"}:
-        value = f"{kernels.LOCAL}{value['path']}" if isinstance(value["path"], str) else None
-    if not isinstance(value, str) or not kernels.spec_is_valid(value):
+        value = f"{kernelspec.LOCAL}{value['path']}" if isinstance(value["path"], str) else None
+    if not isinstance(value, str) or not kernelspec.spec_is_valid(value):
         return None
-    if value.startswith(kernels.LOCAL):
-        return kernels.local_spec(value.removeprefix(kernels.LOCAL), base)
+    if value.startswith(kernelspec.LOCAL):
+        return kernelspec.local_spec(value.removeprefix(kernelspec.LOCAL), base)
     return value
 
 

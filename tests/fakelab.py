@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from lab import engine
-from lab.build.image.minimal import Image
+from lab.build.image.guestimage import Image
 from lab.build.kernel import Kernel
 from lab.errors import GuestError
 from lab.events import EventBus

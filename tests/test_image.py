@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from lab.build import apt
-from lab.build.image import debian
-from lab.build.image import minimal as images
+from lab.build.image import debian, kinds, nodefiles
+from lab.build.image.guestimage import READY_MARK, Image
 from lab.build.kernel import Kernel
 from lab.errors import BuildError, HostError
 
@@ -141,7 +141,7 @@ def test_configure_makes_a_lab_guest(tmp_path: Path) -> None:
     assert (root / "etc" / "machine-id").read_text() == ""  # each VM gets its own at boot
     assert (root / "etc" / "fstab").read_text().startswith("/dev/vda / ext4")
     ready = (system / "hplab-ready.service").read_text()
-    assert "After=ssh.service" in ready and images.READY_MARK in ready
+    assert "After=ssh.service" in ready and READY_MARK in ready
     assert (system / "multi-user.target.wants" / "hplab-ready.service").is_symlink()
     assert "DefaultDependencies=no" in (system / "ssh.service.d" / "hplab.conf").read_text()
     assert (system / "multi-user.target.wants" / "ssh.service").is_symlink()
@@ -186,10 +186,10 @@ def test_kernel_modules_go_into_the_merged_usr_tree(tmp_path: Path) -> None:
 
 def test_stage1_init_hands_the_per_vm_files_to_the_root(tmp_path: Path) -> None:
     """The files node_initrd writes are the ones the debian stage 1 copies over."""
-    image = images.Image(kind="debian", key="k", path=tmp_path / "base.cpio.gz",
+    image = Image(kind="debian", key="k", path=tmp_path / "base.cpio.gz",
                          host_key="ssh-ed25519 AAAA")
     image.path.write_bytes(b"")
-    out = images.node_initrd(image, tmp_path / "node.cpio.gz", hostname="cn1",
+    out = nodefiles.node_initrd(image, tmp_path / "node.cpio.gz", hostname="cn1",
                              authorized_key="ssh-ed25519 KEY lab")
     listing = subprocess.run(["sh", "-c", f"zcat {out} | cpio -t --quiet"],
                              capture_output=True, text=True, check=True).stdout.split()
@@ -245,14 +245,14 @@ def test_a_failed_build_leaves_no_cache_entry(tmp_path: Path,
 
 def test_unknown_kind_names_the_known_ones(tmp_path: Path) -> None:
     with pytest.raises(BuildError, match=r"'cloud'.*minimal, debian"):
-        images.build("cloud", kernel(tmp_path), tmp_path)
+        kinds.build("cloud", kernel(tmp_path), tmp_path)
 
 
 def test_overlay_per_vm_is_backed_by_the_base(tmp_path: Path) -> None:
     base = tmp_path / "root.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "64M"], check=True)
-    image = images.Image(kind="debian", key="k", path=tmp_path / "i", host_key="x", disk=base)
-    overlay = images.node_disk(image, tmp_path / "disk.qcow2")
+    image = Image(kind="debian", key="k", path=tmp_path / "i", host_key="x", disk=base)
+    overlay = nodefiles.node_disk(image, tmp_path / "disk.qcow2")
     assert overlay == tmp_path / "disk.qcow2"
     info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(overlay)],
                                      capture_output=True, text=True, check=True).stdout)
@@ -262,6 +262,6 @@ def test_overlay_per_vm_is_backed_by_the_base(tmp_path: Path) -> None:
 
 
 def test_minimal_images_have_no_disk(tmp_path: Path) -> None:
-    image = images.Image(kind="minimal", key="k", path=tmp_path / "i", host_key="x")
-    assert images.node_disk(image, tmp_path / "disk.qcow2") is None
+    image = Image(kind="minimal", key="k", path=tmp_path / "i", host_key="x")
+    assert nodefiles.node_disk(image, tmp_path / "disk.qcow2") is None
     assert not (tmp_path / "disk.qcow2").exists()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.build import kernel as kernels
+from lab.build import debiankernel, kernelfetch, kernelspec, vmlinux
 from lab.errors import BuildError
 
 ELF = b"\x7fELF" + bytes(range(256)) * 64
@@ -38,7 +38,7 @@ def with_size(compressed: bytes) -> bytes:
 def test_vmlinux_comes_out_of_each_compression(compress, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     image = tmp_path / "vmlinuz"
     image.write_bytes(bzimage(compress(ELF)))
-    kernels.extract_vmlinux(image, tmp_path / "vmlinux")
+    vmlinux.extract_vmlinux(image, tmp_path / "vmlinux")
     assert (tmp_path / "vmlinux").read_bytes() == ELF
 
 
@@ -46,35 +46,35 @@ def test_setup_sects_zero_means_four() -> None:
     payload = gzip.compress(ELF)
     data = bytearray(bzimage(payload, setup_sects=4))
     data[0x1F1] = 0
-    assert kernels.bzimage_payload(bytes(data), "k") == payload
+    assert vmlinux.bzimage_payload(bytes(data), "k") == payload
 
 
 def test_not_a_bzimage_is_refused_by_name() -> None:
     with pytest.raises(BuildError, match="vmlinuz-x is not a bzImage"):
-        kernels.bzimage_payload(b"\x00" * 4096, "vmlinuz-x")
+        vmlinux.bzimage_payload(b"\x00" * 4096, "vmlinuz-x")
 
 
 def test_payload_outside_the_file_is_refused() -> None:
     data = bytearray(bzimage(b"abc"))
     struct.pack_into("<II", data, 0x248, 64, 1 << 20)
     with pytest.raises(BuildError, match="outside the file"):
-        kernels.bzimage_payload(bytes(data), "k")
+        vmlinux.bzimage_payload(bytes(data), "k")
 
 
 def test_unknown_compression_names_its_magic() -> None:
     with pytest.raises(BuildError, match=r"unsupported format.*4c5a4f"):
-        kernels.decompress_kernel(b"LZO\x00\x00\x00rest", "k")
+        vmlinux.decompress_kernel(b"LZO\x00\x00\x00rest", "k")
 
 
 def test_payload_that_is_no_elf_is_refused() -> None:
     with pytest.raises(BuildError, match="not an ELF"):
-        kernels.decompress_kernel(gzip.compress(b"plain text"), "k")
+        vmlinux.decompress_kernel(gzip.compress(b"plain text"), "k")
 
 
 def test_lz4_payload_is_decompressed() -> None:
     legacy = subprocess.run(["lz4", "-l", "-c", "-q"], input=ELF, capture_output=True,
                             check=True).stdout
-    assert kernels.decompress_kernel(with_size(legacy), "k") == ELF
+    assert vmlinux.decompress_kernel(with_size(legacy), "k") == ELF
 
 
 # ------------------------------------------------------------------ Debian kernel specs
@@ -85,7 +85,7 @@ HEADERS = (APT / "pkgnames-linux-headers").read_text().split()
 
 
 def resolve(spec: str) -> str:
-    return kernels.resolve_debian(spec, IMAGES, HEADERS)
+    return debiankernel.resolve_debian(spec, IMAGES, HEADERS)
 
 
 @pytest.mark.parametrize(("spec", "release"), [
@@ -105,12 +105,12 @@ def test_specs_resolve_to_what_the_apt_lists_have(spec: str, release: str) -> No
 
 
 def test_debug_unsigned_and_meta_packages_are_no_kernels() -> None:
-    names = {r.name for r in kernels.debian_releases(IMAGES, HEADERS)}
+    names = {r.name for r in debiankernel.debian_releases(IMAGES, HEADERS)}
     assert names and all(n.endswith("amd64") for n in names)
     assert "6.12-amd64" not in names and "6.12-rt-amd64" not in names
     # 6.12.118 has only -dbg and -unsigned images; 6.1.0-48 has an image but no headers
     assert not any(n.startswith(("6.12.118", "6.1.0-48")) for n in names)
-    flavours = {(r.series, r.flavour) for r in kernels.debian_releases(IMAGES, HEADERS)}
+    flavours = {(r.series, r.flavour) for r in debiankernel.debian_releases(IMAGES, HEADERS)}
     assert flavours == {(s, f) for s in ("6.1", "6.12") for f in ("", "cloud", "rt")}
 
 
@@ -149,7 +149,7 @@ def test_unknown_flavour_names_the_closest_series_specs() -> None:
 
 def test_empty_apt_lists_ask_for_an_update() -> None:
     with pytest.raises(BuildError, match="no Debian kernel with its headers; run 'apt-get update'"):
-        kernels.resolve_debian("debian:6.1", ["linux-image-amd64"], [])
+        debiankernel.resolve_debian("debian:6.1", ["linux-image-amd64"], [])
 
 
 def test_resolve_release_asks_apt_for_images_and_headers(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -159,8 +159,8 @@ def test_resolve_release_asks_apt_for_images_and_headers(monkeypatch: pytest.Mon
         asked.append(argv)
         return "\n".join(IMAGES if argv[-1] == "linux-image-" else HEADERS) + "\n"
 
-    monkeypatch.setattr(kernels, "run", fake_run)
-    assert kernels.resolve_release("debian:6.12-rt") == "6.12.117+deb12-rt-amd64"
+    monkeypatch.setattr(debiankernel, "run", fake_run)
+    assert debiankernel.resolve_release("debian:6.12-rt") == "6.12.117+deb12-rt-amd64"
     assert asked == [["apt-cache", "pkgnames", "linux-image-"],
                      ["apt-cache", "pkgnames", "linux-headers-"]]
 
@@ -173,9 +173,9 @@ def test_resolve_release_asks_apt_for_images_and_headers(monkeypatch: pytest.Mon
     ("/boot/vmlinuz", False), ("6.1", False),
 ])
 def test_spec_form(spec: str, valid: bool) -> None:
-    assert kernels.spec_is_valid(spec) is valid
+    assert kernelspec.spec_is_valid(spec) is valid
 
 
 def test_fetch_refuses_a_spec_out_of_form(tmp_path: Path) -> None:
     with pytest.raises(BuildError, match=r"kernel 'vmlinuz' is not a kernel spec"):
-        kernels.fetch("vmlinuz", tmp_path)
+        kernelfetch.fetch("vmlinuz", tmp_path)

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.build import kconfig, localkernel
-from lab.build import kernel as kernels
+from lab.build import kconfig, kernelfetch, localkernel
 from lab.errors import BuildError
 
 REL = "6.1.0-99-hplab"
@@ -72,7 +71,7 @@ def build_tree(root: Path, release: str = "6.13.0-rc1-hplab+") -> Path:
 
 def test_unpacked_kernel_becomes_a_lab_kernel(tmp_path: Path) -> None:
     source = unpacked(tmp_path / "k")
-    kernel = kernels.fetch(f"local:{source}", tmp_path / "cache")
+    kernel = kernelfetch.fetch(f"local:{source}", tmp_path / "cache")
     assert kernel.release == REL and kernel.spec == f"local:{source}"
     assert kernel.package_version.startswith("local-")
     assert kernel.root.parent == tmp_path / "cache" / "kernels"
@@ -158,7 +157,7 @@ def test_relative_directory_is_taken_from_the_working_directory(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     unpacked(tmp_path / "k")
     monkeypatch.chdir(tmp_path)
-    kernel = kernels.fetch("local:k", tmp_path / "cache")
+    kernel = kernelfetch.fetch("local:k", tmp_path / "cache")
     assert kernel.modules_dir.resolve() == tmp_path / "k" / "lib" / "modules" / REL
 
 

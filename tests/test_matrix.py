@@ -16,7 +16,7 @@ from lab.cli import matrix
 from lab.report import html as report
 
 # Inner sessions boot a FakeLab whose release follows the spec; the spec of an exact
-# release that has no package fails in the kernel phase, as kernels.fetch does.
+# release that has no package fails in the kernel phase, as kernelfetch.fetch does.
 MISSING = "debian:6.1.0-99-amd64"
 INNER_CONFTEST = f"""
 import dataclasses

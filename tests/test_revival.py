@@ -14,7 +14,8 @@ import pytest
 from fakelab import run_inner
 
 from lab import engine
-from lab.build.image import minimal as image
+from lab.build.image import nodefiles
+from lab.build.image.guestimage import Image
 from lab.build.kernel import Kernel
 from lab.pytest_plugin import plugin
 from lab.topology import parse
@@ -241,11 +242,11 @@ def test_revive_boots_a_vanished_domain_again(tmp_path: Path,
     monkeypatch.setattr(virt, "destroy", lambda conn, name: calls.append(f"destroy {name}"))
     monkeypatch.setattr(virt, "create", create)
     monkeypatch.setattr(virt, "is_active", lambda conn, name: name in running)
-    def overlay(img: image.Image, out: Path) -> Path:
+    def overlay(img: Image, out: Path) -> Path:
         calls.append("overlay")
         return out
 
-    monkeypatch.setattr(image, "node_disk", overlay)
+    monkeypatch.setattr(nodefiles, "node_disk", overlay)
 
     def ready(lab: engine.Lab, rt: engine.NodeRuntime, created: float) -> None:
         calls.append(f"ready from {rt.console_from}")
@@ -259,7 +260,7 @@ def test_revive_boots_a_vanished_domain_again(tmp_path: Path,
     console.write_text("boot 1\nhplab-init: ready\n[ 9.0] last words\n")
     rt = engine.NodeRuntime(
         node=lab.topology.nodes[0], kernel=Kernel("debian:6.1", "6.1.0-x", "1", tmp_path),
-        image=image.Image("minimal", "k", tmp_path / "img", "ssh-ed25519 AAAA"), accel="tcg",
+        image=Image("minimal", "k", tmp_path / "img", "ssh-ed25519 AAAA"), accel="tcg",
         domain="hplab-x-cn1", console=console, initrd=tmp_path / "initrd",
         disk=tmp_path / "disk.qcow2", boots=1)
     lab.nodes["cn1"] = rt

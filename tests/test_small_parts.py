@@ -9,7 +9,7 @@ import pytest
 
 from lab import shell
 from lab.build import guesttools
-from lab.build.image import minimal as image
+from lab.build.image import initramfs
 from lab.errors import BuildError, GuestError
 from lab.events import EventBus
 from lab.guest.ssh import Guest
@@ -58,11 +58,11 @@ def test_module_order_puts_dependencies_first(tmp_path: Path) -> None:
         "kernel/core/failover.ko:\nkernel/virtio/virtio.ko:\n")
     (mods / "modules.builtin").write_text("kernel/drivers/virtio/virtio_pci.ko\n")
     kernel = Kernel("debian:6.1", "6.1.0-1-amd64", "1", tmp_path)
-    order = image._module_order(kernel, ("virtio_pci", "virtio_net"))
+    order = initramfs.module_order(kernel, ("virtio_pci", "virtio_net"))
     assert order.index("kernel/core/failover.ko") < order.index("kernel/net/net_failover.ko")
     assert order[-1] == "kernel/net/virtio_net.ko"
     with pytest.raises(BuildError, match="module nosuch is neither built in"):
-        image._module_order(kernel, ("nosuch",))
+        initramfs.module_order(kernel, ("nosuch",))
 
 
 def test_module_order_of_a_kernel_with_virtio_built_in(tmp_path: Path) -> None:
@@ -74,13 +74,13 @@ def test_module_order_of_a_kernel_with_virtio_built_in(tmp_path: Path) -> None:
     (mods / "modules.dep").write_text("kernel/fs/ext4/ext4.ko:\n")
     kernel = Kernel("local:/k", "6.13.0", "local-1", tmp_path)
     with pytest.raises(BuildError, match="module virtio_pci is neither built in"):
-        image._module_order(kernel, ("virtio_pci", "virtio_net"))
+        initramfs.module_order(kernel, ("virtio_pci", "virtio_net"))
     (mods / "modules.builtin").write_text("kernel/drivers/virtio/virtio_pci.ko\n"
                                           "kernel/drivers/net/virtio_net.ko\n")
-    assert image._module_order(kernel, ("virtio_pci", "virtio_net")) == []
+    assert initramfs.module_order(kernel, ("virtio_pci", "virtio_net")) == []
     install = tmp_path / "initramfs"
     (install / "lib" / "modules").mkdir(parents=True)
-    image._install_modules(kernel, ("virtio_pci", "virtio_net"), install)
+    initramfs.install_modules(kernel, ("virtio_pci", "virtio_net"), install)
     assert (install / "lib" / "modules" / "hplab.order").read_text() == "\n"
 
 
@@ -89,7 +89,7 @@ def test_cpio_archive_is_owned_by_root(tmp_path: Path) -> None:
     (tree / "etc").mkdir(parents=True)
     (tree / "etc" / "hostname").write_text("cn1\n")
     out = tmp_path / "a.cpio.gz"
-    image._pack_cpio(tree, out)
+    initramfs.pack_cpio(tree, out)
     listing = subprocess.run(["cpio", "-itv", "--quiet"], input=gzip.decompress(out.read_bytes()),
                              capture_output=True, check=True).stdout.decode()
     assert "etc/hostname" in listing

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from lab import engine
-from lab.build.image import minimal as image_module
-from lab.build.image.minimal import Image
+from lab.build.image import nodefiles
+from lab.build.image.guestimage import Image
 from lab.build.kernel import Kernel
 from lab.engine import host_pages_needed, kernel_cmdline, leaked_host_pages
 from lab.errors import BootError, HostError, LabError
@@ -334,7 +334,7 @@ def rebootable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         calls.append(f"overlay {out.name}")
         return out
 
-    monkeypatch.setattr(image_module, "node_disk", overlay)
+    monkeypatch.setattr(nodefiles, "node_disk", overlay)
     monkeypatch.setattr(virt, "wait_ssh_banner",
                         lambda *a, console_from=0, **k: calls.append(f"wait from {console_from}"))
     monkeypatch.setattr(engine, "Guest", _FakeGuest)

@@ -1,7 +1,7 @@
 """A debug kernel built from Debian's own source: KASAN, lockdep, DEBUG_VM and friends.
 
 `fetch("debug:6.1", cache)` builds once per key and reuses: the key hashes the config
-fragment (lab/debugkernel.config), the version of Debian's `linux-source-6.1` package and
+fragment (lab/build/debugkernel.config), the version of Debian's `linux-source-6.1` package and
 RECIPE_VERSION. The configuration is allnoconfig + kernel/configs/kvm_guest.config + the
 fragment; every option of the fragment is then checked in the final .config, because
 Kconfig silently drops an option whose dependencies are unmet.
@@ -33,8 +33,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from lab.build.debiankernel import package_version
+from lab.build.kernel import Kernel, read_vermagic
 from lab.errors import BuildError
-from lab.build.kernel import Kernel, _package_version, read_vermagic
 from lab.shell import digest, locked, run
 
 RECIPE_VERSION = "1"
@@ -135,7 +136,7 @@ def _series(spec: str) -> str:
 
 def _source_version(package: str) -> str:
     try:
-        return _package_version(package)
+        return package_version(package)
     except (BuildError, IndexError):
         raise BuildError(f"no package {package} in the apt lists; run 'apt-get update' "
                          "(hplab host prepare does)") from None

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from lab.paths import GUEST_SOURCES
 from lab.guest.ssh import Guest
+from lab.paths import GUEST_SOURCES
 from lab.shell import digest, locked, run
 
 SOURCES = GUEST_SOURCES

@@ -24,8 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab.build import kconfig
+from lab.build.kernel import Kernel, read_vermagic
+from lab.build.kernelspec import LOCAL
+from lab.build.vmlinux import extract_vmlinux
 from lab.errors import BuildError
-from lab.build.kernel import LOCAL, Kernel, extract_vmlinux, read_vermagic
 from lab.shell import locked, run
 
 BUILDER_VERSION = "1"

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab import topology as topologies
-from lab.build import kernel as kernels
-from lab.build.image import minimal as images
+from lab.build import kernelfetch
+from lab.build.image import kinds as images
+from lab.build.kernel import Kernel
 from lab.engine import Lab
 from lab.errors import LabError
 from lab.events import EventBus
@@ -40,7 +41,7 @@ def _timed(action: Callable[[], object]) -> float:
     return time.monotonic() - start
 
 
-def build_times(kind: str, kernel: kernels.Kernel, cache: Path) -> tuple[float, float]:
+def build_times(kind: str, kernel: Kernel, cache: Path) -> tuple[float, float]:
     """(cold, warm) seconds: a build into an empty scratch cache, then one from the cache."""
     scratch = cache / SCRATCH
     shutil.rmtree(scratch, ignore_errors=True)
@@ -80,7 +81,7 @@ def measure(topology_path: Path, spec: str, base: Path, cache: Path, repeat: int
             bus: EventBus) -> BootRow:
     topology = topologies.load(topology_path, {"kernel": spec})
     kind = image_kind(topology)
-    kernel = kernels.fetch(spec, cache)
+    kernel = kernelfetch.fetch(spec, cache)
     cold, warm = build_times(kind, kernel, cache)
     boots = boot_times(topology, base, repeat, bus)
     return BootRow(kind, kernel.release, cold, warm, tuple(boots))

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 from lab import topology as topologies
-from lab.build import kernel as kernels
-from lab.build.image import minimal as images
+from lab.build import kernelfetch
+from lab.build.image import kinds as images
 from lab.engine import (
     NODE_DISK,
     NODE_INITRD,
@@ -70,7 +70,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 def _dry_run(topology: topologies.Topology, base: Path) -> int:
     cache = cache_dir(base)
     for node in topology.nodes:
-        kernel = kernels.fetch(node.kernel, cache)
+        kernel = kernelfetch.fetch(node.kernel, cache)
         image = images.build(node.image, kernel, cache)
         node_dir = base / "runs" / "DRYRUN" / node.name
         spec = virt.DomainSpec(name=virt.domain_name("DRYRUN", node.name), run_id="DRYRUN",
@@ -282,7 +282,7 @@ def cmd_mutants(args: argparse.Namespace) -> int:
 
 def cmd_matrix(args: argparse.Namespace) -> int:
     from lab.cli import matrix
-    from lab.report.html import write_matrix
+    from lab.report.matrixpage import write_matrix
 
     specs = matrix.kernel_specs(args.kernels)
     topology = matrix.topology_file(args.topology)

@@ -1,6 +1,7 @@
 """A run directory rendered into one self-contained report.html, and two runs compared
 into compare.html: inline SVG plots, inline CSS and a little inline script, nothing
-fetched from anywhere."""
+fetched from anywhere. The page frame, style and outcome colours serve the matrix page
+too (lab.report.matrixpage)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lab.guest.memory import MemorySnapshot, parse_buddyinfo
 from lab.report.compare import Comparison, PhaseTotal, RunSide, Slowdown, Transition
@@ -25,9 +26,6 @@ from lab.report.results import (
     phase_bars,
     read_json,
 )
-
-if TYPE_CHECKING:
-    from lab.cli.matrix import KernelRun, Matrix
 
 REPORT_NAME = "report.html"
 COMPARE_NAME = "compare.html"
@@ -182,7 +180,7 @@ def _printable(text: str) -> str:
     return CONTROL_CHARS.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
 
 
-def _page(title: str, body: Iterable[str]) -> str:
+def html_page(title: str, body: Iterable[str]) -> str:
     # CDATA keeps the script well-formed XML too; browsers read the markers as comments.
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'/><title>{esc(title)}</title>"
             f"<style>{STYLE}</style></head><body>{''.join(body)}"
@@ -492,7 +490,7 @@ def render(run_dir: Path) -> str:
         body.append('<section id="artifacts"><h2>Artifacts</h2><ul>' + "".join(
             f'<li><a href="artifacts/{esc(n)}">{esc(n)}</a></li>' for n in artifacts)
             + "</ul></section>")
-    return _page(f"hplab {run_id}", body)
+    return html_page(f"hplab {run_id}", body)
 
 
 def write_report(run_dir: Path) -> Path:
@@ -501,13 +499,13 @@ def write_report(run_dir: Path) -> Path:
     return target
 
 
-def _relative(target: Path, out_dir: Path) -> str:
+def relative_link(target: Path, out_dir: Path) -> str:
     return Path(os.path.relpath(target.resolve(), out_dir.resolve())).as_posix()
 
 
 def _side_line(label: str, side: RunSide, out_dir: Path) -> str:
     report = side.run_dir / REPORT_NAME if side.run_dir is not None else None
-    link = (f' (<a href="{esc(_relative(report, out_dir))}">its report</a>)'
+    link = (f' (<a href="{esc(relative_link(report, out_dir))}">its report</a>)'
             if report is not None and report.exists() else "")
     return f'<p class="side"><b>{label}</b> {esc(side.describe())}{link}</p>'
 
@@ -541,7 +539,7 @@ def _excerpt(message: str, lines: int = 10) -> str:
 def _side_artifacts(test: TestResult, side: RunSide, out_dir: Path) -> str:
     if side.run_dir is None:
         return ""
-    return " ".join(f'<a href="{esc(_relative(side.run_dir / path, out_dir))}">'
+    return " ".join(f'<a href="{esc(relative_link(side.run_dir / path, out_dir))}">'
                     f"{esc(name.replace('_', ' '))}</a>" for name, path in test.artifacts().items())
 
 
@@ -692,81 +690,9 @@ def render_compare(comparison: Comparison, out_dir: Path) -> str:
             transitions_table("still-failing", "Still failing", c.still_failing,
                               "No test fails on both sides."),
             phases_section(c)]
-    return _page("hplab compare", body)
+    return html_page("hplab compare", body)
 
 
 def write_compare(comparison: Comparison, target: Path) -> Path:
     target.write_text(render_compare(comparison, target.parent))
-    return target
-
-
-def _kernel_head(kernel: KernelRun, out_dir: Path) -> str:
-    releases = ", ".join(kernel.releases()) or NONE_SHOWN
-    status = "" if kernel.ran else (f'<div class="bad" title="{esc(kernel.status)}">'
-                                    f'{esc(kernel.status.split(":")[0])}</div>')
-    page = kernel.page()
-    link = (f'<div><a href="{esc(_relative(page, out_dir))}">{esc(page.name)}</a></div>'
-            if page is not None else "")
-    return (f'<th class="kernel"><code>{esc(kernel.spec)}</code>'
-            f'<div class="meta">{esc(releases)}</div>{status}{link}</th>')
-
-
-def _matrix_cell(kernel: KernelRun, key: str, out_dir: Path) -> str:
-    """A test's class on a kernel, coloured, linking to that kernel's report showing the
-    tests of that class."""
-    test = kernel.tests.get(key)
-    cls = kernel.cell(key)
-    shown = esc(class_label(cls))
-    page = kernel.page()
-    if test is not None and page is not None:
-        view = f"#class={cls}" if page.name == REPORT_NAME and cls == test.outcome_class else ""
-        shown = f'<a href="{esc(_relative(page, out_dir) + view)}">{shown}</a>'
-    title = f' title="{test.duration:.2f} s"' if test is not None else ""
-    return (f'<td class="cell" data-class="{esc(cls)}"{title} '
-            f'style="background:{OUTCOME_COLOURS.get(cls, "#f9f2f4")}">{shown}</td>')
-
-
-def _kernel_totals(matrix: Matrix) -> str:
-    rows = []
-    for k in matrix.kernels:
-        counts = matrix.counts(k)
-        tally = " ".join(f'<span class="tally">{badge(c)}{counts[c]}</span>'
-                         for c in matrix.classes() if counts[c])
-        verdict = '<span class="good">ok</span>' if matrix.kernel_ok(k) \
-            else '<span class="bad">failing</span>'
-        rows.append(f'<tr class="kernel-total"><td><code>{esc(k.spec)}</code></td>'
-                    f"<td>{esc(', '.join(k.releases()) or NONE_SHOWN)}</td><td>{verdict}</td>"
-                    f"<td>{'-' if k.exit_code is None else k.exit_code}</td>"
-                    f"<td>{k.seconds:.1f}</td><td>{tally}</td><td>{esc(k.status)}</td></tr>")
-    return ("<table><tr><th>kernel</th><th>release</th><th>verdict</th><th>pytest exit</th>"
-            f"<th>seconds</th><th>tests per class</th><th>status</th></tr>{''.join(rows)}"
-            "</table>")
-
-
-def render_matrix(matrix: Matrix, out_dir: Path) -> str:
-    """The matrix page: per-kernel totals, then test x kernel; links relative to `out_dir`."""
-    rows = matrix.rows()
-    failing = sum(not matrix.kernel_ok(k) for k in matrix.kernels)
-    verdict = (f'<span class="bad">{failing} of {len(matrix.kernels)} kernels failing</span>'
-               if not matrix.ok else '<span class="good">every test passed or was skipped on '
-               "every kernel</span>")
-    interrupted = '<p class="bad">Interrupted: not every kernel ran.</p>' \
-        if matrix.interrupted else ""
-    heads = "".join(_kernel_head(k, out_dir) for k in matrix.kernels)
-    body = "".join(f"<tr><td><code>{esc(shown)}</code></td>"
-                   + "".join(_matrix_cell(k, key, out_dir) for k in matrix.kernels) + "</tr>"
-                   for key, shown in rows)
-    table = (f'<table id="matrix" class="sortable"><thead><tr><th>test</th>{heads}</tr></thead>'
-             f"<tbody>{body}</tbody></table>") if rows \
-        else '<p class="bad">No kernel recorded any test.</p>'
-    topology = f" · topology {esc(matrix.topology)}" if matrix.topology else ""
-    return _page("hplab matrix", [
-        f"<h1>hplab matrix</h1><p>{len(rows)} tests on {len(matrix.kernels)} kernels"
-        f"{topology}: {verdict}</p>", interrupted,
-        '<section id="kernels"><h2>Kernels</h2>', _kernel_totals(matrix), "</section>",
-        '<section id="tests"><h2>Tests</h2>', table, "</section>"])
-
-
-def write_matrix(matrix: Matrix, target: Path) -> Path:
-    target.write_text(render_matrix(matrix, target.parent))
     return target

@@ -19,18 +19,16 @@ import tempfile
 from pathlib import Path
 
 from lab.build import apt
-from lab.errors import BuildError
-from lab.build.image.minimal import (
-    BOOTED_MARK,
+from lab.build.image.guestimage import BOOTED_MARK, READY_MARK, Image
+from lab.build.image.initramfs import (
     BUSYBOX,
-    READY_MARK,
-    Image,
-    _install_busybox,
-    _install_modules,
-    _pack_cpio,
-    _write_init,
+    install_busybox,
+    install_modules,
+    pack_cpio,
+    write_init,
 )
 from lab.build.kernel import Kernel
+from lab.errors import BuildError
 from lab.shell import digest, file_digest, locked, run
 
 BUILDER_VERSION = "2"
@@ -221,11 +219,11 @@ def make_disk(root: Path, out: Path, scratch: Path) -> None:
 
 def build_initramfs(kernel: Kernel, out: Path, scratch: Path) -> None:
     tree = scratch / "initramfs"
-    _install_busybox(tree)
+    install_busybox(tree)
     (tree / "etc").mkdir(exist_ok=True)
-    _install_modules(kernel, ROOT_MODULES, tree)
-    _write_init(tree, INIT)
-    _pack_cpio(tree, out)
+    install_modules(kernel, ROOT_MODULES, tree)
+    write_init(tree, INIT)
+    pack_cpio(tree, out)
     out.chmod(0o644)
 
 
