@@ -49,11 +49,6 @@ def test_the_digest_changes_with_the_graph() -> None:
     assert import_graph.text_digest(changed) != import_graph.declared_digest(text)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known import cycles: lab.build.image.minimal <-> lab.build.image.debian,"
-    " lab.build.kernel <-> lab.build.debugkernel, lab.build.kernel <-> lab.build.localkernel",
-)
 def test_lab_has_no_import_cycles() -> None:
     graph = import_graph.build_graph(LAB)
     cycles = [import_graph.describe_cycle(c, graph.edges) for c in find_cycles(graph.runtime())]
