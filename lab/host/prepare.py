@@ -105,7 +105,7 @@ def start_daemons() -> list[str]:
     deadline = time.monotonic() + READY_TIMEOUT
     while not libvirt_answers():
         if time.monotonic() > deadline:
-            raise SystemExit(f"libvirt at {URI} did not answer within {READY_TIMEOUT:.0f}s "
+            raise HostError(f"libvirt at {URI} did not answer within {READY_TIMEOUT:.0f}s "
                              "(see /var/log/libvirt/libvirtd.log)")
         time.sleep(0.5)
     return started
@@ -129,7 +129,7 @@ def restart_libvirtd() -> float:
             time.sleep(0.1)
     try:
         start_daemons()
-    except SystemExit as exc:
+    except HostError as exc:
         raise HostError(f"libvirtd restart: {exc}") from None
     return time.monotonic() - started
 
@@ -186,7 +186,7 @@ def prepare() -> None:
     missing = missing_packages()
     if missing:
         if not is_root():
-            raise SystemExit("hplab needs these Debian packages: " + " ".join(missing) +
+            raise HostError("hplab needs these Debian packages: " + " ".join(missing) +
                              "\nRun as root: " + install_command(missing))
         say(f"installing {len(missing)} packages: {' '.join(missing)}")
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
@@ -201,7 +201,7 @@ def prepare() -> None:
         say(f"libvirt answers at {URI}")
         return
     if not is_root():
-        raise SystemExit(f"libvirt does not answer at {URI}. Run as root: "
+        raise HostError(f"libvirt does not answer at {URI}. Run as root: "
                          "virtlogd -d && libvirtd -d")
     t0 = time.monotonic()
     started = start_daemons()
@@ -214,7 +214,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=["prepare", "doctor"])
     args = parser.parse_args(argv)
     if args.action == "prepare":
-        prepare()
+        try:
+            prepare()
+        except HostError as exc:
+            print(f"[hplab host] {exc}", file=sys.stderr)
+            return 1
         return 0
     problems = doctor()
     for problem in problems:
