@@ -22,8 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab.build import kernelfetch
-from lab.build.image import kinds as images
+from lab import plan as plans
 from lab.build.image import nodefiles
 from lab.build.image.guestimage import BOOTED_MARK, READY_MARK, Image
 from lab.build.kernel import Kernel
@@ -32,6 +31,7 @@ from lab.events import EventBus
 from lab.guest.ssh import Guest
 from lab.guest.triage import read_from
 from lab.paths import cache_dir, runs_dir
+from lab.plan import NODE_CONSOLE, NODE_DISK, NODE_INITRD, NodePlan, Plan
 from lab.shell import locked, run
 from lab.timeouts import Speed, Timeouts
 from lab.topology import Node, Topology
@@ -42,28 +42,8 @@ LIBVIRT_RECONNECT_S = 60.0  # a restarted libvirtd answers after ~8 s here (host
 STATE_FILE = "state.json"
 OWNER_LOCK = "owner.lock"
 WORK_FILES = ("id_ed25519", "id_ed25519.pub")
-NODE_DISK = "disk.qcow2"
-NODE_INITRD = "initrd.cpio.gz"
 QEMU_LOG_DIR = Path("/var/log/libvirt/qemu")  # qemu:///system's log of each domain's QEMU
 CONSOLE_TAIL_LINES = 30
-
-
-def kernel_cmdline(node: Node, kernel_args: str = "") -> str:
-    """The guest's command line: the lab's, the node's pool, the kernel's own (a debug
-    kernel's), then the topology's."""
-    # loglevel=5: every kernel warning (WARN, lockdep, KASAN) reaches the console watch on
-    # every image, while the boot stays terse. cryptomgr.notests: the crypto self-tests
-    # cost ~0.3 s of every boot under TCG.
-    args = ["console=ttyS0", "panic=-1", "loglevel=5", "rdinit=/init", "cryptomgr.notests"]
-    if node.hugepages is not None:
-        size = node.hugepages.size
-        args += [f"default_hugepagesz={size}", f"hugepagesz={size}",
-                 f"hugepages={node.hugepages.count}"]
-    if kernel_args:
-        args.append(kernel_args)
-    if node.cmdline:
-        args.append(node.cmdline)
-    return " ".join(args)
 
 
 def host_pages_needed(node: Node) -> int:
@@ -224,9 +204,7 @@ def describe_exit(status: int | None, qemu_log: str) -> str:
 class NodeRuntime:
     """A node of a running lab."""
 
-    node: Node
-    kernel: Kernel
-    image: Image
+    plan: NodePlan
     accel: str
     domain: str
     console: Path
@@ -239,6 +217,18 @@ class NodeRuntime:
     boots: int = 0
     console_from: int = 0  # where the current boot's output starts in `console`
     speed: Speed | None = None  # measured once the current boot answers SSH
+
+    @property
+    def node(self) -> Node:
+        return self.plan.node
+
+    @property
+    def kernel(self) -> Kernel:
+        return self.plan.kernel
+
+    @property
+    def image(self) -> Image:
+        return self.plan.image
 
     def state(self) -> dict[str, Any]:
         speed = self.speed
@@ -257,8 +247,10 @@ class Lab:
     """Boots the nodes of a topology as transient libvirt domains and tears them down."""
 
     def __init__(self, topology: Topology, base_dir: Path, bus: EventBus | None = None,
-                 *, keep: bool = False, timeouts: Timeouts | None = None) -> None:
+                 *, keep: bool = False, timeouts: Timeouts | None = None,
+                 plan: Plan | None = None) -> None:
         self.topology = topology
+        self.plan = plan  # made at start when not given
         self.base_dir = base_dir
         self.cache = cache_dir(base_dir)
         self.bus = bus or EventBus()
@@ -298,11 +290,8 @@ class Lab:
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"hplab-{self.run_id}",
              "-f", key])
 
-    def _prepare_node(self, node: Node) -> NodeRuntime:
-        with self.bus.phase("kernel", node.name, node.kernel):
-            kernel = kernelfetch.fetch(node.kernel, self.cache)
-        with self.bus.phase("image", node.name, f"{node.image} for {kernel.release}"):
-            image = images.build(node.image, kernel, self.cache)
+    def _prepare_node(self, planned: NodePlan) -> NodeRuntime:
+        node, kernel, image = planned.node, planned.kernel, planned.image
         accel = self._accel(node, kernel, image)
         node_dir = self.run_dir / node.name
         node_dir.mkdir()
@@ -310,9 +299,9 @@ class Lab:
         initrd = nodefiles.node_initrd(image, node_dir / NODE_INITRD, hostname=node.name,
                                     authorized_key=(self.run_dir / "id_ed25519.pub").read_text())
         disk = nodefiles.node_disk(image, node_dir / NODE_DISK)
-        return NodeRuntime(node=node, kernel=kernel, image=image, accel=accel,
+        return NodeRuntime(plan=planned, accel=accel,
                            domain=virt.domain_name(self.run_id, node.name),
-                           console=node_dir / "console.log", initrd=initrd, disk=disk,
+                           console=node_dir / NODE_CONSOLE, initrd=initrd, disk=disk,
                            timeouts=self.base_timeouts.for_accel(accel))
 
     def _reserve_host_pages(self) -> None:
@@ -339,8 +328,10 @@ class Lab:
         self._claim_run_dir()
         self.exits.start()
         try:
-            for node in self.topology.nodes:
-                self.nodes[node.name] = self._prepare_node(node)
+            if self.plan is None:
+                self.plan = plans.make(self.topology, self.cache, self.bus)
+            for planned in self.plan.nodes:
+                self.nodes[planned.node.name] = self._prepare_node(planned)
             self._reserve_host_pages()
             self._write_state("starting")
             booted = {}
@@ -358,13 +349,8 @@ class Lab:
         conn = self._conn(rt.node.uri)
         for attempt in range(1, CREATE_ATTEMPTS + 1):
             rt.port = virt.free_port()
-            spec = virt.DomainSpec(
-                name=rt.domain, run_id=self.run_id, node=rt.node.name,
-                memory_mib=rt.node.memory_mib, vcpus=rt.node.vcpus, accel=rt.accel,
-                kernel=rt.kernel.boot_image, initrd=rt.initrd,
-                cmdline=kernel_cmdline(rt.node, rt.kernel.cmdline),
-                console=rt.console, ssh_port=rt.port,
-                hugepage_backing=rt.node.backing == "hugepages-1G", disk=rt.disk)
+            spec = rt.plan.domain_spec(run_id=self.run_id, node_dir=rt.console.parent,
+                                       accel=rt.accel, ssh_port=rt.port)
             (rt.console.parent / "domain.xml").write_text(virt.domain_xml(spec))
             rt.console_from = rt.console.stat().st_size if rt.console.exists() else 0
             try:

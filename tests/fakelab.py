@@ -20,6 +20,7 @@ from lab.build.kernel import Kernel
 from lab.errors import GuestError
 from lab.events import EventBus
 from lab.guest.ssh import Guest, Result
+from lab.plan import NodePlan
 from lab.pytest_plugin import plugin
 from lab.topology import Topology
 
@@ -70,8 +71,8 @@ class FakeLab(engine.Lab):
             node_dir = self.run_dir / node.name
             node_dir.mkdir()
             self.nodes[node.name] = engine.NodeRuntime(
-                node=node, kernel=Kernel(node.kernel, "6.1.0-fake-amd64", "1", root),
-                image=Image(node.image, "fake", root / "initrd", "ssh-ed25519 AAAA"),
+                plan=NodePlan(node, Kernel(node.kernel, "6.1.0-fake-amd64", "1", root),
+                              Image(node.image, "fake", root / "initrd", "ssh-ed25519 AAAA")),
                 accel="tcg", domain=f"hplab-{self.run_id}-{node.name}",
                 console=node_dir / "console.log", initrd=root / "initrd")
             self._boot_again(self.nodes[node.name], "boot")

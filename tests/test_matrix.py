@@ -40,7 +40,8 @@ class KernelLab(fakelab.FakeLab):
         super().start()
         for rt in self.nodes.values():
             release = rt.node.kernel.split(":")[1] + "-fake-amd64"
-            rt.kernel = dataclasses.replace(rt.kernel, release=release)
+            kernel = dataclasses.replace(rt.kernel, release=release)
+            rt.plan = dataclasses.replace(rt.plan, kernel=kernel)
         return self
 
 

@@ -17,6 +17,7 @@ from lab import engine
 from lab.build.image import nodefiles
 from lab.build.image.guestimage import Image
 from lab.build.kernel import Kernel
+from lab.plan import NodePlan
 from lab.pytest_plugin import plugin
 from lab.topology import parse
 from lab.vm import virt
@@ -255,12 +256,13 @@ def test_revive_boots_a_vanished_domain_again(tmp_path: Path,
 
     monkeypatch.setattr(engine.Lab, "_wait_ready", ready)
     lab = engine.Lab(parse("nodes: [{name: cn1}]", Path("t.yaml")), tmp_path)
+    lab.run_id = "x"  # the domain the node runtime below names
     lab.run_dir.mkdir(parents=True)
     console = lab.run_dir / "console.log"
     console.write_text("boot 1\nhplab-init: ready\n[ 9.0] last words\n")
     rt = engine.NodeRuntime(
-        node=lab.topology.nodes[0], kernel=Kernel("debian:6.1", "6.1.0-x", "1", tmp_path),
-        image=Image("minimal", "k", tmp_path / "img", "ssh-ed25519 AAAA"), accel="tcg",
+        plan=NodePlan(lab.topology.nodes[0], Kernel("debian:6.1", "6.1.0-x", "1", tmp_path),
+                      Image("minimal", "k", tmp_path / "img", "ssh-ed25519 AAAA")), accel="tcg",
         domain="hplab-x-cn1", console=console, initrd=tmp_path / "initrd",
         disk=tmp_path / "disk.qcow2", boots=1)
     lab.nodes["cn1"] = rt

@@ -11,8 +11,9 @@ from lab import engine
 from lab.build.image import nodefiles
 from lab.build.image.guestimage import Image
 from lab.build.kernel import Kernel
-from lab.engine import host_pages_needed, kernel_cmdline, leaked_host_pages
+from lab.engine import host_pages_needed, leaked_host_pages
 from lab.errors import BootError, HostError, LabError
+from lab.plan import NodePlan, kernel_cmdline
 from lab.timeouts import Speed, Timeouts, parse_speed
 from lab.topology import parse
 from lab.vm import virt
@@ -339,12 +340,13 @@ def rebootable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                         lambda *a, console_from=0, **k: calls.append(f"wait from {console_from}"))
     monkeypatch.setattr(engine, "Guest", _FakeGuest)
     lab = engine.Lab(parse("nodes: [{name: cn1}]", Path("t.yaml")), tmp_path)
+    lab.run_id = "x"  # the domain the node runtime below names
     lab.run_dir.mkdir(parents=True)
     console = lab.run_dir / "console.log"
     console.write_text("first boot\nhplab-init: ready\n")
     rt = engine.NodeRuntime(
-        node=lab.topology.nodes[0], kernel=Kernel("debian:6.1", "6.1.0-x", "1", tmp_path),
-        image=Image("minimal", "k", tmp_path / "img", "ssh-ed25519 AAAA"), accel="tcg",
+        plan=NodePlan(lab.topology.nodes[0], Kernel("debian:6.1", "6.1.0-x", "1", tmp_path),
+                      Image("minimal", "k", tmp_path / "img", "ssh-ed25519 AAAA")), accel="tcg",
         domain="hplab-x-cn1", console=console, initrd=tmp_path / "initrd",
         disk=tmp_path / "disk.qcow2", guest=_FakeGuest("cn1", 40000), boots=1)  # type: ignore[arg-type]
     lab.nodes["cn1"] = rt

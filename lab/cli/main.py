@@ -8,15 +8,11 @@ import os
 import sys
 from pathlib import Path
 
+from lab import plan as plans
 from lab import topology as topologies
-from lab.build import kernelfetch
-from lab.build.image import kinds as images
 from lab.engine import (
-    NODE_DISK,
-    NODE_INITRD,
     Lab,
     RunRecord,
-    kernel_cmdline,
     owned_domains,
     reap,
     remove_work_files,
@@ -67,21 +63,24 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+DRY_RUN_ID = "DRYRUN"
+
+
+def dry_run_text(plan: plans.Plan, base: Path) -> str:
+    """What `up` would boot: each node's plan, then its domain XML as the engine writes
+    it, with the run id, SSH port (0) and accel verdict (tcg for auto) left as placeholders."""
+    out = []
+    for planned in plan.nodes:
+        accel = planned.node.accel if planned.node.accel != "auto" else "tcg"
+        spec = planned.domain_spec(run_id=DRY_RUN_ID,
+                                   node_dir=base / "runs" / DRY_RUN_ID / planned.node.name,
+                                   accel=accel, ssh_port=0)
+        out += [f"<!-- {planned.describe()} -->", virt.domain_xml(spec)]
+    return "\n".join(out)
+
+
 def _dry_run(topology: topologies.Topology, base: Path) -> int:
-    cache = cache_dir(base)
-    for node in topology.nodes:
-        kernel = kernelfetch.fetch(node.kernel, cache)
-        image = images.build(node.image, kernel, cache)
-        node_dir = base / "runs" / "DRYRUN" / node.name
-        spec = virt.DomainSpec(name=virt.domain_name("DRYRUN", node.name), run_id="DRYRUN",
-                               node=node.name, memory_mib=node.memory_mib, vcpus=node.vcpus,
-                               accel=node.accel if node.accel != "auto" else "tcg",
-                               kernel=kernel.boot_image, initrd=node_dir / NODE_INITRD,
-                               cmdline=kernel_cmdline(node, kernel.cmdline),
-                               console=node_dir / "console.log",
-                               ssh_port=0, hugepage_backing=node.backing == "hugepages-1G",
-                               disk=node_dir / NODE_DISK if image.disk else None)
-        print(virt.domain_xml(spec))
+    print(dry_run_text(plans.make(topology, cache_dir(base), _bus()), base))
     return 0
 
 
@@ -309,7 +308,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--kernel",
                    help="kernel for every node (e.g. debian:6.12, debian:6.1-cloud, "
                         "local:DIR, debug:6.1)")
-    p.add_argument("--dry-run", action="store_true", help="print the domain XML, boot nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan and each node's domain XML, boot nothing")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("down", help="destroy the lab started by 'hplab up'")
