@@ -7,13 +7,14 @@ Impossible combinations are refused here, before anything boots.
 from __future__ import annotations
 
 import re
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import yaml
 
+from lab import fields
 from lab.build import kernelspec
 from lab.errors import TopologyError
 
@@ -40,6 +41,8 @@ NODE_KEYS = {"name", "vcpus", "memory", "hugepages", "image", "kernel", "cmdline
              "uri", "backing", "module"}
 TOP_KEYS = {"name", "description", "defaults", "nodes"}
 DEFAULT_KEYS = NODE_KEYS - {"name"}
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -165,34 +168,21 @@ class _Checker:
         subject = f" {field_name}" if field_name else ""
         raise TopologyError(f"{location}{subject} {message}")
 
-    def choice(self, key: str, options: tuple[str, ...], default: str) -> str:
-        value = self.data.get(key, default)
-        if value not in options:
-            self.fail(key, f"must be one of {', '.join(options)}, got {value!r}")
-        return str(value)
-
-    def integer(self, key: str, default: int, low: int, high: int) -> int:
-        value = self.data.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.fail(key, f"must be an integer, got {value!r}")
-        if not low <= value <= high:
-            self.fail(key, f"must be between {low} and {high}, got {value}")
-        return int(value)
+    def read(self, reader: Callable[..., T], key: str, *args: Any, **kwargs: Any) -> T:
+        """``reader(self.data, key, ...)`` of lab.fields, its error reworded for this file."""
+        try:
+            return reader(self.data, key, self.where, *args, **kwargs)
+        except fields.FieldError as exc:
+            self.fail(key, exc.problem)
 
 
 def _hugepages(check: _Checker, value: object) -> HugePages | None:
     if value is None:
         return None
     sub = _Checker(check.path, check.where, value, {"size", "count"}, prefix="hugepages.")
-    size = sub.data.get("size", "1G")
-    if size not in PAGE_SIZES:
-        check.fail("hugepages.size", f"must be one of {', '.join(PAGE_SIZES)}, got {size!r}")
-    count = sub.data.get("count", 1)
-    if isinstance(count, bool) or not isinstance(count, int):
-        check.fail("hugepages.count", f"must be an integer, got {count!r}")
-    if count < 1:
-        check.fail("hugepages.count", f"must be >= 1, got {count}")
-    return HugePages(size=str(size), count=int(count))
+    size = sub.read(fields.choice, "size", tuple(PAGE_SIZES), default="1G")
+    count = sub.read(fields.integer, "count", low=1, default=1)
+    return HugePages(size=size, count=count)
 
 
 def kernel_spec(value: object, base: Path) -> str | None:
@@ -259,19 +249,19 @@ def _node(path: Path, index: int, raw: object, defaults: dict[str, Any],
     if not isinstance(cmdline, str) or any(c in cmdline for c in "\n\r\0'\"<>&"):
         check.fail("cmdline", f"must be one line of kernel arguments without quotes, got "
                    f"{cmdline!r}")
-    backing = check.choice("backing", BACKINGS, "none")
+    backing = check.read(fields.choice, "backing", BACKINGS, default="none")
     if backing == "hugepages-1G" and memory % GIB:
         check.fail("backing", f"hugepages-1G needs memory in whole GiB, got {memory // MIB}M")
     return Node(
         name=name,
-        vcpus=check.integer("vcpus", 1, 1, MAX_VCPUS),
+        vcpus=check.read(fields.integer, "vcpus", low=1, high=MAX_VCPUS, default=1),
         memory=memory,
         hugepages=hugepages,
-        image=check.choice("image", IMAGES, "minimal"),
+        image=check.read(fields.choice, "image", IMAGES, default="minimal"),
         kernel=_kernel(check, data.get("kernel", "debian:6.1")),
         cmdline=cmdline.strip(),
-        accel=check.choice("accel", ACCELS, "auto"),
-        uri=check.choice("uri", ALLOWED_URIS, "qemu:///system"),
+        accel=check.read(fields.choice, "accel", ACCELS, default="auto"),
+        uri=check.read(fields.choice, "uri", ALLOWED_URIS, default="qemu:///system"),
         backing=backing,
         module=_module_params(check, data.get("module")),
     )

@@ -367,7 +367,8 @@ def _daemon_status(**changes: object) -> dict[str, object]:
 def test_daemon_status_is_read_strictly() -> None:
     status = agent_output.parse_daemon_status(json.dumps(_daemon_status()))
     assert (status.state, status.remaps, status.tables["bridge"].generation) == ("aging", 2, 2)
-    with pytest.raises(ValueError, match="run status: field 'state' is 'sleeping'"):
+    with pytest.raises(ValueError,
+                       match=r"run status: field 'state' must be one of .*, got 'sleeping'"):
         agent_output.parse_daemon_status(json.dumps(_daemon_status(state="sleeping")))
     with pytest.raises(ValueError, match="run status flow: field 'examined'"):
         agent_output.parse_daemon_status(json.dumps(_daemon_status(tables={"flow": {
@@ -409,8 +410,8 @@ def test_parse_deepfuzz_and_what_it_never_reached() -> None:
 
 @pytest.mark.parametrize(("change", "message"), [
     ({"backend": "other"}, "field 'backend'"),
-    ({"reached": {"info": -1}}, "field 'info' is negative"),
-    ({"violation_notes": "x"}, "not a list of strings"),
+    ({"reached": {"info": -1}}, "reached: field 'info' must be >= 0, got -1"),
+    ({"violation_notes": "x"}, "field 'violation_notes' must be a list of strings"),
     ({"errno": {"INFO": {"OK": "1"}}}, "field 'OK'"),
 ])
 def test_parse_deepfuzz_names_the_bad_field(change: dict[str, Any], message: str) -> None:

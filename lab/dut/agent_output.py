@@ -8,11 +8,27 @@ field when the text is malformed. The agent's commands are described in ``kmod/R
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from lab.dut.abi import BUCKET_SIZE, Outcome
+from lab.fields import (
+    boolean,
+    choice,
+    counts,
+    integer,
+    integers,
+    load_object,
+    number,
+    obj,
+    objects,
+    opt_boolean,
+    opt_integer,
+    opt_obj,
+    opt_string,
+    string,
+    strings,
+)
 
 # The agent's names of the module's tables and backends (enum vrhp_table_id, vrhp_backend)
 TABLES = ("flow", "bridge")
@@ -22,99 +38,16 @@ BACKENDS = ("none", "btable", "hugepage")
 # ---------------------------------------------------------------- field access
 
 
-def _load(text: str, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{what}: agent output is not JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{what}: agent output is not a JSON object")
-    return data
-
-
-def _obj(d: dict[str, Any], key: str, ctx: str) -> dict[str, Any]:
-    v = d.get(key)
-    if not isinstance(v, dict):
-        raise ValueError(f"{ctx}: field '{key}' missing or not an object")
-    return v
-
-
-def _int(d: dict[str, Any], key: str, ctx: str) -> int:
-    v = d.get(key)
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise ValueError(f"{ctx}: field '{key}' missing or not an integer (got {v!r})")
-    if v < 0:
-        raise ValueError(f"{ctx}: field '{key}' is negative ({v})")
-    return v
-
-
-def _opt_int(d: dict[str, Any], key: str, ctx: str) -> int | None:
-    if key in d and d[key] is None:
-        return None
-    return _int(d, key, ctx)
-
-
-def _opt_obj(d: dict[str, Any], key: str, ctx: str) -> dict[str, Any] | None:
-    if key in d and d[key] is None:
-        return None
-    return _obj(d, key, ctx)
-
-
-def _float(d: dict[str, Any], key: str, ctx: str) -> float:
-    v = d.get(key)
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        raise ValueError(f"{ctx}: field '{key}' missing or not a number (got {v!r})")
-    return float(v)
-
-
-def _str(d: dict[str, Any], key: str, ctx: str) -> str:
-    v = d.get(key)
-    if not isinstance(v, str):
-        raise ValueError(f"{ctx}: field '{key}' missing or not a string (got {v!r})")
-    return v
-
-
-def _opt_str(d: dict[str, Any], key: str, ctx: str) -> str | None:
-    if key in d and d[key] is None:
-        return None
-    return _str(d, key, ctx)
-
-
-def _bool(d: dict[str, Any], key: str, ctx: str) -> bool:
-    v = d.get(key)
-    if not isinstance(v, bool):
-        raise ValueError(f"{ctx}: field '{key}' missing or not a boolean (got {v!r})")
-    return v
-
-
-def _opt_bool(d: dict[str, Any], key: str, ctx: str) -> bool | None:
-    if key in d and d[key] is None:
-        return None
-    return _bool(d, key, ctx)
-
-
-def _choice(d: dict[str, Any], key: str, ctx: str, choices: tuple[str, ...]) -> str:
-    v = _str(d, key, ctx)
-    if v not in choices:
-        raise ValueError(f"{ctx}: field '{key}' is {v!r}, expected one of {choices}")
-    return v
-
-
 def _outcome(d: dict[str, Any], key: str, ctx: str) -> Outcome:
-    v = _str(d, key, ctx)
-    try:
-        return Outcome[v]
-    except KeyError:
-        raise ValueError(f"{ctx}: field '{key}' is unknown outcome {v!r}") from None
+    return Outcome[choice(d, key, ctx, tuple(Outcome.__members__))]
 
 
 def _tables(d: dict[str, Any], ctx: str) -> dict[str, dict[str, Any]]:
-    tabs = _obj(d, "tables", ctx)
-    for name, v in tabs.items():
+    tabs = obj(d, "tables", ctx)
+    for name in tabs:
         if name not in TABLES:
             raise ValueError(f"{ctx}: field 'tables' has unknown table {name!r}")
-        if not isinstance(v, dict):
-            raise ValueError(f"{ctx}: field 'tables.{name}' is not an object")
+        obj(tabs, name, f"{ctx}.tables")
     return tabs
 
 
@@ -176,59 +109,54 @@ class Info:
 
 def _table_info(d: dict[str, Any], ctx: str) -> TableInfo:
     return TableInfo(
-        entries=_int(d, "entries", ctx),
-        oentries=_int(d, "oentries", ctx),
-        entry_size=_int(d, "entry_size", ctx),
-        table_bytes=_int(d, "table_bytes", ctx),
-        file_bytes=_int(d, "file_bytes", ctx),
-        backend=_choice(d, "backend", ctx, BACKENDS),
-        generation=_int(d, "generation", ctx),
-        instance=_int(d, "instance", ctx),
-        hash_seed=_int(d, "hash_seed", ctx),
-        nr_chunks=_int(d, "nr_chunks", ctx),
+        entries=integer(d, "entries", ctx, low=0),
+        oentries=integer(d, "oentries", ctx, low=0),
+        entry_size=integer(d, "entry_size", ctx, low=0),
+        table_bytes=integer(d, "table_bytes", ctx, low=0),
+        file_bytes=integer(d, "file_bytes", ctx, low=0),
+        backend=choice(d, "backend", ctx, BACKENDS),
+        generation=integer(d, "generation", ctx, low=0),
+        instance=integer(d, "instance", ctx, low=0),
+        hash_seed=integer(d, "hash_seed", ctx, low=0),
+        nr_chunks=integer(d, "nr_chunks", ctx, low=0),
     )
 
 
 def parse_info(text: str) -> Info:
     ctx = "info"
-    d = _load(text, ctx)
+    d = load_object(text, ctx, "agent output")
     tabs = _tables(d, ctx)
     tables = {}
     for name in TABLES:
         if name not in tabs:
             raise ValueError(f"{ctx}: field 'tables.{name}' missing")
         tables[name] = _table_info(tabs[name], f"{ctx}.tables.{name}")
-    segs_raw = d.get("segments")
-    if not isinstance(segs_raw, list):
-        raise ValueError(f"{ctx}: field 'segments' missing or not a list")
     segments = []
-    for i, s in enumerate(segs_raw):
+    for i, s in enumerate(objects(d, "segments", ctx)):
         sctx = f"{ctx}.segments[{i}]"
-        if not isinstance(s, dict):
-            raise ValueError(f"{sctx}: not an object")
         segments.append(
             SegmentInfo(
-                table=_choice(s, "table", sctx, TABLES),
-                path=_str(s, "path", sctx),
-                offset=_int(s, "offset", sctx),
-                uaddr=_int(s, "uaddr", sctx),
-                len=_int(s, "len", sctx),
-                page_size=_int(s, "page_size", sctx),
-                nr_hpages=_int(s, "nr_hpages", sctx),
-                contiguous=_bool(s, "contiguous", sctx),
-                vmapped=_bool(s, "vmapped", sctx),
-                detached=_bool(s, "detached", sctx),
+                table=choice(s, "table", sctx, TABLES),
+                path=string(s, "path", sctx),
+                offset=integer(s, "offset", sctx, low=0),
+                uaddr=integer(s, "uaddr", sctx, low=0),
+                len=integer(s, "len", sctx, low=0),
+                page_size=integer(s, "page_size", sctx, low=0),
+                nr_hpages=integer(s, "nr_hpages", sctx, low=0),
+                contiguous=boolean(s, "contiguous", sctx),
+                vmapped=boolean(s, "vmapped", sctx),
+                detached=boolean(s, "detached", sctx),
             )
         )
     return Info(
-        abi_version=_int(d, "abi_version", ctx),
-        module_version=_int(d, "module_version", ctx),
-        layout_version=_int(d, "layout_version", ctx),
-        agent_layout_version=_int(d, "agent_layout_version", ctx),
-        version_tag=_str(d, "version_tag", ctx),
-        mem=_choice(d, "mem", ctx, ("btable", "hugepage")),
-        state=_choice(d, "state", ctx, ("uninit", "ready")),
-        fallback=_bool(d, "fallback", ctx),
+        abi_version=integer(d, "abi_version", ctx, low=0),
+        module_version=integer(d, "module_version", ctx, low=0),
+        layout_version=integer(d, "layout_version", ctx, low=0),
+        agent_layout_version=integer(d, "agent_layout_version", ctx, low=0),
+        version_tag=string(d, "version_tag", ctx),
+        mem=choice(d, "mem", ctx, ("btable", "hugepage")),
+        state=choice(d, "state", ctx, ("uninit", "ready")),
+        fallback=boolean(d, "fallback", ctx),
         last_outcome=_outcome(d, "last_outcome", ctx),
         tables=tables,
         segments=segments,
@@ -275,9 +203,9 @@ class SetupOutcome:
 
 def parse_setup(text: str) -> SetupOutcome:
     ctx = "setup"
-    d = _load(text, ctx)
+    d = load_object(text, ctx, "agent output")
     outcome = _outcome(d, "outcome", ctx)
-    code = _int(d, "outcome_code", ctx)
+    code = integer(d, "outcome_code", ctx, low=0)
     if code != outcome.value:
         raise ValueError(
             f"{ctx}: field 'outcome_code' {code} disagrees with outcome {outcome.name}"
@@ -287,26 +215,26 @@ def parse_setup(text: str) -> SetupOutcome:
     for name, t in tabs.items():
         tctx = f"{ctx}.tables.{name}"
         tables[name] = SetupTable(
-            path=_str(t, "path", tctx),
-            offset=_int(t, "offset", tctx),
-            mapped=_bool(t, "mapped", tctx),
-            map_error=_str(t, "map_error", tctx),
-            backend=_choice(t, "backend", tctx, BACKENDS),
-            action=_choice(t, "action", tctx, ACTIONS),
-            error=_str(t, "error", tctx),
-            generation=_int(t, "generation", tctx),
-            table_bytes=_int(t, "table_bytes", tctx),
-            file_bytes=_int(t, "file_bytes", tctx),
-            mapped_bytes=_int(t, "mapped_bytes", tctx),
-            header_matches_module=_opt_bool(t, "header_matches_module", tctx),
+            path=string(t, "path", tctx),
+            offset=integer(t, "offset", tctx, low=0),
+            mapped=boolean(t, "mapped", tctx),
+            map_error=string(t, "map_error", tctx),
+            backend=choice(t, "backend", tctx, BACKENDS),
+            action=choice(t, "action", tctx, ACTIONS),
+            error=string(t, "error", tctx),
+            generation=integer(t, "generation", tctx, low=0),
+            table_bytes=integer(t, "table_bytes", tctx, low=0),
+            file_bytes=integer(t, "file_bytes", tctx, low=0),
+            mapped_bytes=integer(t, "mapped_bytes", tctx, low=0),
+            header_matches_module=opt_boolean(t, "header_matches_module", tctx),
         )
     return SetupOutcome(
         outcome=outcome,
         outcome_code=code,
-        reset=_bool(d, "reset", ctx),
-        one_file=_bool(d, "one_file", ctx),
-        mount=_str(d, "mount", ctx),
-        page_size=_int(d, "page_size", ctx),
+        reset=boolean(d, "reset", ctx),
+        one_file=boolean(d, "one_file", ctx),
+        mount=string(d, "mount", ctx),
+        page_size=integer(d, "page_size", ctx, low=0),
         tables=tables,
     )
 
@@ -334,38 +262,32 @@ class ScanTable:
 
 
 def _histogram(d: dict[str, Any], ctx: str) -> tuple[int, int, int, int, int]:
-    v = d.get("bucket_histogram")
-    if (
-        not isinstance(v, list)
-        or len(v) != BUCKET_SIZE + 1
-        or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)
-    ):
-        raise ValueError(f"{ctx}: field 'bucket_histogram' must be 5 non-negative integers")
+    v = integers(d, "bucket_histogram", ctx, low=0, length=BUCKET_SIZE + 1)
     return (v[0], v[1], v[2], v[3], v[4])
 
 
 def parse_scan(text: str) -> dict[str, ScanTable]:
     ctx = "scan"
-    d = _load(text, ctx)
+    d = load_object(text, ctx, "agent output")
     out = {}
     for name, t in _tables(d, ctx).items():
         tctx = f"{ctx}.tables.{name}"
         st = ScanTable(
-            backend=_choice(t, "backend", tctx, BACKENDS),
-            source=_str(t, "source", tctx),
-            generation=_int(t, "generation", tctx),
-            entries=_int(t, "entries", tctx),
-            oentries=_int(t, "oentries", tctx),
-            used=_int(t, "used", tctx),
-            main_used=_int(t, "main_used", tctx),
-            oflow_used=_int(t, "oflow_used", tctx),
-            oldest_last_used_ns=_int(t, "oldest_last_used_ns", tctx),
-            newest_last_used_ns=_int(t, "newest_last_used_ns", tctx),
+            backend=choice(t, "backend", tctx, BACKENDS),
+            source=string(t, "source", tctx),
+            generation=integer(t, "generation", tctx, low=0),
+            entries=integer(t, "entries", tctx, low=0),
+            oentries=integer(t, "oentries", tctx, low=0),
+            used=integer(t, "used", tctx, low=0),
+            main_used=integer(t, "main_used", tctx, low=0),
+            oflow_used=integer(t, "oflow_used", tctx, low=0),
+            oldest_last_used_ns=integer(t, "oldest_last_used_ns", tctx, low=0),
+            newest_last_used_ns=integer(t, "newest_last_used_ns", tctx, low=0),
             bucket_histogram=_histogram(t, tctx),
-            chained_buckets=_int(t, "chained_buckets", tctx),
-            bytes_scanned=_int(t, "bytes_scanned", tctx),
-            elapsed_ns=_int(t, "elapsed_ns", tctx),
-            mib_per_s=_float(t, "mib_per_s", tctx),
+            chained_buckets=integer(t, "chained_buckets", tctx, low=0),
+            bytes_scanned=integer(t, "bytes_scanned", tctx, low=0),
+            elapsed_ns=integer(t, "elapsed_ns", tctx, low=0),
+            mib_per_s=number(t, "mib_per_s", tctx),
         )
         if st.used != st.main_used + st.oflow_used:
             raise ValueError(f"{tctx}: field 'used' != main_used + oflow_used")
@@ -394,13 +316,13 @@ class TableStats:
 
 def parse_stats(text: str) -> dict[str, TableStats]:
     ctx = "stats"
-    d = _load(text, ctx)
+    d = load_object(text, ctx, "agent output")
     out = {}
     for name, t in _tables(d, ctx).items():
         tctx = f"{ctx}.tables.{name}"
         out[name] = TableStats(
             **{
-                f: _int(t, f, tctx)
+                f: integer(t, f, tctx, low=0)
                 for f in (
                     "entries",
                     "oentries",
@@ -441,17 +363,17 @@ class FillResult:
 
 def parse_fill(text: str) -> FillResult:
     ctx = "fill"
-    d = _load(text, ctx)
+    d = load_object(text, ctx, "agent output")
     r = FillResult(
-        table=_choice(d, "table", ctx, TABLES),
-        requested=_int(d, "requested", ctx),
-        inserted=_int(d, "inserted", ctx),
-        failed=_int(d, "failed", ctx),
-        first_fail_index=_opt_int(d, "first_fail_index", ctx),
-        first_fail_error=_opt_str(d, "first_fail_error", ctx),
-        first_fail_key=_opt_obj(d, "first_fail_key", ctx),
-        elapsed_ns=_int(d, "elapsed_ns", ctx),
-        entries_per_s=_float(d, "entries_per_s", ctx),
+        table=choice(d, "table", ctx, TABLES),
+        requested=integer(d, "requested", ctx, low=0),
+        inserted=integer(d, "inserted", ctx, low=0),
+        failed=integer(d, "failed", ctx, low=0),
+        first_fail_index=opt_integer(d, "first_fail_index", ctx, low=0),
+        first_fail_error=opt_string(d, "first_fail_error", ctx),
+        first_fail_key=opt_obj(d, "first_fail_key", ctx),
+        elapsed_ns=integer(d, "elapsed_ns", ctx, low=0),
+        entries_per_s=number(d, "entries_per_s", ctx),
     )
     if r.inserted + r.failed > r.requested:
         raise ValueError(f"{ctx}: field 'inserted' + 'failed' exceeds 'requested'")
@@ -466,11 +388,11 @@ def key_args(table: str, key: dict[str, Any]) -> list[str]:
     """The `vrhp-agent add/get/del` key arguments of a key object the agent printed."""
     ctx = f"{table} key"
     if table == "flow":
-        return [str(_int(key, "vrf", ctx)), _str(key, "src", ctx), _str(key, "dst", ctx),
-                str(_int(key, "proto", ctx)), str(_int(key, "sport", ctx)),
-                str(_int(key, "dport", ctx))]
+        return [str(integer(key, "vrf", ctx, low=0)), string(key, "src", ctx),
+                string(key, "dst", ctx), str(integer(key, "proto", ctx, low=0)),
+                str(integer(key, "sport", ctx, low=0)), str(integer(key, "dport", ctx, low=0))]
     if table == "bridge":
-        return [str(_int(key, "vrf", ctx)), _str(key, "mac", ctx)]
+        return [str(integer(key, "vrf", ctx, low=0)), string(key, "mac", ctx)]
     raise ValueError(f"{ctx}: unknown table")
 
 
@@ -493,18 +415,18 @@ class BenchResult:
 
 def parse_bench(text: str) -> BenchResult:
     ctx = "bench"
-    d = _load(text, ctx)
+    d = load_object(text, ctx, "agent output")
     return BenchResult(
-        fill_requested=_int(d, "fill_requested", ctx),
-        fill_inserted=_int(d, "fill_inserted", ctx),
-        fill_entries_per_s=_float(d, "fill_entries_per_s", ctx),
-        backend=_choice(d, "backend", ctx, BACKENDS),
-        scan_bytes=_int(d, "scan_bytes", ctx),
-        scan_mib_per_s=_float(d, "scan_mib_per_s", ctx),
-        map_read_mib_per_s=_float(d, "map_read_mib_per_s", ctx),
-        anon_read_mib_per_s=_float(d, "anon_read_mib_per_s", ctx),
-        scan_vs_anon=_float(d, "scan_vs_anon", ctx),
-        map_vs_anon=_float(d, "map_vs_anon", ctx),
+        fill_requested=integer(d, "fill_requested", ctx, low=0),
+        fill_inserted=integer(d, "fill_inserted", ctx, low=0),
+        fill_entries_per_s=number(d, "fill_entries_per_s", ctx),
+        backend=choice(d, "backend", ctx, BACKENDS),
+        scan_bytes=integer(d, "scan_bytes", ctx, low=0),
+        scan_mib_per_s=number(d, "scan_mib_per_s", ctx),
+        map_read_mib_per_s=number(d, "map_read_mib_per_s", ctx),
+        anon_read_mib_per_s=number(d, "anon_read_mib_per_s", ctx),
+        scan_vs_anon=number(d, "scan_vs_anon", ctx),
+        map_vs_anon=number(d, "map_vs_anon", ctx),
     )
 
 
@@ -514,13 +436,7 @@ def parse_dump(text: str) -> list[dict[str, Any]]:
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            v = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"dump: line {n} is not JSON: {e}") from None
-        if not isinstance(v, dict):
-            raise ValueError(f"dump: line {n} is not a JSON object")
-        out.append(v)
+        out.append(load_object(line, "dump", f"line {n}"))
     return out
 
 
@@ -546,19 +462,19 @@ class PatternResult:
 
 def parse_pattern(text: str) -> PatternResult:
     ctx = "pattern"
-    d = _load(text, ctx)
+    d = load_object(text, ctx, "agent output")
     return PatternResult(
-        table=_choice(d, "table", ctx, TABLES),
-        seed=_int(d, "seed", ctx),
-        backend=_choice(d, "backend", ctx, BACKENDS),
-        source=_str(d, "source", ctx),
-        bytes_written=_int(d, "bytes_written", ctx),
-        bytes_checked=_int(d, "bytes_checked", ctx),
-        mismatched_words=_int(d, "mismatched_words", ctx),
-        mismatched_bytes=_int(d, "mismatched_bytes", ctx),
-        first_mismatch_offset=_opt_int(d, "first_mismatch_offset", ctx),
-        kernel_write_ns=_int(d, "kernel_write_ns", ctx),
-        agent_read_ns=_int(d, "agent_read_ns", ctx),
+        table=choice(d, "table", ctx, TABLES),
+        seed=integer(d, "seed", ctx, low=0),
+        backend=choice(d, "backend", ctx, BACKENDS),
+        source=string(d, "source", ctx),
+        bytes_written=integer(d, "bytes_written", ctx, low=0),
+        bytes_checked=integer(d, "bytes_checked", ctx, low=0),
+        mismatched_words=integer(d, "mismatched_words", ctx, low=0),
+        mismatched_bytes=integer(d, "mismatched_bytes", ctx, low=0),
+        first_mismatch_offset=opt_integer(d, "first_mismatch_offset", ctx, low=0),
+        kernel_write_ns=integer(d, "kernel_write_ns", ctx, low=0),
+        agent_read_ns=integer(d, "agent_read_ns", ctx, low=0),
     )
 
 
@@ -576,10 +492,10 @@ class LookupResult:
 
 def parse_lookup(text: str) -> LookupResult:
     ctx = "lookup"
-    d = _load(text, ctx)
+    d = load_object(text, ctx, "agent output")
     r = LookupResult(
-        table=_choice(d, "table", ctx, TABLES),
-        **{f: _int(d, f, ctx) for f in ("lines", "found", "missing", "mismatched",
+        table=choice(d, "table", ctx, TABLES),
+        **{f: integer(d, f, ctx, low=0) for f in ("lines", "found", "missing", "mismatched",
                                           "first_bad_line")},
     )
     if r.found + r.missing + r.mismatched != r.lines:
@@ -599,11 +515,11 @@ class RemapResult:
 
 def parse_remap(text: str) -> RemapResult:
     ctx = "remap"
-    d = _load(text, ctx)
+    d = load_object(text, ctx, "agent output")
     return RemapResult(
-        table=_choice(d, "table", ctx, TABLES),
-        backend=_choice(d, "backend", ctx, BACKENDS),
-        **{f: _int(d, f, ctx) for f in ("iterations", "bad_headers", "bytes_per_map",
+        table=choice(d, "table", ctx, TABLES),
+        backend=choice(d, "backend", ctx, BACKENDS),
+        **{f: integer(d, f, ctx, low=0) for f in ("iterations", "bad_headers", "bytes_per_map",
                                           "elapsed_ns")},
     )
 
@@ -640,17 +556,17 @@ class DaemonStatus:
 
 def parse_daemon_status(text: str) -> DaemonStatus:
     ctx = "run status"
-    d = _load(text, ctx)
-    tables = _obj(d, "tables", ctx)
+    d = load_object(text, ctx, "agent output")
+    tables = obj(d, "tables", ctx)
     return DaemonStatus(
-        state=_choice(d, "state", ctx, DAEMON_STATES),
-        error=_str(d, "error", ctx),
-        tables={t: DaemonTable(mapped=_bool(_obj(tables, t, ctx), "mapped", f"{ctx} {t}"),
-                               **{f: _int(_obj(tables, t, ctx), f, f"{ctx} {t}")
+        state=choice(d, "state", ctx, DAEMON_STATES),
+        error=string(d, "error", ctx),
+        tables={t: DaemonTable(mapped=boolean(obj(tables, t, ctx), "mapped", f"{ctx} {t}"),
+                               **{f: integer(obj(tables, t, ctx), f, f"{ctx} {t}", low=0)
                                   for f in ("generation", "instance", "examined",
                                             "aged_total")})
                 for t in TABLES},
-        **{f: _int(d, f, ctx) for f in ("pid", "cycles", "module_version", "setups",
+        **{f: integer(d, f, ctx, low=0) for f in ("pid", "cycles", "module_version", "setups",
                                          "last_setup_exit", "remaps", "module_gone",
                                          "cutoff_ns", "last_cycle_ns")},
     )
@@ -697,44 +613,32 @@ class DeepFuzzRun:
         return [n for n in names if self.reached.get(n, 0) <= 0]
 
 
-def _counts(d: dict[str, Any], key: str, ctx: str) -> dict[str, int]:
-    obj = _obj(d, key, ctx)
-    return {name: _int(obj, name, f"{ctx} {key}") for name in obj}
-
-
-def _strings(d: dict[str, Any], key: str, ctx: str) -> tuple[str, ...]:
-    v = d.get(key)
-    if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
-        raise ValueError(f"{ctx}: field '{key}' missing or not a list of strings (got {v!r})")
-    return tuple(v)
-
-
 def parse_deepfuzz(text: str) -> DeepFuzzRun:
     ctx = "vrhp_deepfuzz"
     lines = [line for line in text.splitlines() if line.startswith("{")]
     if len(lines) != 1:
         raise ValueError(f"{ctx}: expected one JSON line, got {len(lines)}: {text[:300]!r}")
-    d = _load(lines[0], ctx)
+    d = load_object(lines[0], ctx, "agent output")
     if "error" in d:
         raise ValueError(f"{ctx}: could not start: {d['error']}")
-    errno_obj = _obj(d, "errno", ctx)
+    errno_obj = obj(d, "errno", ctx)
     return DeepFuzzRun(
-        backend=_choice(d, "backend", ctx, FUZZ_BACKENDS),
-        elapsed_s=_float(d, "elapsed_s", ctx),
-        calls_per_s=_float(d, "calls_per_s", ctx),
-        errno={ioc: _counts(errno_obj, ioc, f"{ctx} errno") for ioc in errno_obj},
-        outcomes=_counts(d, "outcomes", ctx),
-        ops=_counts(d, "ops", ctx),
-        op_ms=_counts(d, "op_ms", ctx),
-        events={f: _int(d, f, ctx) for f in ("sigbus", "signals", "forks", "killed",
+        backend=choice(d, "backend", ctx, FUZZ_BACKENDS),
+        elapsed_s=number(d, "elapsed_s", ctx),
+        calls_per_s=number(d, "calls_per_s", ctx),
+        errno={ioc: counts(errno_obj, ioc, f"{ctx}.errno") for ioc in errno_obj},
+        outcomes=counts(d, "outcomes", ctx),
+        ops=counts(d, "ops", ctx),
+        op_ms=counts(d, "op_ms", ctx),
+        events={f: integer(d, f, ctx, low=0) for f in ("sigbus", "signals", "forks", "killed",
                                               "skipped_ops")},
-        reached=_counts(d, "reached", ctx),
-        reach_calls=_counts(d, "reach_calls", ctx),
-        violation_notes=_strings(d, "violation_notes", ctx),
-        skipped=_strings(d, "skipped", ctx),
-        adopt=_opt_obj(d, "adopt", ctx),
-        setup=_opt_obj(d, "setup", ctx),
-        final=_opt_obj(d, "final", ctx),
-        **{f: _int(d, f, ctx) for f in ("seed", "calls", "threads", "ioctls", "ok",
+        reached=counts(d, "reached", ctx),
+        reach_calls=counts(d, "reach_calls", ctx),
+        violation_notes=strings(d, "violation_notes", ctx),
+        skipped=strings(d, "skipped", ctx),
+        adopt=opt_obj(d, "adopt", ctx),
+        setup=opt_obj(d, "setup", ctx),
+        final=opt_obj(d, "final", ctx),
+        **{f: integer(d, f, ctx, low=0) for f in ("seed", "calls", "threads", "ioctls", "ok",
                                          "violations")},
     )

@@ -53,7 +53,6 @@ ZONE_DMA, above the same floor: ``held.pool_finish_bytes`` (0 in older summaries
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import shlex
@@ -62,6 +61,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from lab import fields
 from lab.guest.memory import ZoneFree
 
 PROFILES = ("anon-pinned", "pagecache", "slab", "mixed")
@@ -275,36 +275,15 @@ class ProbeSpec:
 # --------------------------------------------------------------------------- results
 
 
-def _field(data: Mapping[str, Any], name: str, kind: type | tuple[type, ...], where: str) -> Any:
-    if name not in data:
-        raise ValueError(f"{where}: field {name!r} is missing")
-    value = data[name]
-    if (
-        isinstance(value, bool)
-        and kind is not bool
-        and (not isinstance(kind, tuple) or bool not in kind)
-    ):
-        raise ValueError(f"{where}: field {name!r} must not be a boolean")
-    if not isinstance(value, kind):
-        raise ValueError(f"{where}: field {name!r} has the wrong type ({type(value).__name__})")
-    return value
-
-
-def _buddy(data: Any, where: str) -> tuple[ZoneFree, ...]:
-    if not isinstance(data, list) or not data:
-        raise ValueError(f"{where}: expected a non-empty list of zones")
+def _buddy(data: Mapping[str, Any], name: str, where: str) -> tuple[ZoneFree, ...]:
     zones = []
-    for i, item in enumerate(data):
-        if not isinstance(item, dict):
-            raise ValueError(f"{where}[{i}]: expected an object")
-        free = _field(item, "free", list, f"{where}[{i}]")
-        if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in free):
-            raise ValueError(f"{where}[{i}].free: expected non-negative integers")
+    for i, item in enumerate(fields.objects(data, name, where, nonempty=True)):
+        zone_where = f"{where}.{name}[{i}]"
         zones.append(
             ZoneFree(
-                node=_field(item, "node", int, f"{where}[{i}]"),
-                zone=_field(item, "zone", str, f"{where}[{i}]"),
-                free=tuple(free),
+                node=fields.integer(item, "node", zone_where),
+                zone=fields.string(item, "zone", zone_where),
+                free=fields.integers(item, "free", zone_where, low=0),
             )
         )
     return tuple(zones)
@@ -375,35 +354,28 @@ class Blockers:
                 f"free pages by migratetype: {free or 'none'}")
 
 
-def _counts(data: Any, where: str) -> Mapping[str, int]:
-    if not isinstance(data, dict) or not all(
-            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
-            for k, v in data.items()):
-        raise ValueError(f"{where}: expected an object of non-negative counts")
-    return MappingProxyType(dict(data))
+def _counts(data: Mapping[str, Any], name: str, where: str,
+            default: dict[str, int] | fields.Required = fields.REQUIRED) -> Mapping[str, int]:
+    return MappingProxyType(fields.counts(data, name, where, default=default))
 
 
-def _blockers(data: Any, where: str, schema: int) -> Blockers:
-    if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected an object")
+def _blockers(summary: Mapping[str, Any], source: str, schema: int) -> Blockers:
+    data = fields.obj(summary, "blockers", source)
+    where = source + ".blockers"
     if "error" in data:
-        error = data["error"]
-        if not isinstance(error, str):
-            raise ValueError(f"{where}: field 'error' must be a string")
+        error = fields.string(data, "error", where)
         empty: Mapping[str, int] = MappingProxyType({})
         return Blockers(error, 0.0, 0, 0, empty, empty, empty, empty)
     return Blockers(
         error=None,
-        seconds=float(_field(data, "seconds", (int, float), where)),
-        blocks=_field(data, "blocks", int, where),
-        mixed_blocks=_field(data, "mixed_blocks", int, where),
-        pages=_counts(data.get("pages"), where + ".pages"),
-        blocks_with=_counts(data.get("blocks_with", {} if schema == 2 else None),
-                            where + ".blocks_with"),
-        free_pages_by_migratetype=_counts(data.get("free_pages_by_migratetype"),
-                                          where + ".free_pages_by_migratetype"),
-        pageblocks_by_migratetype=_counts(data.get("pageblocks_by_migratetype"),
-                                          where + ".pageblocks_by_migratetype"),
+        seconds=fields.number(data, "seconds", where),
+        blocks=fields.integer(data, "blocks", where),
+        mixed_blocks=fields.integer(data, "mixed_blocks", where),
+        pages=_counts(data, "pages", where),
+        blocks_with=_counts(data, "blocks_with", where,
+                            default={} if schema == 2 else fields.REQUIRED),
+        free_pages_by_migratetype=_counts(data, "free_pages_by_migratetype", where),
+        pageblocks_by_migratetype=_counts(data, "pageblocks_by_migratetype", where),
     )
 
 
@@ -455,86 +427,73 @@ _OPTIONAL_HELD = ("pool_finish_bytes",)
 
 def parse_fragment_summary(text: str, source: str = "fragment summary") -> FragmentSummary:
     """Parse the fragmenter's JSON; ValueError naming the field on anything unexpected."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{source}: not JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"{source}: expected a JSON object")
+    data = fields.load_object(text, source)
     if data.get("tool") != "hplab-fragment" or data.get("schema") not in SUMMARY_SCHEMAS:
         raise ValueError(f"{source}: not an hplab-fragment schema {SUMMARY_SCHEMA} summary")
-    num = (int, float)
-    t = _field(data, "target", dict, source)
+    t = fields.obj(data, "target", source)
+    t_where = source + ".target"
     try:
         if t.get("unusable_index") is not None:
-            target = Target.unusable(
-                _field(t, "order", int, source + ".target"),
-                float(_field(t, "unusable_index", num, source + ".target")),
-            )
+            target = Target.unusable(fields.integer(t, "order", t_where),
+                                     fields.number(t, "unusable_index", t_where))
         else:
-            target = Target.blocks(
-                _field(t, "order", int, source + ".target"),
-                _field(t, "max_free_blocks", int, source + ".target"),
-            )
+            target = Target.blocks(fields.integer(t, "order", t_where),
+                                   fields.integer(t, "max_free_blocks", t_where))
+    except fields.FieldError:
+        raise
     except ValueError as exc:
-        raise ValueError(f"{source}.target: {exc}") from exc
-    profile = _field(data, "profile", str, source)
-    if profile not in PROFILES:
-        raise ValueError(f"{source}: field 'profile' is unknown: {profile!r}")
-    reached = _field(data, "reached", bool, source)
-    reason = data.get("reason")
+        raise ValueError(f"{t_where}: {exc}") from exc
+    reached = fields.boolean(data, "reached", source)
+    reason = fields.opt_string(data, "reason", source, default=None)
     if reached and reason is not None:
         raise ValueError(f"{source}: 'reason' must be null when reached")
-    if not reached and not isinstance(reason, str):
+    if not reached and reason is None:
         raise ValueError(f"{source}: field 'reason' must say why the target was missed")
-    held = _field(data, "held", dict, source)
-    sysctl = _field(data, "sysctl_saved", dict, source)
+    held = fields.obj(data, "held", source)
+    held_where = source + ".held"
+    sysctl = fields.obj(data, "sysctl_saved", source)
     if not all(isinstance(v, str) for v in sysctl.values()):
         raise ValueError(f"{source}: field 'sysctl_saved' must map names to strings")
-    released_data = data.get("released")
+    released_data = fields.opt_obj(data, "released", source, default=None)
     released = None
     if released_data is not None:
-        if not isinstance(released_data, dict):
-            raise ValueError(f"{source}: field 'released' must be an object or null")
+        released_where = source + ".released"
         released = Release(
-            elapsed_s=float(_field(released_data, "elapsed_s", num, source + ".released")),
-            free_blocks=_field(released_data, "free_blocks", int, source + ".released"),
-            buddyinfo=_buddy(released_data.get("buddyinfo"), source + ".released.buddyinfo"),
+            elapsed_s=fields.number(released_data, "elapsed_s", released_where),
+            free_blocks=fields.integer(released_data, "free_blocks", released_where),
+            buddyinfo=_buddy(released_data, "buddyinfo", released_where),
         )
-    dir_value = data.get("dir")
-    if dir_value is not None and not isinstance(dir_value, str):
-        raise ValueError(f"{source}: field 'dir' must be a string or null")
     return FragmentSummary(
-        profile=profile,
-        seed=_field(data, "seed", int, source),
+        profile=fields.choice(data, "profile", source, PROFILES),
+        seed=fields.integer(data, "seed", source),
         target=target,
-        floor_mib=_field(data, "floor_mib", int, source),
-        timeout_s=float(_field(data, "timeout_s", num, source)),
+        floor_mib=fields.integer(data, "floor_mib", source),
+        timeout_s=fields.number(data, "timeout_s", source),
         reached=reached,
         reason=reason,
-        elapsed_s=float(_field(data, "elapsed_s", num, source)),
-        rounds=_field(data, "rounds", int, source),
-        free_blocks_before=_field(data, "free_blocks_before", int, source),
-        free_blocks_after=_field(data, "free_blocks_after", int, source),
-        unusable_index_before=float(_field(data, "unusable_index_before", num, source)),
-        unusable_index_after=float(_field(data, "unusable_index_after", num, source)),
-        memfree_kib_before=_field(data, "memfree_kib_before", int, source),
-        memfree_kib_after=_field(data, "memfree_kib_after", int, source),
-        free_outside_dma_kib_after=_field(data, "free_outside_dma_kib_after", int, source),
-        area_mib=_field(data, "area_mib", int, source),
-        thp=_field(data, "thp", bool, source) if "thp" in data else True,
-        blockers=_blockers(data.get("blockers"), source + ".blockers", data["schema"]),
-        buddyinfo_before=_buddy(data.get("buddyinfo_before"), source + ".buddyinfo_before"),
-        buddyinfo_after=_buddy(data.get("buddyinfo_after"), source + ".buddyinfo_after"),
-        bytes_held=_field(data, "bytes_held", int, source),
-        held=HeldMemory(**{name: _field(held, name, int, source + ".held")
+        elapsed_s=fields.number(data, "elapsed_s", source),
+        rounds=fields.integer(data, "rounds", source),
+        free_blocks_before=fields.integer(data, "free_blocks_before", source),
+        free_blocks_after=fields.integer(data, "free_blocks_after", source),
+        unusable_index_before=fields.number(data, "unusable_index_before", source),
+        unusable_index_after=fields.number(data, "unusable_index_after", source),
+        memfree_kib_before=fields.integer(data, "memfree_kib_before", source),
+        memfree_kib_after=fields.integer(data, "memfree_kib_after", source),
+        free_outside_dma_kib_after=fields.integer(data, "free_outside_dma_kib_after", source),
+        area_mib=fields.integer(data, "area_mib", source),
+        thp=fields.boolean(data, "thp", source, default=True),
+        blockers=_blockers(data, source, data["schema"]),
+        buddyinfo_before=_buddy(data, "buddyinfo_before", source),
+        buddyinfo_after=_buddy(data, "buddyinfo_after", source),
+        bytes_held=fields.integer(data, "bytes_held", source),
+        held=HeldMemory(**{name: fields.integer(held, name, held_where)
                            for name in HeldMemory.__dataclass_fields__
                            if name in held or name not in _OPTIONAL_HELD}),
-        dir=dir_value,
-        drop_method=_field(data, "drop_method", str, source),
+        dir=fields.opt_string(data, "dir", source, default=None),
+        drop_method=fields.string(data, "drop_method", source),
         sysctl_saved=MappingProxyType(dict(sysctl)),
-        hold=_field(data, "hold", bool, source),
-        pid=_field(data, "pid", int, source),
+        hold=fields.boolean(data, "hold", source),
+        pid=fields.integer(data, "pid", source),
         released=released,
     )
 
@@ -563,24 +522,17 @@ def parse_probe_line(line: str, source: str = "kernel log") -> ProbeResult:
     at = line.find(PROBE_PREFIX + "{")
     if at < 0:
         raise ValueError(f"{source}: no {PROBE_PREFIX.strip()} result in {line.strip()!r}")
-    try:
-        data = json.loads(line[at + len(PROBE_PREFIX) :].strip())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{source}: probe result is not JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"{source}: probe result is not an object")
-    zones = _field(data, "zones", dict, source)
-    if not all(isinstance(v, int) and v >= 0 for v in zones.values()):
-        raise ValueError(f"{source}: field 'zones' must map zone names to counts")
+    data = fields.load_object(line[at + len(PROBE_PREFIX) :].strip(), source, "probe result")
+    zones = fields.counts(data, "zones", source)
     result = ProbeResult(
-        tag=_field(data, "tag", str, source),
-        order=_field(data, "order", int, source),
-        count=_field(data, "count", int, source),
-        gfp=_field(data, "gfp", str, source),
-        succeeded=_field(data, "succeeded", int, source),
-        failed=_field(data, "failed", int, source),
+        tag=fields.string(data, "tag", source),
+        order=fields.integer(data, "order", source),
+        count=fields.integer(data, "count", source),
+        gfp=fields.string(data, "gfp", source),
+        succeeded=fields.integer(data, "succeeded", source),
+        failed=fields.integer(data, "failed", source),
         zones=MappingProxyType(dict(zones)),
-        elapsed_us=_field(data, "elapsed_us", int, source),
+        elapsed_us=fields.integer(data, "elapsed_us", source),
     )
     if result.succeeded + result.failed != result.count or sum(zones.values()) != result.succeeded:
         raise ValueError(f"{source}: probe counts do not add up: {line.strip()!r}")
