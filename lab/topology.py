@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -38,7 +38,7 @@ MAX_MEMORY = 64 * GIB
 MAX_NODES = 8
 
 NODE_KEYS = {"name", "vcpus", "memory", "hugepages", "image", "kernel", "cmdline", "accel",
-             "uri", "backing", "module"}
+             "uri", "backing"}
 TOP_KEYS = {"name", "description", "defaults", "nodes"}
 DEFAULT_KEYS = NODE_KEYS - {"name"}
 
@@ -80,7 +80,6 @@ class Node:
     accel: str
     uri: str
     backing: str
-    module: dict[str, str] = field(default_factory=dict)
 
     @property
     def memory_mib(self) -> int:
@@ -204,22 +203,6 @@ def _kernel(check: _Checker, value: object) -> str:
     return spec
 
 
-def _module_params(check: _Checker, value: object) -> dict[str, str]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        check.fail("module", f"must be a mapping of module parameters, got {value!r}")
-    params: dict[str, str] = {}
-    for key, raw in value.items():
-        if not isinstance(key, str) or not re.match(r"^[a-z_][a-z0-9_]{0,31}$", key):
-            check.fail("module", f"parameter names must be identifiers, got {key!r}")
-        text = str(raw).lower() if isinstance(raw, bool) else str(raw)
-        if not re.match(r"^[A-Za-z0-9_.,-]{1,64}$", text):
-            check.fail(f"module.{key}", f"must be a plain value, got {raw!r}")
-        params[key] = text
-    return params
-
-
 def _node(path: Path, index: int, raw: object, defaults: dict[str, Any],
           overrides: dict[str, Any]) -> Node:
     name_hint = raw.get("name") if isinstance(raw, dict) else None
@@ -263,7 +246,6 @@ def _node(path: Path, index: int, raw: object, defaults: dict[str, Any],
         accel=check.read(fields.choice, "accel", ACCELS, default="auto"),
         uri=check.read(fields.choice, "uri", ALLOWED_URIS, default="qemu:///system"),
         backing=backing,
-        module=_module_params(check, data.get("module")),
     )
 
 
