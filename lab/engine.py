@@ -1,17 +1,16 @@
 """The lab engine: a topology in, running guests out, and everything torn down again.
 
+It runs a live lab; the runs it leaves behind are lab.reap's, their files lab.rundir's.
+
 The CLI and the pytest plugin are thin front ends over `Lab`.
 """
 
 from __future__ import annotations
 
-import fcntl
 import functools
-import json
 import os
 import re
 import secrets
-import shutil
 import socket
 import struct
 import threading
@@ -32,6 +31,14 @@ from lab.guest.ssh import Guest
 from lab.guest.triage import read_from
 from lab.paths import cache_dir, runs_dir
 from lab.plan import NODE_CONSOLE, NODE_DISK, NODE_INITRD, NodePlan, Plan
+from lab.rundir import (
+    NodeState,
+    RunState,
+    SpeedState,
+    hold_owner_lock,
+    remove_work_files,
+    write_events,
+)
 from lab.shell import locked, run
 from lab.timeouts import Speed, Timeouts
 from lab.topology import Node, Topology
@@ -39,9 +46,6 @@ from lab.vm import virt
 
 CREATE_ATTEMPTS = 3
 LIBVIRT_RECONNECT_S = 60.0  # a restarted libvirtd answers after ~8 s here (host prepare)
-STATE_FILE = "state.json"
-OWNER_LOCK = "owner.lock"
-WORK_FILES = ("id_ed25519", "id_ed25519.pub")
 QEMU_LOG_DIR = Path("/var/log/libvirt/qemu")  # qemu:///system's log of each domain's QEMU
 CONSOLE_TAIL_LINES = 30
 
@@ -230,17 +234,19 @@ class NodeRuntime:
     def image(self) -> Image:
         return self.plan.image
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> NodeState:
         speed = self.speed
-        return {"domain": self.domain, "port": self.port, "uri": self.node.uri,
-                "accel": self.accel, "kernel": self.kernel.release,
-                "image": self.image.kind, "host_key": self.image.host_key,
-                "backing": self.node.backing,
-                "console": str(self.console), "boot_seconds": round(self.boot_seconds, 2),
-                "boots": self.boots, "up": self.guest is not None,
-                "slowdown": round(speed.slowdown, 3) if speed else None,
-                "speed": {"loop_s": round(speed.loop_s, 3), "memory_s": round(speed.memory_s, 3),
-                          "unclamped": round(speed.unclamped, 3)} if speed else None}
+        return NodeState(domain=self.domain, port=self.port, uri=self.node.uri,
+                         accel=self.accel, kernel=self.kernel.release,
+                         image=self.image.kind, host_key=self.image.host_key,
+                         backing=self.node.backing, console=str(self.console),
+                         boot_seconds=round(self.boot_seconds, 2), boots=self.boots,
+                         up=self.guest is not None,
+                         slowdown=round(speed.slowdown, 3) if speed else None,
+                         speed=SpeedState(loop_s=round(speed.loop_s, 3),
+                                          memory_s=round(speed.memory_s, 3),
+                                          unclamped=round(speed.unclamped, 3))
+                         if speed else None)
 
 
 class Lab:
@@ -284,8 +290,7 @@ class Lab:
     def _claim_run_dir(self) -> None:
         self.run_dir.mkdir(parents=True)
         self.run_dir.chmod(0o755)
-        self._lock_handle = (self.run_dir / OWNER_LOCK).open("w")
-        fcntl.flock(self._lock_handle, fcntl.LOCK_EX)
+        self._lock_handle = hold_owner_lock(self.run_dir)
         key = self.run_dir / "id_ed25519"
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"hplab-{self.run_id}",
              "-f", key])
@@ -513,8 +518,8 @@ class Lab:
         with self.bus.phase("destroy", rt.node.name):
             virt.destroy(self._conn(rt.node.uri), rt.domain)
 
-    @property
-    def artifacts_dir(self) -> Path:
+    def make_artifacts_dir(self) -> Path:
+        """The run's artifacts directory, created when it does not exist yet."""
         path = self.run_dir / "artifacts"
         path.mkdir(exist_ok=True)
         return path
@@ -523,118 +528,16 @@ class Lab:
         events = [{"phase": e.phase, "subject": e.subject, "state": e.state,
                    "detail": e.detail, "elapsed": e.elapsed,
                    "at": round(e.at - self.started_at, 3)} for e in self.bus.history]
-        (self.run_dir / "events.json").write_text(json.dumps(events, indent=1))
+        write_events(self.run_dir, events)
 
     def _write_state(self, status: str) -> None:
-        state = {"run_id": self.run_id, "status": status, "pid": os.getpid(),
-                 "keep": self.keep, "topology": str(self.topology.path),
-                 "host_pages": self.host_pages,
-                 "nodes": {name: rt.state() for name, rt in self.nodes.items()}}
-        tmp = self.run_dir / f".{STATE_FILE}.tmp"
-        tmp.write_text(json.dumps(state, indent=1))
-        tmp.replace(self.run_dir / STATE_FILE)
+        RunState(run_id=self.run_id, status=status, pid=os.getpid(), keep=self.keep,
+                 topology=str(self.topology.path), host_pages=self.host_pages,
+                 nodes={name: rt.state() for name, rt in self.nodes.items()}
+                 ).write(self.run_dir)
 
     def __enter__(self) -> Lab:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-# -- runs left behind -------------------------------------------------------------------
-@dataclass(frozen=True)
-class RunRecord:
-    run_id: str
-    path: Path
-    state: dict[str, Any]
-
-    @property
-    def owner_alive(self) -> bool:
-        lock = self.path / OWNER_LOCK
-        if not lock.exists():
-            return False
-        with lock.open("a") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(handle, fcntl.LOCK_UN)
-            return False
-
-
-def runs(base_dir: Path) -> list[RunRecord]:
-    records = []
-    for path in sorted(runs_dir(base_dir).iterdir(), key=lambda p: p.stat().st_mtime):
-        state_file = path / STATE_FILE
-        if state_file.exists():
-            records.append(RunRecord(path.name, path, json.loads(state_file.read_text())))
-    return records
-
-
-def leaked_host_pages(state: dict[str, Any]) -> int:
-    """Host 1 GiB pages a run whose owner died still holds in the pool."""
-    if state.get("status") not in ("starting", "running"):
-        return 0
-    return int(state.get("host_pages", 0))
-
-
-def remove_work_files(run_dir: Path) -> None:
-    """What a run needs only while its VMs live: keys, per-VM initrds and disks."""
-    for name in WORK_FILES:
-        (run_dir / name).unlink(missing_ok=True)
-    for initrd in run_dir.glob(f"*/{NODE_INITRD}"):
-        initrd.unlink(missing_ok=True)
-    for disk in run_dir.glob(f"*/{NODE_DISK}"):
-        disk.unlink(missing_ok=True)
-
-
-def reap(base_dir: Path, *, include_kept: bool = False, uri: str = "qemu:///system") -> list[str]:
-    """Destroy domains and work files of runs whose owner is gone. Returns what it removed."""
-    removed: list[str] = []
-    conn = virt.connect(uri)
-    try:
-        live_domains = set(virt.lab_domains(conn))
-        owned: set[str] = set()
-        for record in runs(base_dir):
-            domains = {n["domain"] for n in record.state.get("nodes", {}).values()}
-            kept = record.state.get("status") == "kept"
-            if record.owner_alive or (kept and not include_kept):
-                owned |= domains
-                continue
-            for name in sorted(domains & live_domains):
-                virt.destroy(conn, name)
-                removed.append(name)
-            remove_work_files(record.path)
-            leaked = leaked_host_pages(record.state)
-            if leaked:
-                virt.release_host_pages(leaked)
-                record.state["host_pages"] = 0
-            if record.state.get("status") not in ("stopped", "reaped"):
-                record.state["status"] = "reaped"
-                (record.path / STATE_FILE).write_text(json.dumps(record.state, indent=1))
-        known_runs = {r.run_id for r in runs(base_dir)}
-        for name in sorted(live_domains - owned - set(removed)):
-            run_id = name.removeprefix(virt.DOMAIN_PREFIX).split("-", 1)[0]
-            if run_id not in known_runs or include_kept:
-                virt.destroy(conn, name)
-                removed.append(name)
-    finally:
-        conn.close()
-    return removed
-
-
-def owned_domains(base_dir: Path) -> set[str]:
-    """Domains of runs whose owner still runs, or that were kept on purpose."""
-    return {n["domain"] for r in runs(base_dir)
-            if r.owner_alive or r.state.get("status") == "kept"
-            for n in r.state.get("nodes", {}).values()}
-
-
-def stray_qemu(processes: list[str], owned: set[str]) -> list[str]:
-    """QEMU command lines of lab domains no live or kept run owns."""
-    return [line for line in processes
-            if not any(f"guest={domain}," in line for domain in owned)]
-
-
-def remove_run(record: RunRecord) -> None:
-    shutil.rmtree(record.path, ignore_errors=True)

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from vrhp_support import HUGETLB_1G, RecordProperty, mount_1g
 
-from lab import engine
+from lab import reap
 from lab.build import guesttools
 from lab.dut.kmod import hugepage_pool
 from lab.engine import Lab
@@ -132,13 +132,13 @@ def _inner_limit(pid: int) -> Bound:
     slowest guest measured, the largest accepted until then."""
     timeouts = Timeouts()
     with contextlib.suppress(OSError, ValueError):  # a run directory in the making
-        for record in engine.runs(lab_dir(None)):
-            if record.state.get("pid") != pid:
+        for record in reap.runs(lab_dir(None)):
+            if record.state.pid != pid:
                 continue
-            for node in record.state.get("nodes", {}).values():
-                if node.get("slowdown") is not None and (
-                        timeouts.slowdown is None or node["slowdown"] > timeouts.slowdown):
-                    timeouts = Timeouts(accel=node["accel"], slowdown=node["slowdown"])
+            for node in record.state.nodes.values():
+                if node.slowdown is not None and (
+                        timeouts.slowdown is None or node.slowdown > timeouts.slowdown):
+                    timeouts = Timeouts(accel=node.accel, slowdown=node.slowdown)
     return timeouts.bound(INNER_LIMIT_S)
 
 
@@ -211,7 +211,7 @@ def test_killed_pytest_is_reaped(tmp_path: Path, inner_kernel: str,
         proc.wait(timeout=30)
         assert domain in _domains(), "the domain should outlive a SIGKILLed pytest"
         started = time.monotonic()
-        removed = engine.reap(lab_dir(None))
+        removed = reap.reap(lab_dir(None))
         record_property("reap_seconds", round(time.monotonic() - started, 1))
         assert domain in removed
         assert domain not in _domains()

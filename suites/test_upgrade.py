@@ -81,7 +81,7 @@ def upgrade_times(lab: Lab, node_name: str) -> Iterator[dict[str, dict[str, floa
     times: dict[str, dict[str, float]] = {}
     yield times
     if times:
-        path = lab.artifacts_dir / f"upgrade-times-{node_name}.json"
+        path = lab.make_artifacts_dir() / f"upgrade-times-{node_name}.json"
         path.write_text(json.dumps(times, indent=1))
 
 

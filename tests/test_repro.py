@@ -69,7 +69,7 @@ def test_replay_script_pins_kernel_seed_and_sources(tmp_path: Path) -> None:
 
 def test_step_is_recorded_like_a_test_result() -> None:
     step = repro.Step("btable-insmod-fails", True, "Cannot allocate memory", {"chunks": 2})
-    assert step.result() == {"nodeid": "repro::btable-insmod-fails", "outcome": "passed",
+    assert step.result().to_json() == {"nodeid": "repro::btable-insmod-fails", "outcome": "passed",
                              "duration": 0.0, "reason": "Cannot allocate memory",
                              "properties": {"chunks": "2"}}
 

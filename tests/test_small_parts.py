@@ -304,7 +304,7 @@ def test_a_retired_guest_never_reconnects(tmp_path: Path) -> None:
 
 
 def test_reap_counts_only_qemu_no_live_run_owns() -> None:
-    from lab.engine import stray_qemu
+    from lab.reap import stray_qemu
     lines = ["101 qemu-system-x86_64 -name guest=hplab-aaaa-cn1,debug-threads=on -S",
              "102 qemu-system-x86_64 -name guest=hplab-bbbb-cn1,debug-threads=on -S"]
     assert stray_qemu(lines, {"hplab-aaaa-cn1"}) == [lines[1]]

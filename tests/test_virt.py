@@ -11,9 +11,11 @@ from lab import engine
 from lab.build.image import nodefiles
 from lab.build.image.guestimage import Image
 from lab.build.kernel import Kernel
-from lab.engine import host_pages_needed, leaked_host_pages
+from lab.engine import host_pages_needed
 from lab.errors import BootError, HostError, LabError
 from lab.plan import NodePlan, kernel_cmdline
+from lab.reap import leaked_host_pages
+from lab.rundir import OWNER_LOCK, STATE_FILE, RunState
 from lab.timeouts import Speed, Timeouts, parse_speed
 from lab.topology import parse
 from lab.vm import virt
@@ -264,7 +266,8 @@ def test_host_pages_needed_cover_all_guest_ram(text: str, pages: int) -> None:
 ])
 def test_reap_gives_back_only_pages_a_dead_run_still_holds(state: dict[str, object],
                                                            pages: int) -> None:
-    assert leaked_host_pages(state) == pages
+    run = {"run_id": "abcd1234", "pid": 1, "keep": False, "topology": "t.yaml"}
+    assert leaked_host_pages(RunState.from_json(run | state, "state.json")) == pages
 
 
 class _FakeConn:
@@ -366,7 +369,7 @@ def test_reboot_boots_a_new_domain_after_the_old_one_is_gone(
                      f"wait from {rt.console.stat().st_size}"]  # not the old ready mark
     assert isinstance(rt.guest, _FakeGuest) and rt.guest is not old
     assert rt.guest.port == rt.port and rt.boots == 2
-    state = json.loads((lab.run_dir / engine.STATE_FILE).read_text())
+    state = json.loads((lab.run_dir / STATE_FILE).read_text())
     assert state["nodes"]["cn1"]["boots"] == 2 and state["nodes"]["cn1"]["up"]
     # the new boot's speed, measured once it answered, scales every later bound
     assert state["nodes"]["cn1"]["slowdown"] == 2.0
@@ -394,7 +397,7 @@ def test_a_reboot_that_never_answers_leaves_no_domain_and_says_the_node_is_down(
         lab.reboot("cn1")
     assert calls[-2:] == ["create hplab-x-cn1", "destroy hplab-x-cn1"]
     assert rt.guest is None
-    state = json.loads((lab.run_dir / engine.STATE_FILE).read_text())
+    state = json.loads((lab.run_dir / STATE_FILE).read_text())
     assert state["status"] == "running" and not state["nodes"]["cn1"]["up"]
     with pytest.raises(LabError, match="node 'cn1' is not running"):
         lab.guest("cn1")
@@ -443,14 +446,14 @@ def test_stop_runs_every_step_when_some_fail_and_names_them(
     monkeypatch.setattr(engine, "remove_work_files", disk_busy)
     released: list[str] = []
     lab._host_resources.callback(lambda: released.append("pool"))
-    lab._lock_handle = (lab.run_dir / engine.OWNER_LOCK).open("w")
+    lab._lock_handle = (lab.run_dir / OWNER_LOCK).open("w")
     with pytest.raises(LabError) as raised:
         lab.stop()
     message = str(raised.value)
     assert "destroy hplab-x-cn1: libvirt: cannot destroy hplab-x-cn1" in message
     assert "remove work files: [Errno 16] Device or resource busy" in message
     assert released == ["pool"] and lab._lock_handle is None and not lab._conns
-    assert json.loads((lab.run_dir / engine.STATE_FILE).read_text())["status"] == "stopped"
+    assert json.loads((lab.run_dir / STATE_FILE).read_text())["status"] == "stopped"
 
 
 def test_a_connection_gets_keepalive_on_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:

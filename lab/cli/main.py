@@ -3,27 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
 from lab import plan as plans
 from lab import topology as topologies
-from lab.engine import (
-    Lab,
-    RunRecord,
-    owned_domains,
-    reap,
-    remove_work_files,
-    runs,
-    stray_qemu,
-)
+from lab.engine import Lab
 from lab.errors import LabError
 from lab.events import EventBus, ProgressPrinter
 from lab.fragment.spec import PROFILES
 from lab.host import prepare as hostprep
 from lab.paths import cache_dir, lab_dir
+from lab.reap import RunRecord, owned_domains, reap, runs, stray_qemu
+from lab.rundir import NodeState, remove_work_files
 from lab.vm import virt
 
 
@@ -40,7 +33,7 @@ def _load(args: argparse.Namespace) -> topologies.Topology:
 
 
 def _kept_runs(base: Path, run_id: str | None) -> list[RunRecord]:
-    records = [r for r in runs(base) if r.state.get("status") in ("kept", "running")]
+    records = [r for r in runs(base) if r.state.status in ("kept", "running")]
     if run_id:
         records = [r for r in records if r.run_id == run_id]
         if not records:
@@ -92,23 +85,22 @@ def cmd_down(args: argparse.Namespace) -> int:
         return 0
     for record in records if args.all or args.run else records[-1:]:
         conns: dict[str, object] = {}
-        for name, node in record.state.get("nodes", {}).items():
-            uri = node["uri"]
-            conns.setdefault(uri, virt.connect(uri))
-            virt.destroy(conns[uri], node["domain"])
-            print(f"destroyed {node['domain']} ({name})")
-        record.state["status"] = "stopped"
-        (record.path / "state.json").write_text(json.dumps(record.state, indent=1))
+        for name, node in record.state.nodes.items():
+            conns.setdefault(node.uri, virt.connect(node.uri))
+            virt.destroy(conns[node.uri], node.domain)
+            print(f"destroyed {node.domain} ({name})")
+        record.state.status = "stopped"
+        record.state.write(record.path)
         remove_work_files(record.path)
     return 0
 
 
-def _node_state(args: argparse.Namespace) -> tuple[RunRecord, dict[str, object]]:
+def _node_state(args: argparse.Namespace) -> tuple[RunRecord, NodeState]:
     records = _kept_runs(lab_dir(args.lab_dir), args.run)
     if not records:
         raise LabError("no lab is up: start one with 'hplab up TOPOLOGY'")
     record = records[-1]
-    nodes = record.state.get("nodes", {})
+    nodes = record.state.nodes
     if args.node not in nodes:
         raise LabError(f"lab {record.run_id} has no node {args.node!r} "
                        f"(nodes: {', '.join(nodes)})")
@@ -118,8 +110,8 @@ def _node_state(args: argparse.Namespace) -> tuple[RunRecord, dict[str, object]]
 def cmd_ssh(args: argparse.Namespace) -> int:
     record, node = _node_state(args)
     known = record.path / "known_hosts"
-    known.write_text(f"[127.0.0.1]:{node['port']} {node['host_key']}\n")
-    argv = ["ssh", "-i", str(record.path / "id_ed25519"), "-p", str(node["port"]),
+    known.write_text(f"[127.0.0.1]:{node.port} {node.host_key}\n")
+    argv = ["ssh", "-i", str(record.path / "id_ed25519"), "-p", str(node.port),
             "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes",
             "-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR", "root@127.0.0.1",
             *args.command]
@@ -129,7 +121,7 @@ def cmd_ssh(args: argparse.Namespace) -> int:
 
 def cmd_console(args: argparse.Namespace) -> int:
     _, node = _node_state(args)
-    sys.stdout.write(Path(str(node["console"])).read_text(errors="replace"))
+    sys.stdout.write(Path(node.console).read_text(errors="replace"))
     return 0
 
 
@@ -139,12 +131,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     live = set(virt.lab_domains(conn))
     conn.close()
     for record in runs(base)[-args.last:]:
-        nodes = record.state.get("nodes", {})
-        up = sum(1 for n in nodes.values() if n["domain"] in live)
-        owner = "owner alive" if record.owner_alive else "no owner"
-        print(f"{record.run_id}  {record.state.get('status'):8}  {up}/{len(nodes)} domains up  "
-              f"{owner}  {record.state.get('topology')}")
-    stray = live - {n["domain"] for r in runs(base) for n in r.state.get("nodes", {}).values()}
+        nodes = record.state.nodes
+        up = sum(1 for n in nodes.values() if n.domain in live)
+        owner = "owner alive" if record.probe_owner_lock() else "no owner"
+        print(f"{record.run_id}  {record.state.status:8}  {up}/{len(nodes)} domains up  "
+              f"{owner}  {record.state.topology}")
+    stray = live - {domain for r in runs(base) for domain in r.state.domains()}
     for name in sorted(stray):
         print(f"stray domain {name} (no run directory; 'hplab reap' removes it)")
     return 0

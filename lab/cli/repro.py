@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 import shutil
 import subprocess
@@ -20,6 +19,7 @@ from lab.events import EventBus
 from lab.fragment.driver import FragmentRun, GuestFragmenter
 from lab.fragment.spec import DEFAULT_FLOOR_MIB, FragmentSpec, Target
 from lab.report.html import write_report
+from lab.rundir import ResultEntry, write_results
 
 
 @dataclass(frozen=True)
@@ -44,10 +44,11 @@ class Step:
     detail: str = ""
     data: dict[str, Any] = field(default_factory=dict)
 
-    def result(self) -> dict[str, object]:
-        return {"nodeid": f"repro::{self.name}", "outcome": "passed" if self.passed else "failed",
-                "duration": 0.0, "reason": self.detail, "properties": {
-                    k: str(v) for k, v in self.data.items()}}
+    def result(self) -> ResultEntry:
+        return ResultEntry(nodeid=f"repro::{self.name}",
+                           outcome="passed" if self.passed else "failed", duration=0.0,
+                           reason=self.detail,
+                           properties={k: str(v) for k, v in self.data.items()})
 
 
 def prepare(request: ReproRequest) -> tuple[topologies.Topology, str, FragmentSpec]:
@@ -166,17 +167,16 @@ def run(request: ReproRequest, base_dir: Path, bus: EventBus) -> tuple[Path, lis
             steps.append(_try_btable(rt, module))
         with bus.phase("hugepage", node, "insmod mem=hugepage, setup, fill"):
             steps.append(_try_hugepage(module))
-        (lab.artifacts_dir / f"dmesg-{node}.txt").write_text(guest.check("dmesg"))
+        (lab.make_artifacts_dir() / f"dmesg-{node}.txt").write_text(guest.check("dmesg"))
         fragmenter.release()
         kmod.reset_guest(guest)
         write_replay(lab.run_dir, request, topology, rt.kernel.release, node)
     finally:
         if fragment is not None:
-            (lab.artifacts_dir / f"fragment-{spec.profile}-{node}.json").write_text(
+            (lab.make_artifacts_dir() / f"fragment-{spec.profile}-{node}.json").write_text(
                 fragment.to_json())
         if lab.run_dir.exists():
-            (lab.run_dir / "results.json").write_text(
-                json.dumps([s.result() for s in steps], indent=1))
+            write_results(lab.run_dir, [s.result() for s in steps])
         lab.stop()
         if lab.run_dir.exists():
             with bus.phase("report", node, str(lab.run_dir / "report.html")):

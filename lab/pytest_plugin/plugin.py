@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import signal
 import sys
@@ -27,6 +26,7 @@ from lab.paths import lab_dir
 from lab.report.compare import compare_paths
 from lab.report.html import COMPARE_NAME, write_compare, write_report
 from lab.report.results import bounded
+from lab.rundir import ResultEntry, write_results
 from lab.timeouts import Timeouts
 from lab.topology import PAGE_SIZES, Node, Topology
 
@@ -85,7 +85,7 @@ class LabSession:
         self._failure: BaseException | None = None
         self.watches: dict[str, triage.ConsoleWatch] = {}
         self.untouched: set[str] = set()  # nodes booted since the last test ended
-        self.results: dict[str, dict[str, object]] = {}
+        self.results: dict[str, ResultEntry] = {}
         self.deaths: dict[str, list[NodeDied]] = {}
         self.revivals: dict[str, int] = {}
         self.retired_for: list[str] = []  # why the Guests of dead nodes refuse commands
@@ -269,19 +269,16 @@ class LabSession:
         return result
 
     def record(self, report: pytest.TestReport, properties: list[tuple[str, object]]) -> None:
-        entry = self.results.setdefault(report.nodeid, {"nodeid": report.nodeid,
-                                                        "outcome": "passed", "duration": 0.0})
-        previous = entry["duration"]
-        assert isinstance(previous, float)
-        entry["duration"] = round(previous + report.duration, 3)
+        entry = self.results.setdefault(report.nodeid, ResultEntry(report.nodeid))
+        entry.duration = round(entry.duration + report.duration, 3)
         if report.failed:
-            entry["outcome"] = "failed" if report.when == "call" else "error"
-            entry["message"] = _joined(str(entry.get("message", "")), failure_message(report))
-        elif report.skipped and entry["outcome"] == "passed":
-            entry["outcome"] = "skipped"
-            entry["reason"] = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) \
+            entry.outcome = "failed" if report.when == "call" else "error"
+            entry.message = _joined(entry.message or "", failure_message(report))
+        elif report.skipped and entry.outcome == "passed":
+            entry.outcome = "skipped"
+            entry.reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) \
                 else str(report.longrepr)
-        entry["properties"] = {str(k): str(v) for k, v in properties}
+        entry.properties = {str(k): str(v) for k, v in properties}
 
     def close(self) -> None:
         if self._lab is None:
@@ -294,8 +291,7 @@ class LabSession:
             self._lab.stop()
         finally:
             self._lab = None
-            (run_dir / "results.json").write_text(json.dumps(list(self.results.values()),
-                                                             indent=1))
+            write_results(run_dir, self.results.values())
             try:
                 write_report(run_dir)
             except (LabError, OSError) as exc:  # the report never hides the run's own outcome
@@ -440,7 +436,7 @@ def _dmesg_sections(session: LabSession, marks: dict[str, str | None]
 def _save_dmesg(lab: Lab, nodeid: str, node: str, text: str) -> str:
     """The test's dmesg as an artifact; returns its path relative to the run directory."""
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", nodeid).strip("_")[-120:]
-    path = lab.artifacts_dir / "dmesg" / f"{name}-{node}.txt"
+    path = lab.make_artifacts_dir() / "dmesg" / f"{name}-{node}.txt"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return str(path.relative_to(lab.run_dir))
@@ -806,4 +802,4 @@ def fragmented(fragmenter: GuestFragmenter, node: NodeRuntime, lab: Lab) -> Iter
     yield make
     for run in runs:
         name = f"fragment-{run.spec.profile}-{node.node.name}.json"
-        (lab.artifacts_dir / name).write_text(run.to_json())
+        (lab.make_artifacts_dir() / name).write_text(run.to_json())

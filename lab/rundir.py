@@ -1,0 +1,218 @@
+"""The files of a run directory, `<lab dir>/runs/<run id>/`, read and written in one place.
+
+This module's one job: own the shape of the files a run leaves behind. ``state.json`` is
+a typed :class:`RunState` (its nodes :class:`NodeState`), read strictly with errors that
+name the file and the field; ``results.json`` is a list of :class:`ResultEntry`; the
+owner's ``owner.lock``; and the work files only live VMs need. Every file is written
+atomically (a temporary file renamed over the old one), so a reader never sees half of
+one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from lab import fields
+from lab.plan import NODE_DISK, NODE_INITRD
+
+STATE_FILE = "state.json"
+RESULTS_FILE = "results.json"
+EVENTS_FILE = "events.json"
+OWNER_LOCK = "owner.lock"
+WORK_FILES = ("id_ed25519", "id_ed25519.pub")
+STATUSES = ("starting", "running", "kept", "stopped", "reaped")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to a temporary file beside `path` and rename it over `path`."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+# -- state.json ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SpeedState:
+    """A boot's measured speed (lab.timeouts.Speed), rounded as state.json keeps it."""
+
+    loop_s: float
+    memory_s: float
+    unclamped: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"loop_s": self.loop_s, "memory_s": self.memory_s, "unclamped": self.unclamped}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], source: str) -> SpeedState:
+        return cls(loop_s=fields.number(data, "loop_s", source),
+                   memory_s=fields.number(data, "memory_s", source),
+                   unclamped=fields.number(data, "unclamped", source))
+
+
+@dataclass
+class NodeState:
+    """One node of a run as state.json records it."""
+
+    domain: str
+    port: int
+    uri: str
+    accel: str
+    kernel: str
+    image: str
+    host_key: str
+    console: str
+    backing: str = "none"
+    boot_seconds: float = 0.0
+    boots: int = 0
+    up: bool = False
+    slowdown: float | None = None
+    speed: SpeedState | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"domain": self.domain, "port": self.port, "uri": self.uri,
+                "accel": self.accel, "kernel": self.kernel, "image": self.image,
+                "host_key": self.host_key, "backing": self.backing, "console": self.console,
+                "boot_seconds": self.boot_seconds, "boots": self.boots, "up": self.up,
+                "slowdown": self.slowdown,
+                "speed": self.speed.to_json() if self.speed is not None else None}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], source: str) -> NodeState:
+        """Strictly; fields later versions added (backing, boots, up, speed) default."""
+        speed = fields.opt_obj(data, "speed", source, default=None)
+        slowdown = None if data.get("slowdown") is None else fields.number(
+            data, "slowdown", source)
+        return cls(domain=fields.string(data, "domain", source),
+                   port=fields.integer(data, "port", source, low=0),
+                   uri=fields.string(data, "uri", source),
+                   accel=fields.string(data, "accel", source),
+                   kernel=fields.string(data, "kernel", source),
+                   image=fields.string(data, "image", source),
+                   host_key=fields.string(data, "host_key", source),
+                   console=fields.string(data, "console", source),
+                   backing=fields.string(data, "backing", source, default="none"),
+                   boot_seconds=fields.number(data, "boot_seconds", source, default=0.0),
+                   boots=fields.integer(data, "boots", source, low=0, default=0),
+                   up=fields.boolean(data, "up", source, default=False),
+                   slowdown=slowdown,
+                   speed=None if speed is None else SpeedState.from_json(
+                       speed, f"{source}.speed"))
+
+
+@dataclass
+class RunState:
+    """What state.json says about a run: its status, owner pid and nodes."""
+
+    run_id: str
+    status: str
+    pid: int
+    keep: bool
+    topology: str
+    host_pages: int = 0  # host 1 GiB pages the run holds in the pool
+    nodes: dict[str, NodeState] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "status": self.status, "pid": self.pid,
+                "keep": self.keep, "topology": self.topology, "host_pages": self.host_pages,
+                "nodes": {name: node.to_json() for name, node in self.nodes.items()}}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], source: str) -> RunState:
+        nodes = fields.obj(data, "nodes", source, default={})
+        for name, node in nodes.items():
+            if not isinstance(node, dict):
+                raise fields.FieldError(f"{source}.nodes", str(name), "must be an object")
+        return cls(run_id=fields.string(data, "run_id", source),
+                   status=fields.choice(data, "status", source, STATUSES),
+                   pid=fields.integer(data, "pid", source),
+                   keep=fields.boolean(data, "keep", source),
+                   topology=fields.string(data, "topology", source),
+                   host_pages=fields.integer(data, "host_pages", source, low=0, default=0),
+                   nodes={name: NodeState.from_json(node, f"{source}.nodes.{name}")
+                          for name, node in nodes.items()})
+
+    def domains(self) -> set[str]:
+        return {node.domain for node in self.nodes.values()}
+
+    def write(self, run_dir: Path) -> None:
+        """state.json in `run_dir`, atomically."""
+        write_atomic(run_dir / STATE_FILE, json.dumps(self.to_json(), indent=1))
+
+
+def read_state(run_dir: Path) -> RunState:
+    """The state.json of `run_dir`; ValueError naming the file (and field) when it is not
+    what the engine writes."""
+    path = run_dir / STATE_FILE
+    return RunState.from_json(fields.load_object(path.read_text(), str(path), "state"),
+                              str(path))
+
+
+# -- results.json --------------------------------------------------------------------------
+@dataclass
+class ResultEntry:
+    """One test in results.json; `message` and `reason` are left out while None."""
+
+    nodeid: str
+    outcome: str = "passed"
+    duration: float = 0.0
+    properties: dict[str, str] = field(default_factory=dict)
+    message: str | None = None
+    reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {"nodeid": self.nodeid, "outcome": self.outcome,
+                                 "duration": self.duration}
+        if self.message is not None:
+            entry["message"] = self.message
+        if self.reason is not None:
+            entry["reason"] = self.reason
+        entry["properties"] = dict(self.properties)
+        return entry
+
+
+def write_results(run_dir: Path, entries: Iterable[ResultEntry]) -> None:
+    """results.json in `run_dir`, atomically."""
+    write_atomic(run_dir / RESULTS_FILE, json.dumps([e.to_json() for e in entries], indent=1))
+
+
+def write_events(run_dir: Path, events: list[dict[str, Any]]) -> None:
+    """events.json in `run_dir`, atomically."""
+    write_atomic(run_dir / EVENTS_FILE, json.dumps(events, indent=1))
+
+
+# -- the owner's lock and the work files ---------------------------------------------------
+def hold_owner_lock(run_dir: Path) -> IO[str]:
+    """Take the run's owner lock; held until the returned file is closed."""
+    handle = (run_dir / OWNER_LOCK).open("w")
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    return handle
+
+
+def owner_holds_lock(run_dir: Path) -> bool:
+    """Whether a live process holds `run_dir`'s owner lock. Checks by taking the flock
+    without waiting and releasing it at once."""
+    lock = run_dir / OWNER_LOCK
+    if not lock.exists():
+        return False
+    with lock.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
+def remove_work_files(run_dir: Path) -> None:
+    """What a run needs only while its VMs live: keys, per-VM initrds and disks."""
+    for name in WORK_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    for initrd in run_dir.glob(f"*/{NODE_INITRD}"):
+        initrd.unlink(missing_ok=True)
+    for disk in run_dir.glob(f"*/{NODE_DISK}"):
+        disk.unlink(missing_ok=True)
