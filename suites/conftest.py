@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from vrhp_support import RecordProperty
 
 from lab.dut import kmod
+from lab.dut.install import ModuleBuilds, install
 from lab.dut.kmod import GuestModule
 from lab.engine import Lab
 from lab.pytest_plugin.plugin import LabSession, hugepage_shortfall
@@ -38,28 +38,22 @@ def fuzz_calls(request: pytest.FixtureRequest) -> int:
 
 
 @pytest.fixture(scope="class")
-def class_module(request: pytest.FixtureRequest, lab: Lab, lab_session: LabSession,
-                 node_name: str, vrhp_builds: dict[tuple[str, int, int], Any],
-                 ) -> Iterator[GuestModule]:
+def class_module(request: pytest.FixtureRequest, lab: Lab, node_name: str,
+                 vrhp_builds: ModuleBuilds) -> Iterator[GuestModule]:
     """vrhp v1 installed (not loaded) for every test of a class; reset at the end.
 
     The plugin's `vrhp` fixture is per test; tables that take seconds to build (a
     1.2 GiB flow table is zeroed twice) are built once per class through this one.
     """
-    reason = hugepage_shortfall(lab_session.topology.node(node_name),
+    reason = hugepage_shortfall(lab.topology.node(node_name),
                                 request.node.get_closest_marker("hugepages"))
     if reason:
         pytest.skip(reason)
     runtime = lab.nodes[node_name]
     guest = lab.guest(node_name)
-    key = (runtime.kernel.release, 1, 1)
-    if key not in vrhp_builds:
-        with lab.bus.phase("kmod-build", node_name, "v1 layout 1"):
-            vrhp_builds[key] = kmod.build(runtime.kernel, lab.cache,
-                                          source=lab_session.kmod_source,
-                                          defect=lab_session.kmod_defect)
+    vrhp_builds.build(runtime.kernel, node_name)  # a failed build leaves the guest as it was
     kmod.reset_guest(guest)
-    module = GuestModule(guest, vrhp_builds[key]).install()
+    module = install(guest, runtime.kernel, vrhp_builds)
     yield module
     kmod.reset_guest(guest)
 

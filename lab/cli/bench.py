@@ -10,6 +10,7 @@ from pathlib import Path
 from lab import topology as topologies
 from lab.dut import kmod
 from lab.dut.agent_output import BenchResult, parse_bench
+from lab.dut.install import ModuleBuilds, install
 from lab.engine import Lab
 from lab.errors import LabError
 from lab.events import EventBus
@@ -118,9 +119,7 @@ def vrhp_run(topology_path: Path, repeat: int, entries: int, base_dir: Path, bus
     with Lab(topology, base_dir, bus) as lab:
         rt = lab.nodes[node]
         guest = lab.guest(node)
-        with bus.phase("kmod-build", node, rt.kernel.release):
-            build = kmod.build(rt.kernel, lab.cache, source=kmod_source)
-        module = kmod.GuestModule(guest, build).install()
+        module = install(guest, rt.kernel, ModuleBuilds(lab.cache, bus, kmod_source))
         for backend in ("hugepage", "btable"):
             for seed in range(1, repeat + 1):
                 module.load(mem=backend)

@@ -12,6 +12,7 @@ from typing import Any
 from lab import topology as topologies
 from lab.dut import kmod
 from lab.dut.abi import Outcome
+from lab.dut.install import ModuleBuilds, install
 from lab.dut.sizing import bridge_sizes, btable_failure, flow_sizes
 from lab.engine import Lab, NodeRuntime
 from lab.errors import LabError
@@ -148,9 +149,7 @@ def run(request: ReproRequest, base_dir: Path, bus: EventBus) -> tuple[Path, lis
         lab.start()
         rt = lab.nodes[node]
         guest = lab.guest(node)
-        with bus.phase("kmod-build", node, rt.kernel.release):
-            build = kmod.build(rt.kernel, lab.cache, source=request.kmod_source)
-        module = kmod.GuestModule(guest, build).install()
+        module = install(guest, rt.kernel, ModuleBuilds(lab.cache, bus, request.kmod_source))
         fragmenter = GuestFragmenter(guest, rt.kernel, lab.cache)
         with bus.phase("fragment", node, f"{spec.profile}, seed {spec.seed}"):
             fragment = fragmenter.fragment(spec)

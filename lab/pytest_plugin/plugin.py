@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Generator, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -29,6 +29,9 @@ from lab.report.results import bounded
 from lab.rundir import ResultEntry, write_results
 from lab.timeouts import Timeouts
 from lab.topology import PAGE_SIZES, Node, Topology
+
+if TYPE_CHECKING:
+    from lab.dut.install import ModuleBuilds
 
 DEFAULT_TOPOLOGY = "topologies/single.yaml"
 MAX_REVIVALS = 3  # per node and session
@@ -697,34 +700,31 @@ def host(guest: Guest) -> Any:
 
 
 @pytest.fixture(scope="session")
-def vrhp_builds() -> dict[tuple[str, int, int], Any]:
-    """Module builds of this session, by (kernel release, version, layout)."""
-    return {}
+def vrhp_builds(lab: Lab, lab_session: LabSession) -> ModuleBuilds:
+    """Module builds of this session, by (kernel release, version, layout), from the
+    session's module sources with its planted defect (--kmod-defect), if any."""
+    from lab.dut.install import ModuleBuilds
+
+    return ModuleBuilds(lab.cache, lab.bus, lab_session.kmod_source, lab_session.kmod_defect)
 
 
 @pytest.fixture
 def vrhp_variant(request: pytest.FixtureRequest, guest: Guest, node: NodeRuntime, lab: Lab,
-                 lab_session: LabSession,
-                 vrhp_builds: dict[tuple[str, int, int], Any]) -> Iterator[Any]:
+                 lab_session: LabSession, vrhp_builds: ModuleBuilds) -> Iterator[Any]:
     """Builds vrhp of a version and layout for the node's kernel and installs it.
 
     At teardown the module is unloaded and the agent's huge-page files are removed, so
     every test starts with the whole pool free.
     """
     from lab.dut import kmod
+    from lab.dut.install import install
 
     def make(version: int = 1, layout: int = 1) -> kmod.GuestModule:
-        key = (node.kernel.release, version, layout)
-        if key not in vrhp_builds:
-            with lab.bus.phase("kmod-build", node.node.name, f"v{version} layout {layout}"):
-                vrhp_builds[key] = kmod.build(node.kernel, lab.cache, version=version,
-                                              layout=layout, source=lab_session.kmod_source,
-                                              defect=lab_session.kmod_defect)
-        build = vrhp_builds[key]
-        used[build.label] = build.key
+        build = vrhp_builds.build(node.kernel, node.node.name, version, layout)
+        used[build.label] = build.key  # named before the copy, which may fail
         _set_property(request.node.user_properties, "module_version",
                       ", ".join(f"{label} {k}" for label, k in sorted(used.items())))
-        return kmod.GuestModule(guest, build).install()
+        return install(guest, node.kernel, vrhp_builds, version=version, layout=layout)
 
     used: dict[str, str] = {}  # the builds this test installed: what a compare names
     yield make
