@@ -12,6 +12,7 @@ from lab.build import kernelfetch
 from lab.build.image import kinds as images
 from lab.build.image.guestimage import Image
 from lab.build.kernel import Kernel
+from lab.cache import NotCached
 from lab.events import EventBus
 from lab.topology import Node, Topology
 from lab.vm import virt
@@ -83,14 +84,26 @@ class Plan:
         return next(n for n in self.nodes if n.node.name == name)
 
 
-def make(topology: Topology, cache: Path, bus: EventBus | None = None) -> Plan:
-    """Fetch or build (from the cache when there) each node's kernel and image."""
-    nodes = []
+def make(topology: Topology, cache: Path, bus: EventBus | None = None, *,
+         offline: bool = False) -> Plan:
+    """Fetch or build (from the cache when there) each node's kernel and image; `offline`:
+    take them from the cache only, downloading and building nothing, and raise NotCached
+    naming every kernel and image that is not there and the command that builds it."""
+    nodes, missing = [], []
+    build = f"hplab up {topology.path}"
     for node in topology.nodes:
-        with bus.phase("kernel", node.name, node.kernel) if bus else nullcontext():
-            kernel = kernelfetch.fetch(node.kernel, cache)
-        with (bus.phase("image", node.name, f"{node.image} for {kernel.release}") if bus
-              else nullcontext()):
-            image = images.build(node.image, kernel, cache)
+        try:
+            with bus.phase("kernel", node.name, node.kernel) if bus else nullcontext():
+                kernel = kernelfetch.fetch(node.kernel, cache, offline=offline)
+            with (bus.phase("image", node.name, f"{node.image} for {kernel.release}") if bus
+                  else nullcontext()):
+                image = images.build(node.image, kernel, cache, offline=offline)
+        except NotCached as absent:
+            missing.append(f"node {node.name}: {absent.describe(absent.command or build)}")
+            continue
         nodes.append(NodePlan(node, kernel, image))
+    if missing:
+        raise NotCached("the plan's kernels and images", cache, build, message=(
+            f"offline plan of {topology.path}: not everything is in the cache {cache}:\n  "
+            + "\n  ".join(missing)))
     return Plan(topology, tuple(nodes))

@@ -162,7 +162,8 @@ def test_a_failed_step_names_the_log_and_its_last_lines(tmp_path: Path) -> None:
 def fake_sources(monkeypatch: pytest.MonkeyPatch, built: list[str]) -> None:
     monkeypatch.setattr(dk, "_source_version", lambda package: "6.1.192-3")
 
-    def build(series: str, version: str, key: str, root: Path, say: dk.Say) -> str:
+    def build(series: str, version: str, key: str, root: Path, say: dk.Say,
+              log: Path) -> str:
         built.append(key)
         root.mkdir(parents=True)
         (root / dk.META).write_text(json.dumps({"release": RELEASE, "version": version}))

@@ -8,7 +8,6 @@ import difflib
 import itertools
 import json
 import re
-import shutil
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,8 +17,9 @@ from lab.build import kconfig
 from lab.build.kernel import Kernel, read_vermagic
 from lab.build.kernelspec import DEBIAN
 from lab.build.vmlinux import extract_vmlinux
+from lab.cache import CacheEntry
 from lab.errors import BuildError
-from lab.shell import locked, run
+from lab.shell import run
 
 SERIES_SPEC = re.compile(r"^(?P<series>\d+\.\d+)(?:-(?P<flavour>[a-z][a-z0-9]*))?$")
 FLAVOUR_SUFFIX = re.compile(r"-(?:(?P<flavour>[a-z][a-z0-9]*)-)?amd64$")
@@ -133,45 +133,60 @@ def package_version(package: str) -> str:
     return run(["apt-cache", "show", "--no-all-versions", package]).split("Version: ")[1].split()[0]
 
 
-def _fix_headers(root: Path, release: str) -> None:
-    """Point the headers' Makefile at the unpacked common headers, not /usr/src."""
+def _fix_headers(root: Path, release: str, final: Path) -> None:
+    """Point the headers' Makefile at the unpacked common headers under `final` (where
+    `root` is renamed to), not /usr/src."""
     makefile = root / "usr" / "src" / f"linux-headers-{release}" / "Makefile"
     text = makefile.read_text()
-    makefile.write_text(text.replace("include /usr/src/", f"include {root}/usr/src/"))
+    makefile.write_text(text.replace("include /usr/src/", f"include {final}/usr/src/"))
 
 
-def fetch(spec: str, cache: Path) -> Kernel:
-    """Download and unpack a Debian kernel with its headers, once per release."""
+def entry(cache: Path, release: str) -> CacheEntry:
+    """<cache>/kernels/<release>/: the unpacked packages, then hplab-kernel.json."""
+    return CacheEntry(cache, "kernels", release, marker="hplab-kernel.json")
+
+
+def fetch(spec: str, cache: Path, *, offline: bool = False) -> Kernel:
+    """Download and unpack a Debian kernel with its headers, once per release;
+    `offline`: only taken from the cache (NotCached when absent)."""
     release = resolve_release(spec)
-    root = cache / "kernels" / release
-    meta = root / "hplab-kernel.json"
-    with locked(cache / "kernels" / f".{release}.lock"):
-        if not meta.exists():
-            packages = _packages_for(release)
-            root.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=root.parent) as tmp:
-                work = Path(tmp)
-                downloads = work / "debs"
-                downloads.mkdir()
-                downloads.chmod(0o777)  # apt's download sandbox user writes here
-                run(["apt-get", "download", *packages], cwd=downloads)
-                unpacked = work / "root"
-                for deb in sorted(downloads.glob("*.deb")):
-                    run(["dpkg-deb", "-x", deb, unpacked])
-                if root.exists():
-                    shutil.rmtree(root)
-                unpacked.rename(root)
-            _fix_headers(root, release)
-            run(["depmod", "-b", root, release])
-            modules = root / "lib" / "modules" / release
-            (root / "vermagic").write_text(read_vermagic(modules, release) + "\n")
-            version = package_version(f"linux-image-{release}")
-            meta.write_text(json.dumps({"spec": spec, "release": release, "version": version,
-                                        "packages": packages}, indent=1))
-        info = json.loads(meta.read_text())
-        kernel = Kernel(spec=spec, release=release, package_version=info["version"], root=root)
+    cached = entry(cache, release)
+    if offline:
+        root = cached.require(f"kernel {spec} ({release})")
+        return _kernel(spec, release, root)
+
+    def unpack(stage: Path) -> None:
+        packages = _packages_for(release)
+        with tempfile.TemporaryDirectory(dir=cached.parent) as tmp:
+            downloads = Path(tmp) / "debs"
+            downloads.mkdir()
+            downloads.chmod(0o777)  # apt's download sandbox user writes here
+            run(["apt-get", "download", *packages], cwd=downloads)
+            for deb in sorted(downloads.glob("*.deb")):
+                run(["dpkg-deb", "-x", deb, stage])
+        _fix_headers(stage, release, cached.path)
+        run(["depmod", "-b", stage, release])
+        modules = stage / "lib" / "modules" / release
+        (stage / "vermagic").write_text(read_vermagic(modules, release) + "\n")
+        kernel = _kernel(spec, release, stage)
         kconfig.check(kernel.config, release)
-        if not kernel.vmlinux.exists():
-            extract_vmlinux(kernel.vmlinuz, kernel.vmlinux)
+        extract_vmlinux(kernel.vmlinuz, kernel.vmlinux)
+        version = package_version(f"linux-image-{release}")
+        (stage / "hplab-kernel.json").write_text(json.dumps(
+            {"spec": spec, "release": release, "version": version, "packages": packages},
+            indent=1))
+
+    root = cached.build(unpack)
+    kernel = _kernel(spec, release, root)
+    kconfig.check(kernel.config, release)
+    if not kernel.vmlinux.exists():  # an entry unpacked before the lab booted vmlinux
+        with cached.locked():
+            if not kernel.vmlinux.exists():
+                extract_vmlinux(kernel.vmlinuz, kernel.vmlinux)
     return kernel
 
+
+def _kernel(spec: str, release: str, root: Path) -> Kernel:
+    version = (json.loads((root / "hplab-kernel.json").read_text())["version"]
+               if (root / "hplab-kernel.json").exists() else "")
+    return Kernel(spec=spec, release=release, package_version=version, root=root)

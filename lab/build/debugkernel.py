@@ -11,7 +11,9 @@ kernel, so `local:<dir>` boots it: boot/vmlinuz-REL, boot/vmlinux-REL (the ELF t
 lab boots through its PVH entry), boot/config-REL, lib/modules/REL/ with
 lib/modules/REL/build pointing at the build tree usr/src/linux-headers-REL (cleaned,
 then `make modules_prepare`d: a KDIR for out-of-tree modules), and `vermagic`.
-build.log is the whole build's output; hplab-kernel.json is written last.
+build.log is the whole build's output (<cache>/debug-kernels/<key>.build.log while it
+builds, kept there when it fails); hplab-kernel.json is written last, and the entry is
+built in a temporary directory beside it and renamed into place (lab.cache).
 
 Guest memory: generic KASAN takes 1/8 of guest RAM for its shadow (640 MiB of a 5 GiB
 guest) early in boot, before `hugepages=` reserves the 1 GiB pages, so a node meant to
@@ -35,8 +37,9 @@ from pathlib import Path
 
 from lab.build.debiankernel import package_version
 from lab.build.kernel import Kernel, read_vermagic
+from lab.cache import CacheEntry
 from lab.errors import BuildError
-from lab.shell import digest, locked, run
+from lab.shell import digest, run
 
 RECIPE_VERSION = "1"
 FRAGMENT = Path(__file__).with_name("debugkernel.config")
@@ -210,13 +213,12 @@ def _unpack_source(package: str, version: str, dest: Path) -> Path:
     return trees[0]
 
 
-def _build(series: str, version: str, key: str, root: Path, say: Say) -> str:
+def _build(series: str, version: str, key: str, root: Path, say: Say, log: Path) -> str:
+    """Build into `root`, the output going to `log` (moved into root/LOG at the end)."""
     started = time.monotonic()
-    if root.exists():
-        shutil.rmtree(root)
     src = root / "usr" / "src"
     src.mkdir(parents=True)
-    log = root / LOG
+    log.unlink(missing_ok=True)
     package = f"linux-source-{series}"
     say(f"{package} {version} (key {key}): downloading and unpacking the source")
     unpacked = _unpack_source(package, version, src)
@@ -247,25 +249,36 @@ def _build(series: str, version: str, key: str, root: Path, say: Say) -> str:
     if not (tree / "Module.symvers").is_file():
         raise BuildError(f"{tree}: no Module.symvers after the build")
     seconds = time.monotonic() - started
+    log.rename(root / LOG)
     (root / META).write_text(json.dumps({
         "spec": f"{SPEC_PREFIX}{series}", "release": release, "version": version,
         "packages": [f"{package}={version}"], "key": key, "recipe": RECIPE_VERSION,
         "build_seconds": round(seconds)}, indent=1))
-    say(f"{release}: built in {_minutes(seconds)}: {root}")
+    say(f"{release}: built in {_minutes(seconds)}")
     return release
 
 
-def fetch(spec: str, cache: Path, say: Say = say_stderr) -> Kernel:
-    """Build the debug kernel of `spec` ('debug:6.1') once; later calls reuse it."""
+def entry(cache: Path, key: str) -> CacheEntry:
+    """<cache>/debug-kernels/<key>/: the kernel, then hplab-kernel.json; a build waits
+    hours for another builder of the same key."""
+    return CacheEntry(cache, "debug-kernels", key, marker=META, wait_s=6 * 3600)
+
+
+def fetch(spec: str, cache: Path, say: Say = say_stderr, *, offline: bool = False) -> Kernel:
+    """Build the debug kernel of `spec` ('debug:6.1') once; later calls reuse it;
+    `offline`: only taken from the cache (NotCached when absent)."""
     series = _series(spec)
     package = f"linux-source-{series}"
     version = _source_version(package)
     key = cache_key(FRAGMENT.read_text(), version)
-    base = cache / "debug-kernels"
-    root = base / key
-    with locked(base / f".{key}.lock", wait_s=6 * 3600):
-        if not (root / META).exists():
-            _build(series, version, key, root, say)
+    cached = entry(cache, key)
+    if offline:
+        root = cached.require(f"kernel {spec} ({package} {version}, key {key})",
+                              f"hplab kernel build-debug --series {series}")
+    else:
+        # the log lives beside the entry while it builds, so a failed build keeps it
+        log = cached.parent / f"{key}.{LOG}"
+        root = cached.build(lambda stage: _build(series, version, key, stage, say, log))
     info = json.loads((root / META).read_text())
     return Kernel(spec=spec, release=info["release"], package_version=info["version"],
                   root=root, pvh_boots=False, cmdline=SLOW_KERNEL_ARGS)

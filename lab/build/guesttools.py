@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from lab.cache import CacheEntry
 from lab.guest.ssh import Guest
 from lab.paths import GUEST_SOURCES
-from lab.shell import digest, locked, run
+from lab.shell import digest, run
 
 SOURCES = GUEST_SOURCES
 CFLAGS = ("-static", "-O2", "-Wall", "-Wextra", "-Werror")
@@ -30,6 +31,11 @@ def source(name: str) -> Path:
     return path
 
 
+def tool_entry(cache: Path, name: str, key: str) -> CacheEntry:
+    """<cache>/tools/<name>-<key>: the binary itself."""
+    return CacheEntry(cache, "tools", f"{name}-{key}", lock=f".{name}.lock")
+
+
 def build(name: str, cache: Path, include_dirs: Sequence[Path] = ()) -> Path:
     """A static binary of lab/guestsrc/NAME.c, cached by its source, the headers it can
     include from `include_dirs` and its flags (`flags(name)`)."""
@@ -42,13 +48,11 @@ def build(name: str, cache: Path, include_dirs: Sequence[Path] = ()) -> Path:
     includes = [f"-I{d}" for d in include_dirs]
     cflags = flags(name)
     key = digest(src.read_bytes(), *(h.read_bytes() for h in headers), " ".join(cflags))
-    out = cache / "tools" / f"{name}-{key}"
-    with locked(cache / "tools" / f".{name}.lock"):
-        if not out.exists():
-            tmp = out.with_suffix(".tmp")
-            run(["gcc", *cflags, *includes, "-o", tmp, src])
-            tmp.rename(out)
-    return out
+
+    def compile_to(out: Path) -> None:
+        run(["gcc", *cflags, *includes, "-o", out, src])
+
+    return tool_entry(cache, name, key).build(compile_to)
 
 
 def install(guest: Guest, name: str, cache: Path, remote_dir: str = "/usr/local/bin",

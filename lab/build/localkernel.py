@@ -19,7 +19,6 @@ import hashlib
 import json
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,8 +26,9 @@ from lab.build import kconfig
 from lab.build.kernel import Kernel, read_vermagic
 from lab.build.kernelspec import LOCAL
 from lab.build.vmlinux import extract_vmlinux
+from lab.cache import CacheEntry
 from lab.errors import BuildError
-from lab.shell import locked, run
+from lab.shell import run
 
 BUILDER_VERSION = "1"
 MODULES_INSTALL_TIMEOUT = 1800.0
@@ -220,19 +220,21 @@ def _stage(source: LocalSource, stage: Path, key: str) -> None:
          "image": str(source.image), "headers": str(source.headers)}, indent=1))
 
 
-def prepare(spec: str, cache: Path) -> Kernel:
-    """The kernel in `local:DIR`, checked and taken into the cache once per content."""
+def entry(cache: Path, release: str, key: str) -> CacheEntry:
+    """<cache>/kernels/local-<release>-<key>/: the staged kernel, then hplab-kernel.json."""
+    return CacheEntry(cache, "kernels", f"local-{release}-{key}", marker="hplab-kernel.json",
+                      lock=f".local-{key}.lock")
+
+
+def prepare(spec: str, cache: Path, *, offline: bool = False) -> Kernel:
+    """The kernel in `local:DIR`, checked and taken into the cache once per content;
+    `offline`: only taken from the cache (NotCached when absent)."""
     source = inspect(Path(spec.removeprefix(LOCAL)).expanduser().absolute())
     kconfig.check(source.config, f"{source.release} ({source.directory})")
     key = content_key(source)
-    kernels = cache / "kernels"
-    root = kernels / f"local-{source.release}-{key}"
-    with locked(kernels / f".local-{key}.lock"):
-        if not (root / "hplab-kernel.json").exists():
-            with tempfile.TemporaryDirectory(dir=kernels) as tmp:
-                stage = Path(tmp) / "root"
-                _stage(source, stage, key)
-                if root.exists():
-                    shutil.rmtree(root)
-                stage.rename(root)
+    cached = entry(cache, source.release, key)
+    if offline:
+        root = cached.require(f"kernel {spec} ({source.release})")
+    else:
+        root = cached.build(lambda stage: _stage(source, stage, key))
     return Kernel(spec=spec, release=source.release, package_version=f"local-{key}", root=root)

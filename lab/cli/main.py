@@ -73,7 +73,8 @@ def dry_run_text(plan: plans.Plan, base: Path) -> str:
 
 
 def _dry_run(topology: topologies.Topology, base: Path) -> int:
-    print(dry_run_text(plans.make(topology, cache_dir(base), _bus()), base))
+    """Print the plan from the cache alone: a dry run downloads and builds nothing."""
+    print(dry_run_text(plans.make(topology, cache_dir(base), _bus(), offline=True), base))
     return 0
 
 

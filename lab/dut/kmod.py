@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.build.kernel import Kernel
+from lab.cache import CacheEntry
 from lab.dut.agent_output import (
     FillResult,
     Info,
@@ -24,7 +25,7 @@ from lab.dut.agent_output import (
 from lab.errors import BuildError, GuestError
 from lab.guest.ssh import Guest, Result
 from lab.paths import KMOD_SOURCE
-from lab.shell import digest, locked, run
+from lab.shell import digest, run
 from lab.timeouts import Timeouts
 
 SOURCE_SUFFIXES = (".c", ".h", "Kbuild", "Makefile")
@@ -53,6 +54,11 @@ def _source_files(source: Path) -> list[Path]:
                   and not p.name.endswith(".mod.c"))
 
 
+def module_entry(cache: Path, kind: str, release: str, key: str) -> CacheEntry:
+    """<cache>/<kind>/<release>-<key>/, complete with its `done` file."""
+    return CacheEntry(cache, kind, f"{release}-{key}", marker="done", lock=f".{key}.lock")
+
+
 def _build_copy(source: Path, kernel: Kernel, cache: Path, kind: str, extra: tuple[str, ...],
                 make: Callable[[Path], list[str | Path]], products: dict[str, str]) -> Path:
     """Build `source` in a private copy for `kernel`; cached by sources, kernel and `extra`.
@@ -67,27 +73,27 @@ def _build_copy(source: Path, kernel: Kernel, cache: Path, kind: str, extra: tup
     gcc = run(["gcc", "--version"]).splitlines()[0]
     key = digest(kind, kernel.release, kernel.package_version, gcc, *extra,
                  *(f"{p.relative_to(source)}\0{p.read_text()}" for p in files))
-    out = cache / kind / f"{kernel.release}-{key}"
-    with locked(cache / kind / f".{key}.lock"):
-        if not (out / "done").exists():
-            out.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory() as tmp:
-                tree = Path(tmp) / source.name
-                for path in files:
-                    target = tree / path.relative_to(source)
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(path, target)
-                run(make(tree), timeout=Timeouts.module_build)
-                for built, name in products.items():
-                    shutil.copy2(tree / built, out / name)
-            for name in products.values():
-                if name.endswith(".ko"):
-                    vermagic = run(["modinfo", "-F", "vermagic", out / name]).strip()
-                    if vermagic != kernel.vermagic:
-                        raise BuildError(f"{name} built with vermagic {vermagic!r}, but kernel "
-                                         f"{kernel.release} expects {kernel.vermagic!r}")
-            (out / "done").write_text(key)
-    return out
+
+    def build_into(out: Path) -> None:
+        out.mkdir()
+        with tempfile.TemporaryDirectory() as tmp:
+            tree = Path(tmp) / source.name
+            for path in files:
+                target = tree / path.relative_to(source)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target)
+            run(make(tree), timeout=Timeouts.module_build)
+            for built, name in products.items():
+                shutil.copy2(tree / built, out / name)
+        for name in products.values():
+            if name.endswith(".ko"):
+                vermagic = run(["modinfo", "-F", "vermagic", out / name]).strip()
+                if vermagic != kernel.vermagic:
+                    raise BuildError(f"{name} built with vermagic {vermagic!r}, but kernel "
+                                     f"{kernel.release} expects {kernel.vermagic!r}")
+        (out / "done").write_text(key)
+
+    return module_entry(cache, kind, kernel.release, key).build(build_into)
 
 
 def build(kernel: Kernel, cache: Path, *, version: int = 1, layout: int = 1,

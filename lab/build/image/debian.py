@@ -28,8 +28,9 @@ from lab.build.image.initramfs import (
     write_init,
 )
 from lab.build.kernel import Kernel
+from lab.cache import CacheEntry
 from lab.errors import BuildError
-from lab.shell import digest, file_digest, locked, run
+from lab.shell import digest, file_digest, run
 
 BUILDER_VERSION = "2"
 DEBOOTSTRAP_TIMEOUT = 1800.0
@@ -257,22 +258,29 @@ def _build_into(kernel: Kernel, suite: str, mirror: str, out_dir: Path) -> str:
     return host_key
 
 
-def build(kernel: Kernel, cache: Path, etc_apt: Path = apt.APT_ETC) -> Image:
-    """The debian image for `kernel`, built once per key and then taken from the cache."""
+def entry(cache: Path, key: str) -> CacheEntry:
+    """<cache>/images/debian-<key>/: root.qcow2, initramfs.cpio.gz, then image.json."""
+    return CacheEntry(cache, "images", f"debian-{key}", marker="image.json")
+
+
+def build(kernel: Kernel, cache: Path, etc_apt: Path = apt.APT_ETC, *,
+          offline: bool = False) -> Image:
+    """The debian image for `kernel`, built once per key and then taken from the cache;
+    `offline`: only taken from the cache (NotCached when absent)."""
     mirror, suite = apt.debian_archive(etc_apt)
     key = image_key(kernel, suite)
-    images = cache / "images"
-    out_dir = images / f"debian-{key}"
-    meta = out_dir / "image.json"
-    with locked(images / f".debian-{key}.lock"):
-        if not meta.exists():
-            shutil.rmtree(out_dir, ignore_errors=True)
-            out_dir.mkdir(parents=True)
-            out_dir.chmod(0o755)
-            host_key = _build_into(kernel, suite, mirror, out_dir)
-            meta.write_text(json.dumps({"kind": "debian", "kernel": kernel.release,
-                                        "suite": suite, "packages": list(PACKAGES),
-                                        "host_key": host_key}, indent=1))
-    info = json.loads(meta.read_text())
+    cached = entry(cache, key)
+    if offline:
+        out_dir = cached.require(f"image debian ({suite}) for kernel {kernel.release}")
+    else:
+        def build_into(out: Path) -> None:
+            out.mkdir()
+            out.chmod(0o755)
+            host_key = _build_into(kernel, suite, mirror, out)
+            (out / "image.json").write_text(json.dumps(
+                {"kind": "debian", "kernel": kernel.release, "suite": suite,
+                 "packages": list(PACKAGES), "host_key": host_key}, indent=1))
+        out_dir = cached.build(build_into)
+    info = json.loads((out_dir / "image.json").read_text())
     return Image(kind="debian", key=key, path=out_dir / "initramfs.cpio.gz",
                  host_key=info["host_key"], disk=out_dir / "root.qcow2")

@@ -19,9 +19,10 @@ from lab.build.kernel import Kernel
 from lab.errors import BuildError
 
 
-def build(kind: str, kernel: Kernel, cache: Path) -> Image:
+def build(kind: str, kernel: Kernel, cache: Path, *, offline: bool = False) -> Image:
+    """The image of `kind` for `kernel`; `offline`: from the cache only (NotCached)."""
     if kind == "minimal":
-        return minimal.build(kernel, cache)
+        return minimal.build(kernel, cache, offline=offline)
     if kind == "debian":
-        return debian.build(kernel, cache)
+        return debian.build(kernel, cache, offline=offline)
     raise BuildError(f"unknown image kind {kind!r} (known: minimal, debian)")

@@ -21,8 +21,9 @@ from lab.build.image.initramfs import (
     write_init,
 )
 from lab.build.kernel import Kernel
+from lab.cache import CacheEntry
 from lab.errors import BuildError
-from lab.shell import digest, file_digest, locked, run
+from lab.shell import digest, file_digest, run
 
 BUILDER_VERSION = "1"
 DROPBEAR = Path("/usr/sbin/dropbear")
@@ -101,20 +102,28 @@ def _build_minimal_tree(kernel: Kernel, root: Path) -> str:
     return " ".join(line.split()[:2])
 
 
-def build(kernel: Kernel, cache: Path) -> Image:
-    """The minimal image for `kernel`, built once per key and then taken from the cache."""
+def entry(cache: Path, key: str) -> CacheEntry:
+    """<cache>/images/minimal-<key>/: initramfs.cpio.gz, then image.json."""
+    return CacheEntry(cache, "images", f"minimal-{key}", marker="image.json")
+
+
+def build(kernel: Kernel, cache: Path, *, offline: bool = False) -> Image:
+    """The minimal image for `kernel`, built once per key and then taken from the cache;
+    `offline`: only taken from the cache (NotCached when absent)."""
     key = image_key(kernel)
-    out_dir = cache / "images" / f"minimal-{key}"
-    meta = out_dir / "image.json"
-    with locked(cache / "images" / f".minimal-{key}.lock"):
-        if not meta.exists():
-            out_dir.mkdir(parents=True, exist_ok=True)
+    cached = entry(cache, key)
+    if offline:
+        out_dir = cached.require(f"image minimal for kernel {kernel.release}")
+    else:
+        def build_into(out: Path) -> None:
+            out.mkdir()
             with tempfile.TemporaryDirectory() as tmp:
                 tree = Path(tmp) / "root"
                 host_key = _build_minimal_tree(kernel, tree)
-                pack_cpio(tree, out_dir / "initramfs.cpio.gz")
-            meta.write_text(json.dumps({"kind": "minimal", "kernel": kernel.release,
-                                        "host_key": host_key}, indent=1))
-    info = json.loads(meta.read_text())
+                pack_cpio(tree, out / "initramfs.cpio.gz")
+            (out / "image.json").write_text(json.dumps(
+                {"kind": "minimal", "kernel": kernel.release, "host_key": host_key}, indent=1))
+        out_dir = cached.build(build_into)
+    info = json.loads((out_dir / "image.json").read_text())
     return Image(kind="minimal", key=key, path=out_dir / "initramfs.cpio.gz",
                  host_key=info["host_key"])
