@@ -29,6 +29,7 @@ from lab.errors import LabError
 from lab.events import EventBus
 from lab.guest.ssh import Guest
 from lab.guest.triage import read_from
+from lab.host import hugepages
 from lab.paths import cache_dir, runs_dir
 from lab.plan import NODE_CONSOLE, NODE_DISK, NODE_INITRD, NodePlan, Plan
 from lab.rundir import (
@@ -42,7 +43,7 @@ from lab.rundir import (
 from lab.shell import locked, run
 from lab.timeouts import Speed, Timeouts
 from lab.topology import Node, Topology
-from lab.vm import virt
+from lab.vm import accel, domain, libvirt_calls, readiness
 
 CREATE_ATTEMPTS = 3
 LIBVIRT_RECONNECT_S = 60.0  # a restarted libvirtd answers after ~8 s here (host prepare)
@@ -276,15 +277,15 @@ class Lab:
     def _conn(self, uri: str) -> Any:
         """The run's connection to `uri`; a new one when the daemon restarted under it."""
         conn = self._conns.get(uri)
-        if conn is not None and not virt.alive(conn):
+        if conn is not None and not libvirt_calls.alive(conn):
             del self._conns[uri]
             with suppress(Exception):
                 conn.close()
             with self.bus.phase("libvirt", uri, "connection lost (daemon restarted?)") as t:
-                self._conns[uri] = virt.connect(uri, wait_s=LIBVIRT_RECONNECT_S)
+                self._conns[uri] = libvirt_calls.connect(uri, wait_s=LIBVIRT_RECONNECT_S)
                 t.info("reconnected")
         elif conn is None:
-            self._conns[uri] = virt.connect(uri)
+            self._conns[uri] = libvirt_calls.connect(uri)
         return self._conns[uri]
 
     def _claim_run_dir(self) -> None:
@@ -305,7 +306,7 @@ class Lab:
                                     authorized_key=(self.run_dir / "id_ed25519.pub").read_text())
         disk = nodefiles.node_disk(image, node_dir / NODE_DISK)
         return NodeRuntime(plan=planned, accel=accel,
-                           domain=virt.domain_name(self.run_id, node.name),
+                           domain=domain.domain_name(self.run_id, node.name),
                            console=node_dir / NODE_CONSOLE, initrd=initrd, disk=disk,
                            timeouts=self.base_timeouts.for_accel(accel))
 
@@ -316,16 +317,16 @@ class Lab:
         if pages:
             with self.bus.phase("host-pages", ",".join(n.name for n in backed),
                                 f"{pages} x 1G"):
-                self._host_resources.enter_context(virt.hugepage_pool(pages))
+                self._host_resources.enter_context(hugepages.hugepage_pool(pages))
             self.host_pages = pages
             self._write_state("starting")  # reap gives the pages back if this process dies
 
     def _accel(self, node: Node, kernel: Kernel, image: Image) -> str:
         def probe() -> bool:
             with self.bus.phase("accel-probe", node.name, "does KVM boot a guest here?"):
-                return virt.kvm_works(kernel.probe_image, image.path, BOOTED_MARK,
-                                      self.cache, self.base_timeouts.accel_probe)
-        return virt.resolve_accel(node.accel, probe)
+                return accel.kvm_works(kernel.probe_image, image.path, BOOTED_MARK,
+                                       self.cache, self.base_timeouts.accel_probe)
+        return accel.resolve_accel(node.accel, probe)
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> Lab:
@@ -353,20 +354,20 @@ class Lab:
     def _create(self, rt: NodeRuntime) -> float:
         conn = self._conn(rt.node.uri)
         for attempt in range(1, CREATE_ATTEMPTS + 1):
-            rt.port = virt.free_port()
+            rt.port = domain.free_port()
             spec = rt.plan.domain_spec(run_id=self.run_id, node_dir=rt.console.parent,
                                        accel=rt.accel, ssh_port=rt.port)
-            (rt.console.parent / "domain.xml").write_text(virt.domain_xml(spec))
+            (rt.console.parent / "domain.xml").write_text(domain.domain_xml(spec))
             rt.console_from = rt.console.stat().st_size if rt.console.exists() else 0
             try:
                 with self.bus.phase("create", rt.node.name, f"{rt.accel}, port {rt.port}"):
-                    virt.create(conn, spec)
+                    libvirt_calls.create(conn, spec)
                 with suppress(LabError):  # no pid file: not a qemu:///system domain
-                    self.exits.watch(rt.domain, virt.qemu_pid(rt.domain))
+                    self.exits.watch(rt.domain, libvirt_calls.qemu_pid(rt.domain))
                 self._write_state("starting")
                 return time.monotonic()
             except LabError as exc:
-                if attempt == CREATE_ATTEMPTS or not virt.is_transient_error(exc):
+                if attempt == CREATE_ATTEMPTS or not libvirt_calls.is_transient_error(exc):
                     raise
                 self.bus.phase("create", rt.node.name).info(
                     f"transient libvirt error, retry {attempt}/{CREATE_ATTEMPTS - 1}: {exc}")
@@ -378,11 +379,11 @@ class Lab:
         cap = rt.timeouts.boot_bound(rt.timeouts.boot_cap)
         with self.bus.phase("boot", rt.node.name, f"waiting for the SSH banner while the "
                                                   f"console grows: stall {stall}, cap {cap}"):
-            virt.wait_ssh_banner(rt.port, created + cap.seconds,
-                                 lambda: virt.is_active(self._conn(rt.node.uri), rt.domain),
-                                 rt.node.name,
-                                 rt.console, created, ready_mark=READY_MARK,
-                                 console_from=rt.console_from, stall=stall.seconds)
+            readiness.wait_ssh_banner(
+                rt.port, created + cap.seconds,
+                lambda: libvirt_calls.is_active(self._conn(rt.node.uri), rt.domain),
+                rt.node.name, rt.console, created, ready_mark=READY_MARK,
+                console_from=rt.console_from, stall=stall.seconds)
         with self.bus.phase("ssh", rt.node.name):
             guest = Guest(rt.node.name, rt.port, self.run_dir / "id_ed25519",
                           rt.image.host_key, timeouts=rt.timeouts)
@@ -418,8 +419,8 @@ class Lab:
         with self.bus.phase(phase, name, f"boot {rt.boots + 1}"):
             try:
                 # the pages the old domain frees stay in the pool until the new one has them
-                with locked(virt.POOL_LOCK) if backed else nullcontext():
-                    virt.destroy(self._conn(rt.node.uri), rt.domain)
+                with locked(hugepages.POOL_LOCK) if backed else nullcontext():
+                    libvirt_calls.destroy(self._conn(rt.node.uri), rt.domain)
                     if rt.guest is not None:
                         rt.guest.retire(f"rebooted into boot {rt.boots + 1}")
                         rt.guest = None
@@ -430,7 +431,7 @@ class Lab:
                     self._wait_ready(rt, created)
                 except BaseException as exc:
                     try:  # a half-booted node holds no CPU or memory
-                        virt.destroy(self._conn(rt.node.uri), rt.domain)
+                        libvirt_calls.destroy(self._conn(rt.node.uri), rt.domain)
                     except Exception as failed:
                         exc.add_note(f"destroying the half-booted {rt.domain} failed too: "
                                      f"{failed} ('hplab reap' retries)")
@@ -445,7 +446,7 @@ class Lab:
         rt = self._node(name)
         status = self.exits.status(rt.domain)
         if status is None:
-            if virt.is_active(self._conn(rt.node.uri), rt.domain):
+            if libvirt_calls.is_active(self._conn(rt.node.uri), rt.domain):
                 return None
             if self.exits.listening:  # libvirt can see the exit before the event is read
                 status = self.exits.status(rt.domain, wait=0.5)
@@ -516,7 +517,7 @@ class Lab:
 
     def _destroy(self, rt: NodeRuntime) -> None:
         with self.bus.phase("destroy", rt.node.name):
-            virt.destroy(self._conn(rt.node.uri), rt.domain)
+            libvirt_calls.destroy(self._conn(rt.node.uri), rt.domain)
 
     def make_artifacts_dir(self) -> Path:
         """The run's artifacts directory, created when it does not exist yet."""

@@ -15,7 +15,7 @@ from lab.build.kernel import Kernel
 from lab.cache import NotCached
 from lab.events import EventBus
 from lab.topology import Node, Topology
-from lab.vm import virt
+from lab.vm import domain
 
 NODE_DISK = "disk.qcow2"
 NODE_INITRD = "initrd.cpio.gz"
@@ -53,10 +53,10 @@ class NodePlan:
         return kernel_cmdline(self.node, self.kernel.cmdline)
 
     def domain_spec(self, *, run_id: str, node_dir: Path, accel: str,
-                    ssh_port: int) -> virt.DomainSpec:
+                    ssh_port: int) -> domain.DomainSpec:
         """The domain this node boots as in run `run_id`, its files under `node_dir`."""
-        return virt.DomainSpec(
-            name=virt.domain_name(run_id, self.node.name), run_id=run_id, node=self.node.name,
+        return domain.DomainSpec(
+            name=domain.domain_name(run_id, self.node.name), run_id=run_id, node=self.node.name,
             memory_mib=self.node.memory_mib, vcpus=self.node.vcpus, accel=accel,
             kernel=self.kernel.boot_image, initrd=node_dir / NODE_INITRD, cmdline=self.cmdline,
             console=node_dir / NODE_CONSOLE, ssh_port=ssh_port,

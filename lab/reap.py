@@ -11,6 +11,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from lab.host import hugepages
 from lab.paths import runs_dir
 from lab.rundir import (
     STATE_FILE,
@@ -19,7 +20,7 @@ from lab.rundir import (
     read_state,
     remove_work_files,
 )
-from lab.vm import virt
+from lab.vm import domain, libvirt_calls
 
 
 @dataclass(frozen=True)
@@ -55,9 +56,9 @@ def leaked_host_pages(state: RunState) -> int:
 def reap(base_dir: Path, *, include_kept: bool = False, uri: str = "qemu:///system") -> list[str]:
     """Destroy domains and work files of runs whose owner is gone. Returns what it removed."""
     removed: list[str] = []
-    conn = virt.connect(uri)
+    conn = libvirt_calls.connect(uri)
     try:
-        live_domains = set(virt.lab_domains(conn))
+        live_domains = set(libvirt_calls.lab_domains(conn))
         owned: set[str] = set()
         for record in runs(base_dir):
             domains = record.state.domains()
@@ -66,21 +67,21 @@ def reap(base_dir: Path, *, include_kept: bool = False, uri: str = "qemu:///syst
                 owned |= domains
                 continue
             for name in sorted(domains & live_domains):
-                virt.destroy(conn, name)
+                libvirt_calls.destroy(conn, name)
                 removed.append(name)
             remove_work_files(record.path)
             leaked = leaked_host_pages(record.state)
             if leaked:
-                virt.release_host_pages(leaked)
+                hugepages.release_host_pages(leaked)
                 record.state.host_pages = 0
             if record.state.status not in ("stopped", "reaped"):
                 record.state.status = "reaped"
                 record.state.write(record.path)
         known_runs = {r.run_id for r in runs(base_dir)}
         for name in sorted(live_domains - owned - set(removed)):
-            run_id = name.removeprefix(virt.DOMAIN_PREFIX).split("-", 1)[0]
+            run_id = name.removeprefix(domain.DOMAIN_PREFIX).split("-", 1)[0]
             if run_id not in known_runs or include_kept:
-                virt.destroy(conn, name)
+                libvirt_calls.destroy(conn, name)
                 removed.append(name)
     finally:
         conn.close()

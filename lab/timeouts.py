@@ -17,7 +17,7 @@ reference is the 10th percentile of each part (close to a guest that has the hos
 itself), so a guest slowed by a busy host measures a slowdown above 1. The debian
 image's /bin/sh is dash, not busybox ash: its loop reference is ash's times dash's share
 of ash's time for the same loop run natively on that host (0.80); its dd (coreutils)
-takes what busybox dd takes there. TCG guests run without ERMS (lab.virt): the memory
+takes what busybox dd takes there. TCG guests run without ERMS (lab.vm.domain): the memory
 reference is the one above scaled by what the same dd took there without and with ERMS,
 10th percentiles of 12 runs each (0.04 s and 0.22 s for 1000 blocks), for 5000 blocks.
 """

@@ -14,7 +14,8 @@ from lab.errors import GuestError
 from lab.guest import hugetlbfs
 from lab.guest.memory import parse_meminfo
 from lab.guest.ssh import Guest
-from lab.vm import virt
+from lab.host import hugepages, inspect
+from lab.vm import domain, libvirt_calls
 
 pytestmark = pytest.mark.lab
 
@@ -63,14 +64,14 @@ def test_one_gib_file_maps_gib_aligned(guest: Guest, lab: Lab) -> None:
 
 
 def _assert_ram_on_host_gigantic_pages(node: NodeRuntime) -> None:
-    ram = [m for m in virt.guest_ram_mappings(node.domain, node.node.memory_mib)
-           if m.path.startswith(f"{virt.HUGETLBFS_1G}/")]
-    assert len(ram) == 1, f"no single guest-RAM mapping on {virt.HUGETLBFS_1G}: {ram}"
-    assert ram[0].kernel_page_kib == virt.PAGE_1G_KIB
+    ram = [m for m in inspect.guest_ram_mappings(node.domain, node.node.memory_mib)
+           if m.path.startswith(f"{hugepages.HUGETLBFS_1G}/")]
+    assert len(ram) == 1, f"no single guest-RAM mapping on {hugepages.HUGETLBFS_1G}: {ram}"
+    assert ram[0].kernel_page_kib == hugepages.PAGE_1G_KIB
     assert ram[0].hugetlb_kib == node.node.memory_mib * 1024  # preallocated: all mapped
-    conn = virt.connect(node.node.uri)
+    conn = libvirt_calls.connect(node.node.uri)
     try:
-        assert virt.ram_backend(conn, node.domain) == virt.RAM_BACKEND
+        assert inspect.ram_backend(conn, node.domain) == domain.RAM_BACKEND
     finally:
         conn.close()
 

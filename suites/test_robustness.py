@@ -26,7 +26,7 @@ from lab.guest.ssh import Guest
 from lab.paths import lab_dir
 from lab.pytest_plugin.plugin import LabSession
 from lab.timeouts import Bound, Timeouts
-from lab.vm import virt
+from lab.vm import domain
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ROOT / "topologies" / "small.yaml"
@@ -35,7 +35,7 @@ INNER_LIMIT_S = 300  # reference seconds; the inner session's own waits are far 
 INNER_HEAD = '''
 import os, signal, time
 from pathlib import Path
-from lab.vm import virt
+from lab.vm import libvirt_calls
 
 def _mark(lab):
     Path(os.environ["HPLAB_INNER_RUN"]).write_text(lab.run_id)
@@ -45,7 +45,7 @@ FAULTS = {
     "qemu-killed": '''
 def test_fault(lab, guest, node):
     _mark(lab)
-    os.kill(virt.qemu_pid(node.domain), signal.SIGKILL)
+    os.kill(libvirt_calls.qemu_pid(node.domain), signal.SIGKILL)
     guest.check("sleep 1; true")
 ''',
     "guest-panic": '''
@@ -63,7 +63,7 @@ def test_fault(lab, guest, node):
     "guest-frozen": '''
 def test_fault(lab, guest, node):
     _mark(lab)
-    virt.connect(node.node.uri).lookupByName(node.domain).suspend()
+    libvirt_calls.connect(node.node.uri).lookupByName(node.domain).suspend()
     guest.check("true", timeout=15)
 ''',
     "libvirtd-restarted": '''
@@ -186,7 +186,7 @@ def test_fault_ends_classified_and_leaves_nothing(
     assert inner.returncode == returncode, inner.output[-3000:]
     assert len(outcomes) == 1 and outcomes[0] in classes, outcomes
     assert inner.junit_classes() == outcomes
-    assert virt.domain_name(inner.run_id, "cn1") not in _domains()
+    assert domain.domain_name(inner.run_id, "cn1") not in _domains()
     assert (inner.run_dir / "report.html").exists()
     if fault == "libvirtd-restarted":
         events = json.loads((inner.run_dir / "events.json").read_text())
@@ -206,15 +206,15 @@ def test_killed_pytest_is_reaped(tmp_path: Path, inner_kernel: str,
             assert time.monotonic() - started < limit.seconds, \
                 f"the inner test never started within {limit}"
             time.sleep(0.5)
-        domain = virt.domain_name(marker.read_text(), "cn1")
+        leftover = domain.domain_name(marker.read_text(), "cn1")
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
-        assert domain in _domains(), "the domain should outlive a SIGKILLed pytest"
+        assert leftover in _domains(), "the domain should outlive a SIGKILLed pytest"
         started = time.monotonic()
         removed = reap.reap(lab_dir(None))
         record_property("reap_seconds", round(time.monotonic() - started, 1))
-        assert domain in removed
-        assert domain not in _domains()
+        assert leftover in removed
+        assert leftover not in _domains()
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from lab.errors import BootError
-from lab.vm import virt
+from lab.vm import domain, readiness
 
 Handler = Callable[[socket.socket, int], None]
 
@@ -58,7 +58,7 @@ def wait(port: int, limit: float = 10.0, alive: Callable[[], bool] = lambda: Tru
     """Seconds until the banner; BootError at `limit`. No test bounds these seconds from
     above: a loaded machine is slow, and the deadline is the bound being tested."""
     start = time.monotonic()
-    virt.wait_ssh_banner(port, start + limit, alive, "cn1", Path("/nonexistent"), start)
+    readiness.wait_ssh_banner(port, start + limit, alive, "cn1", Path("/nonexistent"), start)
     return time.monotonic() - start
 
 
@@ -96,7 +96,7 @@ def test_no_banner_until_the_deadline_names_port_and_phase(server) -> None:  # t
 
 
 def test_a_guest_that_dies_stops_the_wait() -> None:
-    port = virt.free_port()
+    port = domain.free_port()
     with pytest.raises(BootError, match="guest stopped during boot") as err:
         wait(port, alive=lambda: False)
     assert err.value.phase == "boot"
@@ -125,8 +125,8 @@ def test_nothing_connects_before_the_console_mark(server, tmp_path: Path) -> Non
 
     threading.Thread(target=print_mark, daemon=True).start()
     start = time.monotonic()
-    virt.wait_ssh_banner(port, start + 5, lambda: True, "cn1", console, start,
-                         ready_mark="hplab-init: ready")
+    readiness.wait_ssh_banner(port, start + 5, lambda: True, "cn1", console, start,
+                              ready_mark="hplab-init: ready")
     assert marked and connected
     assert connected[0] >= marked[0]
 
@@ -134,14 +134,14 @@ def test_nothing_connects_before_the_console_mark(server, tmp_path: Path) -> Non
 def test_a_missing_console_mark_times_out_naming_it(tmp_path: Path) -> None:
     start = time.monotonic()
     with pytest.raises(BootError, match="no ready mark 'hplab-init: ready' on the console"):
-        virt.wait_ssh_banner(virt.free_port(), start + 0.5, lambda: True, "cn1",
-                             tmp_path / "console.log", start, ready_mark="hplab-init: ready")
+        readiness.wait_ssh_banner(domain.free_port(), start + 0.5, lambda: True, "cn1",
+                                  tmp_path / "console.log", start, ready_mark="hplab-init: ready")
 
 
 def test_a_rebooted_node_waits_for_its_own_ready_mark(tmp_path: Path) -> None:
     console = tmp_path / "console.log"
     console.write_text("boot 1\nhplab-init: ready\n")
-    mark = virt.ConsoleMark(console, "hplab-init: ready", console.stat().st_size)
+    mark = readiness.ConsoleMark(console, "hplab-init: ready", console.stat().st_size)
     assert not mark.seen()
     with console.open("a") as handle:
         handle.write("boot 2\nhplab-init: ready\n")
@@ -168,8 +168,8 @@ def test_a_boot_that_keeps_printing_outlasts_the_stall_window(server, tmp_path: 
     _print_lines(console, [f"[ {i}] still booting" for i in range(8)] + ["hplab-init: ready"],
                  every=0.2)
     start = time.monotonic()
-    virt.wait_ssh_banner(port, start + 10, lambda: True, "cn1", console, start,
-                         ready_mark="hplab-init: ready", stall=0.6)
+    readiness.wait_ssh_banner(port, start + 10, lambda: True, "cn1", console, start,
+                              ready_mark="hplab-init: ready", stall=0.6)
     assert time.monotonic() - start > 1.5  # far past the stall window, never past it quiet
 
 
@@ -179,8 +179,9 @@ def test_a_boot_gone_quiet_fails_after_the_stall_naming_the_progress(tmp_path: P
     _print_lines(console, ["[ 0.1] Linux version", "hplab-init: booted"], every=0.1)
     start = time.monotonic()
     with pytest.raises(BootError) as err:
-        virt.wait_ssh_banner(virt.free_port(), start + 10, lambda: True, "cn1", console, start,
-                             ready_mark="hplab-init: ready", console_from=1001, stall=0.5)
+        readiness.wait_ssh_banner(domain.free_port(), start + 10, lambda: True, "cn1", console,
+                                  start, ready_mark="hplab-init: ready", console_from=1001,
+                                  stall=0.5)
     waited = time.monotonic() - start
     assert waited >= 0.5  # the stall, not the deadline, ended it: the message says so
     message = str(err.value)
@@ -198,5 +199,5 @@ def test_a_boot_that_never_stops_printing_ends_at_the_cap(tmp_path: Path) -> Non
     start = time.monotonic()
     with pytest.raises(BootError, match=r"after 1\.\ds: hard cap of 1\.0s reached \(\d+ bytes "
                                         r"of console output since the domain was created"):
-        virt.wait_ssh_banner(virt.free_port(), start + 1.0, lambda: True, "cn1", console, start,
-                             ready_mark="hplab-init: ready", stall=0.5)
+        readiness.wait_ssh_banner(domain.free_port(), start + 1.0, lambda: True, "cn1", console,
+                                  start, ready_mark="hplab-init: ready", stall=0.5)

@@ -18,7 +18,7 @@ from lab.cli.main import DRY_RUN_ID, dry_run_text
 from lab.errors import LabError
 from lab.plan import NodePlan, Plan
 from lab.topology import parse
-from lab.vm import virt
+from lab.vm import domain, libvirt_calls
 
 LAB = Path(__file__).resolve().parent.parent / "lab"
 TOPOLOGY = """
@@ -53,13 +53,13 @@ def test_the_dry_run_prints_the_domain_the_engine_creates(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     plan = _plan(tmp_path)
     lab = engine.Lab(plan.topology, tmp_path, plan=plan)
-    created: list[virt.DomainSpec] = []
-    monkeypatch.setattr(virt, "free_port", lambda: 40022)
-    monkeypatch.setattr(virt, "create", lambda conn, spec: created.append(spec))
+    created: list[domain.DomainSpec] = []
+    monkeypatch.setattr(domain, "free_port", lambda: 40022)
+    monkeypatch.setattr(libvirt_calls, "create", lambda conn, spec: created.append(spec))
 
     def no_pid(domain: str) -> int:
         raise LabError("no pid file")
-    monkeypatch.setattr(virt, "qemu_pid", no_pid)
+    monkeypatch.setattr(libvirt_calls, "qemu_pid", no_pid)
     monkeypatch.setattr(lab, "_conn", lambda uri: object())
     for planned in plan.nodes:
         node_dir = lab.run_dir / planned.node.name
@@ -68,7 +68,7 @@ def test_the_dry_run_prints_the_domain_the_engine_creates(
                                 console=node_dir / plans.NODE_CONSOLE,
                                 initrd=node_dir / plans.NODE_INITRD)
         lab._create(rt)
-    booted = "\n".join(virt.domain_xml(spec) for spec in created)
+    booted = "\n".join(domain.domain_xml(spec) for spec in created)
     printed = dry_run_text(plan, tmp_path).replace(DRY_RUN_ID, lab.run_id)
     printed = "\n".join(line for line in printed.splitlines() if not line.startswith("<!--"))
     assert re.sub(r"\b40022\b", "0", booted).splitlines() == printed.splitlines()

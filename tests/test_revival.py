@@ -20,7 +20,7 @@ from lab.build.kernel import Kernel
 from lab.plan import NodePlan
 from lab.pytest_plugin import plugin
 from lab.topology import parse
-from lab.vm import virt
+from lab.vm import domain, libvirt_calls
 
 pytest_plugins = ["pytester"]
 
@@ -234,15 +234,16 @@ def test_revive_boots_a_vanished_domain_again(tmp_path: Path,
     calls: list[str] = []
     running: set[str] = set()
 
-    def create(conn: object, spec: virt.DomainSpec) -> None:
+    def create(conn: object, spec: domain.DomainSpec) -> None:
         calls.append(f"create {spec.name}")
         running.add(spec.name)
 
-    monkeypatch.setattr(virt, "connect", lambda uri, wait_s=0.0: _Conn())
-    monkeypatch.setattr(virt, "alive", lambda conn: True)
-    monkeypatch.setattr(virt, "destroy", lambda conn, name: calls.append(f"destroy {name}"))
-    monkeypatch.setattr(virt, "create", create)
-    monkeypatch.setattr(virt, "is_active", lambda conn, name: name in running)
+    monkeypatch.setattr(libvirt_calls, "connect", lambda uri, wait_s=0.0: _Conn())
+    monkeypatch.setattr(libvirt_calls, "alive", lambda conn: True)
+    monkeypatch.setattr(libvirt_calls, "destroy",
+                        lambda conn, name: calls.append(f"destroy {name}"))
+    monkeypatch.setattr(libvirt_calls, "create", create)
+    monkeypatch.setattr(libvirt_calls, "is_active", lambda conn, name: name in running)
     def overlay(img: Image, out: Path) -> Path:
         calls.append("overlay")
         return out

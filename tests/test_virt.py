@@ -13,23 +13,24 @@ from lab.build.image.guestimage import Image
 from lab.build.kernel import Kernel
 from lab.engine import host_pages_needed
 from lab.errors import BootError, HostError, LabError
+from lab.host import hugepages, inspect
 from lab.plan import NodePlan, kernel_cmdline
 from lab.reap import leaked_host_pages
 from lab.rundir import OWNER_LOCK, STATE_FILE, RunState
 from lab.timeouts import Speed, Timeouts, parse_speed
 from lab.topology import parse
-from lab.vm import virt
+from lab.vm import accel, domain, libvirt_calls, readiness
 
 QEMU_NS = "{http://libvirt.org/schemas/domain/qemu/1.0}"
 
 
-def spec(**changes: object) -> virt.DomainSpec:
+def spec(**changes: object) -> domain.DomainSpec:
     base = dict(name="hplab-abcd1234-cn1", run_id="abcd1234", node="cn1", memory_mib=3072,
                 vcpus=1, accel="tcg", kernel=Path("/k/vmlinuz"), initrd=Path("/k/initrd"),
                 cmdline="console=ttyS0 panic=-1", console=Path("/r/cn1/console.log"),
                 ssh_port=40022)
     base.update(changes)
-    return virt.DomainSpec(**base)  # type: ignore[arg-type]
+    return domain.DomainSpec(**base)  # type: ignore[arg-type]
 
 
 def element(root: ET.Element, path: str) -> ET.Element:
@@ -39,7 +40,7 @@ def element(root: ET.Element, path: str) -> ET.Element:
 
 
 def test_tcg_domain_xml() -> None:
-    root = ET.fromstring(virt.domain_xml(spec()))
+    root = ET.fromstring(domain.domain_xml(spec()))
     assert root.get("type") == "qemu"
     assert root.findtext("name") == "hplab-abcd1234-cn1"
     assert element(root, "cpu").attrib == {"mode": "maximum", "check": "none"}
@@ -58,7 +59,7 @@ def test_tcg_domain_xml() -> None:
 
 
 def test_kvm_and_hugepage_backing() -> None:
-    root = ET.fromstring(virt.domain_xml(spec(accel="kvm", hugepage_backing=True)))
+    root = ET.fromstring(domain.domain_xml(spec(accel="kvm", hugepage_backing=True)))
     assert root.get("type") == "kvm"
     assert element(root, "cpu").get("mode") == "host-passthrough"
     args = [a.get("value") for a in root.iter(f"{QEMU_NS}arg")]
@@ -69,39 +70,39 @@ def test_kvm_and_hugepage_backing() -> None:
 
 
 def test_unbacked_domain_leaves_ram_to_libvirt() -> None:
-    args = [a.get("value") for a in ET.fromstring(virt.domain_xml(spec())).iter(f"{QEMU_NS}arg")]
+    args = [a.get("value") for a in ET.fromstring(domain.domain_xml(spec())).iter(f"{QEMU_NS}arg")]
     assert "-object" not in args and "-machine" not in args
 
 
 def test_disk_is_a_qcow2_virtio_disk_on_a_fixed_slot() -> None:
-    root = ET.fromstring(virt.domain_xml(spec(disk=Path("/r/cn1/disk.qcow2"))))
+    root = ET.fromstring(domain.domain_xml(spec(disk=Path("/r/cn1/disk.qcow2"))))
     disk = element(root, "devices/disk")
     assert element(disk, "driver").get("type") == "qcow2"
     assert element(disk, "source").get("file") == "/r/cn1/disk.qcow2"
     assert element(disk, "target").attrib == {"dev": "vda", "bus": "virtio"}
     assert element(disk, "address").get("slot") == "0x05"
-    assert ET.fromstring(virt.domain_xml(spec())).find("devices/disk") is None
+    assert ET.fromstring(domain.domain_xml(spec())).find("devices/disk") is None
 
 
 def test_metadata_is_quoted() -> None:
-    root = ET.fromstring(virt.domain_xml(spec(console=Path("/r/a'b&c/console.log"))))
+    root = ET.fromstring(domain.domain_xml(spec(console=Path("/r/a'b&c/console.log"))))
     assert element(root, "devices/serial/source").get("path") == "/r/a'b&c/console.log"
 
 
 def test_domain_names_carry_run_and_node() -> None:
-    assert virt.domain_name("abcd1234", "cn1") == "hplab-abcd1234-cn1"
+    assert domain.domain_name("abcd1234", "cn1") == "hplab-abcd1234-cn1"
 
 
 def test_free_port_is_loopback_bindable() -> None:
-    port = virt.free_port()
+    port = domain.free_port()
     assert 1024 < port < 65536
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", port))
 
 
 def test_transient_errors_are_recognised() -> None:
-    assert virt.is_transient_error(Exception("Could not set up host forwarding rule 'x'"))
-    assert not virt.is_transient_error(Exception("unsupported configuration"))
+    assert libvirt_calls.is_transient_error(Exception("Could not set up host forwarding rule 'x'"))
+    assert not libvirt_calls.is_transient_error(Exception("unsupported configuration"))
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -123,13 +124,13 @@ def test_a_kernels_own_arguments_come_before_the_topologys() -> None:
 
 
 def test_console_tail_of_missing_file(tmp_path: Path) -> None:
-    assert "no console file" in virt.console_tail(tmp_path / "nothing")
+    assert "no console file" in readiness.console_tail(tmp_path / "nothing")
 
 
 def test_console_tail_keeps_last_lines(tmp_path: Path) -> None:
     log = tmp_path / "console.log"
     log.write_text("".join(f"line {i}\n" for i in range(100)))
-    tail = virt.console_tail(log, 3)
+    tail = readiness.console_tail(log, 3)
     assert tail.splitlines() == ["line 97", "line 98", "line 99"]
 
 
@@ -137,9 +138,9 @@ def test_resolve_accel_honours_explicit_choice() -> None:
     def must_not_probe() -> bool:
         raise AssertionError("probed")
 
-    assert virt.resolve_accel("tcg", must_not_probe) == "tcg"
-    assert virt.resolve_accel("auto", lambda: False) == "tcg"
-    assert virt.resolve_accel("auto", lambda: True) == "kvm"
+    assert accel.resolve_accel("tcg", must_not_probe) == "tcg"
+    assert accel.resolve_accel("auto", lambda: False) == "tcg"
+    assert accel.resolve_accel("auto", lambda: True) == "kvm"
 
 
 SMAPS = """\
@@ -164,7 +165,7 @@ Rss:                   4 kB
 
 
 def test_smaps_mappings_with_page_size_and_hugetlb_use() -> None:
-    maps = virt.parse_smaps(SMAPS)
+    maps = inspect.parse_smaps(SMAPS)
     assert [m.size_kib for m in maps] == [1024, 2097152, 2097152]
     ram = maps[1]
     assert ram.path == "/dev/hugepages1G/qemu_back_mem.x (deleted)"
@@ -175,10 +176,10 @@ def test_smaps_mappings_with_page_size_and_hugetlb_use() -> None:
 def test_hugetlbfs_mount_must_have_gigantic_pages() -> None:
     mounts = ("hugetlbfs /dev/hugepages hugetlbfs rw,relatime,pagesize=2M 0 0\n"
               "hugetlbfs /dev/hugepages1G hugetlbfs rw,relatime,mode=1770,pagesize=1024M 0 0\n")
-    assert virt.hugetlbfs_mounted(mounts, Path("/dev/hugepages1G"))
-    assert not virt.hugetlbfs_mounted(mounts, Path("/dev/hugepages"))
-    assert not virt.hugetlbfs_mounted("tmpfs /dev/hugepages1G tmpfs rw 0 0\n",
-                                      Path("/dev/hugepages1G"))
+    assert hugepages.hugetlbfs_mounted(mounts, Path("/dev/hugepages1G"))
+    assert not hugepages.hugetlbfs_mounted(mounts, Path("/dev/hugepages"))
+    assert not hugepages.hugetlbfs_mounted("tmpfs /dev/hugepages1G tmpfs rw 0 0\n",
+                                           Path("/dev/hugepages1G"))
 
 
 class FakePool:
@@ -198,12 +199,12 @@ class FakePool:
     def install(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakePool:
         nr = tmp_path / "nr_hugepages"
         nr.write_text("0\n")
-        monkeypatch.setattr(virt, "NR_1G", nr)
-        monkeypatch.setattr(virt, "POOL_LOCK", tmp_path / "pool.lock")
-        monkeypatch.setattr(virt, "_read_pool", lambda: self.nr)
-        monkeypatch.setattr(virt, "_write_pool", self.write)
-        monkeypatch.setattr(virt, "_compact", self.compact)
-        monkeypatch.setattr(virt, "_mem_available_kib", lambda: 16 * 1024 * 1024)
+        monkeypatch.setattr(hugepages, "NR_1G", nr)
+        monkeypatch.setattr(hugepages, "POOL_LOCK", tmp_path / "pool.lock")
+        monkeypatch.setattr(hugepages, "_read_pool", lambda: self.nr)
+        monkeypatch.setattr(hugepages, "_write_pool", self.write)
+        monkeypatch.setattr(hugepages, "_compact", self.compact)
+        monkeypatch.setattr(hugepages, "_mem_available_kib", lambda: 16 * 1024 * 1024)
         return self
 
 
@@ -211,16 +212,16 @@ def test_host_pages_reserved_and_given_back(tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     pool = FakePool(capacity=8).install(monkeypatch, tmp_path)
     pool.nr = 1  # another lab's page
-    virt.reserve_host_pages(3)
+    hugepages.reserve_host_pages(3)
     assert pool.nr == 4
-    virt.release_host_pages(3)
+    hugepages.release_host_pages(3)
     assert (pool.nr, pool.compactions) == (1, 0)
 
 
 def test_shortfall_compacts_once_then_succeeds(tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     pool = FakePool(capacity=2, after_compaction=2).install(monkeypatch, tmp_path)
-    virt.reserve_host_pages(3)
+    hugepages.reserve_host_pages(3)
     assert (pool.nr, pool.compactions) == (3, 1)
 
 
@@ -228,24 +229,24 @@ def test_shortfall_refuses_and_restores_the_pool(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     pool = FakePool(capacity=2).install(monkeypatch, tmp_path)
     with pytest.raises(HostError, match=r"3 more 1 GiB pages .*got 2 even after compacting"):
-        virt.reserve_host_pages(3)
+        hugepages.reserve_host_pages(3)
     assert (pool.nr, pool.compactions) == (0, 1)
 
 
 def test_not_enough_host_memory_is_refused_before_touching_the_pool(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pool = FakePool(capacity=8).install(monkeypatch, tmp_path)
-    monkeypatch.setattr(virt, "_mem_available_kib", lambda: 2 * 1024 * 1024)
+    monkeypatch.setattr(hugepages, "_mem_available_kib", lambda: 2 * 1024 * 1024)
     with pytest.raises(HostError, match="needs 3 x 1 GiB but the host has only 2 GiB"):
-        virt.reserve_host_pages(3)
+        hugepages.reserve_host_pages(3)
     assert pool.nr == 0
 
 
 def test_host_without_gigantic_pages_is_refused(tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(virt, "NR_1G", tmp_path / "missing" / "nr_hugepages")
+    monkeypatch.setattr(hugepages, "NR_1G", tmp_path / "missing" / "nr_hugepages")
     with pytest.raises(HostError, match="no 1 GiB huge pages"):
-        virt.reserve_host_pages(1)
+        hugepages.reserve_host_pages(1)
 
 
 @pytest.mark.parametrize(("text", "pages"), [
@@ -288,8 +289,8 @@ def test_lab_reconnects_when_the_daemon_restarted(tmp_path: Path,
         opened.append(_FakeConn(f"{uri}#{len(opened)}"))
         return opened[-1]
 
-    monkeypatch.setattr(virt, "connect", connect)
-    monkeypatch.setattr(virt, "alive", lambda conn: conn is not opened[0])
+    monkeypatch.setattr(libvirt_calls, "connect", connect)
+    monkeypatch.setattr(libvirt_calls, "alive", lambda conn: conn is not opened[0])
     lab = engine.Lab(parse("nodes: [{name: cn1}]", Path("t.yaml")), tmp_path)
     events: list[str] = []
     lab.bus.subscribe(lambda event: events.append(f"{event.phase} {event.detail}"))
@@ -327,19 +328,21 @@ class _FakeGuest:
 @pytest.fixture
 def rebootable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                ) -> tuple[engine.Lab, engine.NodeRuntime, list[str]]:
-    """A lab with one running node and virt, images and Guest faked; the calls made."""
+    """A lab with one running node and its libvirt calls, images and Guest faked; the calls made."""
     calls: list[str] = []
-    monkeypatch.setattr(virt, "connect", lambda uri, wait_s=0.0: _FakeConn(uri))
-    monkeypatch.setattr(virt, "alive", lambda conn: True)
-    monkeypatch.setattr(virt, "destroy", lambda conn, name: calls.append(f"destroy {name}"))
-    monkeypatch.setattr(virt, "create", lambda conn, spec: calls.append(f"create {spec.name}"))
+    monkeypatch.setattr(libvirt_calls, "connect", lambda uri, wait_s=0.0: _FakeConn(uri))
+    monkeypatch.setattr(libvirt_calls, "alive", lambda conn: True)
+    monkeypatch.setattr(libvirt_calls, "destroy",
+                        lambda conn, name: calls.append(f"destroy {name}"))
+    monkeypatch.setattr(libvirt_calls, "create",
+                        lambda conn, spec: calls.append(f"create {spec.name}"))
 
     def overlay(image: Image, out: Path) -> Path:
         calls.append(f"overlay {out.name}")
         return out
 
     monkeypatch.setattr(nodefiles, "node_disk", overlay)
-    monkeypatch.setattr(virt, "wait_ssh_banner",
+    monkeypatch.setattr(readiness, "wait_ssh_banner",
                         lambda *a, console_from=0, **k: calls.append(f"wait from {console_from}"))
     monkeypatch.setattr(engine, "Guest", _FakeGuest)
     lab = engine.Lab(parse("nodes: [{name: cn1}]", Path("t.yaml")), tmp_path)
@@ -392,7 +395,7 @@ def test_a_reboot_that_never_answers_leaves_no_domain_and_says_the_node_is_down(
     def no_banner(*args: object, **kwargs: object) -> None:
         raise BootError("cn1: no SSH banner after 90.0s", node="cn1", phase="ssh-banner")
 
-    monkeypatch.setattr(virt, "wait_ssh_banner", no_banner)
+    monkeypatch.setattr(readiness, "wait_ssh_banner", no_banner)
     with pytest.raises(BootError, match="no SSH banner"):
         lab.reboot("cn1")
     assert calls[-2:] == ["create hplab-x-cn1", "destroy hplab-x-cn1"]
@@ -407,11 +410,11 @@ def test_a_reboot_that_never_answers_leaves_no_domain_and_says_the_node_is_down(
 def test_the_host_pool_is_given_back_and_a_mount_made_for_it_undone(
         monkeypatch: pytest.MonkeyPatch, mounted_here: bool, unmounts: int) -> None:
     calls: list[str] = []
-    monkeypatch.setattr(virt, "ensure_hugetlbfs", lambda: mounted_here)
-    monkeypatch.setattr(virt, "reserve_host_pages", lambda n: calls.append(f"reserve {n}"))
-    monkeypatch.setattr(virt, "release_host_pages", lambda n: calls.append(f"release {n}"))
-    monkeypatch.setattr(virt, "unmount_unless_busy", lambda: calls.append("umount"))
-    with pytest.raises(RuntimeError), virt.hugepage_pool(3):
+    monkeypatch.setattr(hugepages, "ensure_hugetlbfs", lambda: mounted_here)
+    monkeypatch.setattr(hugepages, "reserve_host_pages", lambda n: calls.append(f"reserve {n}"))
+    monkeypatch.setattr(hugepages, "release_host_pages", lambda n: calls.append(f"release {n}"))
+    monkeypatch.setattr(hugepages, "unmount_unless_busy", lambda: calls.append("umount"))
+    with pytest.raises(RuntimeError), hugepages.hugepage_pool(3):
         raise RuntimeError("boot failed")
     assert calls == ["reserve 3", "release 3", *["umount"] * unmounts]
 
@@ -422,10 +425,10 @@ def test_a_refused_reservation_still_undoes_the_mount(monkeypatch: pytest.Monkey
     def refuse(count: int) -> None:
         raise HostError("no pages")
 
-    monkeypatch.setattr(virt, "ensure_hugetlbfs", lambda: True)
-    monkeypatch.setattr(virt, "reserve_host_pages", refuse)
-    monkeypatch.setattr(virt, "unmount_unless_busy", lambda: calls.append("umount"))
-    with pytest.raises(HostError), virt.hugepage_pool(1):
+    monkeypatch.setattr(hugepages, "ensure_hugetlbfs", lambda: True)
+    monkeypatch.setattr(hugepages, "reserve_host_pages", refuse)
+    monkeypatch.setattr(hugepages, "unmount_unless_busy", lambda: calls.append("umount"))
+    with pytest.raises(HostError), hugepages.hugepage_pool(1):
         pass
     assert calls == ["umount"]
 
@@ -442,7 +445,7 @@ def test_stop_runs_every_step_when_some_fail_and_names_them(
     def disk_busy(run_dir: Path) -> None:
         raise OSError(16, "Device or resource busy")
 
-    monkeypatch.setattr(virt, "destroy", refuse)
+    monkeypatch.setattr(libvirt_calls, "destroy", refuse)
     monkeypatch.setattr(engine, "remove_work_files", disk_busy)
     released: list[str] = []
     lab._host_resources.callback(lambda: released.append("pool"))
@@ -477,11 +480,11 @@ def test_a_connection_gets_keepalive_on_the_event_loop(monkeypatch: pytest.Monke
     fake.open = open_  # type: ignore[attr-defined]
     fake.libvirtError = RuntimeError  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "libvirt", fake)
-    virt._event_loop.cache_clear()
+    libvirt_calls._event_loop.cache_clear()
     try:
-        virt.connect("qemu:///system")
-        virt.connect("qemu:///system")
+        libvirt_calls.connect("qemu:///system")
+        libvirt_calls.connect("qemu:///system")
     finally:
-        virt._event_loop.cache_clear()
+        libvirt_calls._event_loop.cache_clear()
     assert calls == ["event impl", "open qemu:///system", "keepalive 5 3",
                      "open qemu:///system", "keepalive 5 3"]

@@ -13,11 +13,12 @@ from lab.engine import Lab
 from lab.errors import LabError
 from lab.events import EventBus, ProgressPrinter
 from lab.fragment.spec import PROFILES
+from lab.host import inspect
 from lab.host import prepare as hostprep
 from lab.paths import cache_dir, lab_dir
 from lab.reap import RunRecord, owned_domains, reap, runs, stray_qemu
 from lab.rundir import NodeState, remove_work_files
-from lab.vm import virt
+from lab.vm import domain, libvirt_calls
 
 
 def _bus(quiet: bool = False) -> EventBus:
@@ -68,7 +69,7 @@ def dry_run_text(plan: plans.Plan, base: Path) -> str:
         spec = planned.domain_spec(run_id=DRY_RUN_ID,
                                    node_dir=base / "runs" / DRY_RUN_ID / planned.node.name,
                                    accel=accel, ssh_port=0)
-        out += [f"<!-- {planned.describe()} -->", virt.domain_xml(spec)]
+        out += [f"<!-- {planned.describe()} -->", domain.domain_xml(spec)]
     return "\n".join(out)
 
 
@@ -87,8 +88,8 @@ def cmd_down(args: argparse.Namespace) -> int:
     for record in records if args.all or args.run else records[-1:]:
         conns: dict[str, object] = {}
         for name, node in record.state.nodes.items():
-            conns.setdefault(node.uri, virt.connect(node.uri))
-            virt.destroy(conns[node.uri], node.domain)
+            conns.setdefault(node.uri, libvirt_calls.connect(node.uri))
+            libvirt_calls.destroy(conns[node.uri], node.domain)
             print(f"destroyed {node.domain} ({name})")
         record.state.status = "stopped"
         record.state.write(record.path)
@@ -128,8 +129,8 @@ def cmd_console(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     base = lab_dir(args.lab_dir)
-    conn = virt.connect("qemu:///system")
-    live = set(virt.lab_domains(conn))
+    conn = libvirt_calls.connect("qemu:///system")
+    live = set(libvirt_calls.lab_domains(conn))
     conn.close()
     for record in runs(base)[-args.last:]:
         nodes = record.state.nodes
@@ -148,7 +149,7 @@ def cmd_reap(args: argparse.Namespace) -> int:
     for name in removed:
         print(f"reaped {name}")
     base = lab_dir(args.lab_dir)
-    leftovers = stray_qemu(virt.qemu_processes(), owned_domains(base))
+    leftovers = stray_qemu(inspect.qemu_processes(), owned_domains(base))
     for line in leftovers:
         print(f"warning: QEMU process still running: {line}", file=sys.stderr)
     if not removed:

@@ -1,2 +1,2 @@
-"""The virtual machines through libvirt: domain XML, start and stop, the accelerator probe and
-the reaper of leftover domains."""
+"""The virtual machines through libvirt: what a domain is made of and its XML, the libvirt
+calls, waiting for a guest to be ready, and the choice of accelerator."""
