@@ -28,11 +28,10 @@ from lab.pytest_plugin.reporting import (
 )
 from lab.report.html import write_report
 from lab.rundir import ResultEntry, write_results
-from lab.timeouts import Timeouts
+from lab.timeouts import DEATH_POLL_S, Timeouts
 from lab.topology import Topology
 
 MAX_REVIVALS = 3  # per node and session
-DEATH_SETTLE_S = 2.0  # libvirt's word that a domain is gone can trail SSH's by a moment
 # Each node's kernel log of a test starts at its mark (None: at the node's boot).
 CANARIES = pytest.StashKey[dict[str, str | None]]()
 
@@ -137,14 +136,14 @@ class LabSession:
         if lab is None:
             return []
         used = self.nodes_of(item)
-        deadline = time.monotonic() + (DEATH_SETTLE_S if settle and used else 0.0)
+        deadline = time.monotonic() + (Timeouts.death_settle if settle and used else 0.0)
         died: list[NodeDied] = []
         while True:
             died += self._look(lab, moment)
             mine = [death for death in died if death.node in used]
             if mine or time.monotonic() >= deadline:
                 return mine
-            time.sleep(0.1)
+            time.sleep(DEATH_POLL_S)
 
     def _look(self, lab: Lab, moment: str) -> list[NodeDied]:
         died = []
@@ -239,7 +238,8 @@ class LabSession:
             if rt.guest is None or rt.guest.silent:  # a frozen guest would only cost its bound
                 continue
             try:
-                result[name] = int(rt.guest.check("cat /proc/sys/kernel/tainted", timeout=20))
+                result[name] = int(rt.guest.check("cat /proc/sys/kernel/tainted",
+                                                  timeout=rt.guest.timeouts.taint_read))
             except (LabError, ValueError):
                 continue
         return result
