@@ -41,6 +41,13 @@ SPEED_WORKLOAD = (
     f"read c _ < /proc/uptime; echo {SPEED_MARK} $a $b $c'")
 
 
+# Host seconds between two looks of a poll (not bounds, not scaled; each poll is bounded
+# by one of the Timeouts): for a dead node's domain (lab.pytest_plugin.session), for the
+# module's refcount to drop (lab.dut.kmod).
+DEATH_POLL_S = 0.1
+UNLOAD_POLL_S = 0.2
+
+
 @dataclass(frozen=True)
 class SpeedReference:
     """Seconds each part of SPEED_WORKLOAD takes on the reference machine."""
@@ -134,12 +141,24 @@ class Timeouts:
     module_unload: float = 30.0  # until the module's refcount drops to 0
     agent_fill: float = 600.0  # vrhp-agent fill of a whole table
     agent_bench: float = 600.0  # vrhp-agent bench
+    taint_read: float = 20.0  # /proc/sys/kernel/tainted, read around each phase of a test
+    # The fragmenter (lab.fragment.driver): its release of the memory it holds takes well
+    # under a second on the reference; a holder that does not release is killed, and its
+    # files removed, within fragment_kill. A command bounds the tool's own cap (its spec's
+    # timeout_s, or the release bound) plus a slack for starting and printing.
+    fragment_release: float = 10.0
+    fragment_kill: float = 30.0
+    fragment_slack: float = 60.0  # a fragment run: its spec's timeout_s plus this
+    release_slack: float = 10.0  # a release: its bound plus this
     # A whole lab test, setup to teardown: the last-resort safety net (pytest-timeout),
     # far above every bound of its own. The first test's also covers the lab's boot.
     test_safety_net: float = 1200.0
     # Host seconds, not scaled: a KVM boot the verdict is cached from, a build on the host.
     accel_probe: float = 20.0
     module_build: float = 600.0
+    # Host seconds, not scaled: libvirt's word that a domain is gone can trail SSH's by a
+    # moment; a test whose connection broke waits this long for a death of its nodes.
+    death_settle: float = 2.0
     accel: str = "tcg"
     slowdown: float | None = None  # None: not measured yet
 

@@ -13,7 +13,8 @@ from lab.dut import kmod
 from lab.dut.install import ModuleBuilds, install
 from lab.dut.kmod import GuestModule
 from lab.engine import Lab
-from lab.pytest_plugin.plugin import LabSession, hugepage_shortfall
+from lab.pytest_plugin.needs import hugepage_shortfall
+from lab.pytest_plugin.session import LabSession
 from lab.topology import HugePages
 
 FUZZ_CALLS_DEFAULT = 5000  # per backend: about a minute under TCG

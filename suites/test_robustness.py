@@ -24,7 +24,7 @@ from lab.dut.kmod import hugepage_pool
 from lab.engine import Lab
 from lab.guest.ssh import Guest
 from lab.paths import lab_dir
-from lab.pytest_plugin.plugin import LabSession
+from lab.pytest_plugin.session import LabSession
 from lab.timeouts import Bound, Timeouts
 from lab.vm import domain
 

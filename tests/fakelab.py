@@ -21,7 +21,7 @@ from lab.errors import GuestError
 from lab.events import EventBus
 from lab.guest.ssh import Guest, Result
 from lab.plan import NodePlan
-from lab.pytest_plugin import plugin
+from lab.pytest_plugin import session
 from lab.topology import Topology
 
 
@@ -114,7 +114,7 @@ class FakeLab(engine.Lab):
 
 def install() -> None:
     """Every lab of this session is a FakeLab."""
-    pytest.MonkeyPatch().setattr(plugin, "Lab", FakeLab)
+    pytest.MonkeyPatch().setattr(session, "Lab", FakeLab)
 
 
 ROOT = Path(__file__).resolve().parent.parent

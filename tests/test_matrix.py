@@ -23,7 +23,7 @@ import dataclasses
 
 import fakelab
 import pytest
-from lab.pytest_plugin import plugin
+from lab.pytest_plugin import session
 from lab.errors import BuildError
 
 
@@ -45,7 +45,7 @@ class KernelLab(fakelab.FakeLab):
         return self
 
 
-pytest.MonkeyPatch().setattr(plugin, "Lab", KernelLab)
+pytest.MonkeyPatch().setattr(session, "Lab", KernelLab)
 """
 INNER_TESTS = """
 import pytest

@@ -18,7 +18,7 @@ from lab.build.image import nodefiles
 from lab.build.image.guestimage import Image
 from lab.build.kernel import Kernel
 from lab.plan import NodePlan
-from lab.pytest_plugin import plugin
+from lab.pytest_plugin import session as lab_session
 from lab.topology import parse
 from lab.vm import domain, libvirt_calls
 
@@ -285,7 +285,7 @@ def test_revive_boots_a_vanished_domain_again(tmp_path: Path,
 
 def test_a_session_without_a_lab_notices_nothing(pytester: pytest.Pytester) -> None:
     config = pytester.parseconfig("-p", "lab.pytest_plugin.plugin")
-    session = plugin.LabSession(config)
+    session = lab_session.LabSession(config)
     item = pytester.getitem("def test_func(): pass")
     assert session.notice_deaths(item, "during x", settle=True) == []
     assert session.prepare_nodes(item) == []

@@ -14,7 +14,8 @@ from lab.errors import BuildError, GuestError
 from lab.events import EventBus
 from lab.guest.ssh import Guest
 from lab.host import prepare as host
-from lab.pytest_plugin import plugin
+from lab.pytest_plugin import needs, outcomes
+from lab.pytest_plugin.session import CANARIES, LabSession
 from lab.topology import parse
 
 
@@ -156,12 +157,12 @@ def test_deep_fuzzer_builds_and_refuses_bad_arguments(tmp_path: Path) -> None:
 def test_hugepage_marker_shortfall() -> None:
     node = parse("nodes: [{name: cn1, hugepages: {size: 1G, count: 1}}]", Path("t")).nodes[0]
     mark = pytest.mark.hugepages(size="1G", count=2).mark
-    assert plugin.hugepage_shortfall(node, mark) == (
+    assert needs.hugepage_shortfall(node, mark) == (
         "node 'cn1' has 1 x 1G huge pages; the test needs 2 x 1G")
-    assert plugin.hugepage_shortfall(node, pytest.mark.hugepages(size="1G", count=1).mark) is None
-    assert plugin.hugepage_shortfall(node, None) is None
+    assert needs.hugepage_shortfall(node, pytest.mark.hugepages(size="1G", count=1).mark) is None
+    assert needs.hugepage_shortfall(node, None) is None
     bare = parse("nodes: [{name: cn2}]", Path("t")).nodes[0]
-    assert "has no huge pages" in (plugin.hugepage_shortfall(bare, mark) or "")
+    assert "has no huge pages" in (needs.hugepage_shortfall(bare, mark) or "")
 
 
 DEFAULT_TABLES = pytest.mark.hugepages(count={"1G": 2, "2M": 87}).mark
@@ -181,16 +182,16 @@ def test_hugepage_marker_with_a_count_per_size(pool: str | None, reason: str | N
     """Any one listed size will do; a node without a pool has none."""
     pages = f", hugepages: {pool}" if pool else ""
     node = parse(f"nodes: [{{name: cn1, memory: 5G{pages}}}]", Path("t")).nodes[0]
-    assert plugin.hugepage_shortfall(node, DEFAULT_TABLES) == reason
+    assert needs.hugepage_shortfall(node, DEFAULT_TABLES) == reason
 
 
 def test_hugepage_marker_for_one_size_skips_the_other() -> None:
     node = parse("nodes: [{name: cn1, memory: 3G, hugepages: {size: 2M, count: 128}}]",
                  Path("t")).nodes[0]
-    assert plugin.hugepage_shortfall(node, pytest.mark.hugepages(size="1G", count=2).mark) == (
+    assert needs.hugepage_shortfall(node, pytest.mark.hugepages(size="1G", count=2).mark) == (
         "node 'cn1' has 128 x 2M huge pages; the test needs 2 x 1G")
-    assert plugin.hugepage_shortfall(node, pytest.mark.hugepages("2M", 128).mark) is None
-    assert plugin.hugepage_needs(pytest.mark.hugepages().mark) == {"1G": 1}
+    assert needs.hugepage_shortfall(node, pytest.mark.hugepages("2M", 128).mark) is None
+    assert needs.hugepage_needs(pytest.mark.hugepages().mark) == {"1G": 1}
 
 
 @pytest.mark.parametrize("mark", [pytest.mark.hugepages(count={"4K": 1}),
@@ -200,7 +201,7 @@ def test_hugepage_marker_for_one_size_skips_the_other() -> None:
                          ids=["unknown-size", "unknown-size-kw", "size-and-dict", "empty"])
 def test_hugepage_marker_misuse_is_a_usage_error(mark: pytest.MarkDecorator) -> None:
     with pytest.raises(pytest.UsageError):
-        plugin.hugepage_needs(mark.mark)
+        needs.hugepage_needs(mark.mark)
 
 
 def test_default_tables_need_two_1g_or_87_2m_pages() -> None:
@@ -243,7 +244,7 @@ class _Item:
 
 
 def test_fresh_guest_reboots_only_a_node_a_test_has_used(tmp_path: Path) -> None:
-    session = plugin.LabSession(_Config(tmp_path))  # type: ignore[arg-type]
+    session = LabSession(_Config(tmp_path))  # type: ignore[arg-type]
     lab = _RebootingLab()
     session._lab = lab  # type: ignore[assignment]
     session.untouched = {"cn1", "cn2"}  # just booted
@@ -253,13 +254,13 @@ def test_fresh_guest_reboots_only_a_node_a_test_has_used(tmp_path: Path) -> None
     assert not session.fresh("cn1", _Item())  # type: ignore[arg-type]  # not asked for
     assert lab.rebooted == []
     marks: dict[str, str | None] = {"cn1": "hplab-canary t 1", "cn2": "hplab-canary t 2"}
-    item.stash[plugin.CANARIES] = marks
+    item.stash[CANARIES] = marks
     assert session.fresh("cn1", item) and lab.rebooted == ["cn1"]  # type: ignore[arg-type]
     assert not session.fresh("cn1", item)  # type: ignore[arg-type]  # a second fixture
     assert lab.rebooted == ["cn1"]
     assert item.user_properties == [("reboot_seconds", 3.5)]
     # the test's log of cn1 is the new boot's whole log
-    assert item.stash[plugin.CANARIES] == {"cn1": None, "cn2": "hplab-canary t 2"}
+    assert item.stash[CANARIES] == {"cn1": None, "cn2": "hplab-canary t 2"}
 
 
 class _LoggingGuest:
@@ -274,23 +275,23 @@ class _LoggingGuest:
 
 
 def test_a_node_without_a_canary_gives_its_log_since_boot(tmp_path: Path) -> None:
-    session = plugin.LabSession(_Config(tmp_path))  # type: ignore[arg-type]
+    session = LabSession(_Config(tmp_path))  # type: ignore[arg-type]
     guest = _LoggingGuest()
     node = SimpleNamespace(guest=guest)
     session._lab = SimpleNamespace(nodes={"cn1": node, "cn2": node})  # type: ignore[assignment]
-    sections = plugin._dmesg_sections(session, {"cn1": "hplab-canary t 1", "cn2": None})
+    sections = outcomes.dmesg_sections(session, {"cn1": "hplab-canary t 1", "cn2": None})
     assert sections == [("cn1", "after hplab-canary t 1\n"),
                         ("cn2", "[0.0] Linux version\n[9.0] vrhp: loaded\n")]
 
 
 def test_a_guest_that_stopped_answering_is_not_asked_for_its_log_or_taint(
         tmp_path: Path) -> None:
-    session = plugin.LabSession(_Config(tmp_path))  # type: ignore[arg-type]
+    session = LabSession(_Config(tmp_path))  # type: ignore[arg-type]
     guest = _LoggingGuest()
     guest.silent = True
     node = SimpleNamespace(guest=guest, console=tmp_path / "console.log")
     session._lab = SimpleNamespace(nodes={"cn1": node})  # type: ignore[assignment]
-    [(name, text)] = plugin._dmesg_sections(session, {"cn1": "hplab-canary t 1"})
+    [(name, text)] = outcomes.dmesg_sections(session, {"cn1": "hplab-canary t 1"})
     assert name == "cn1" and "did not answer its last command" in text
     assert "console.log" in text
     assert session.taints() == {}

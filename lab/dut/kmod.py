@@ -26,7 +26,7 @@ from lab.errors import BuildError, GuestError
 from lab.guest.ssh import Guest, Result
 from lab.paths import KMOD_SOURCE
 from lab.shell import digest, run
-from lab.timeouts import Timeouts
+from lab.timeouts import UNLOAD_POLL_S, Timeouts
 
 SOURCE_SUFFIXES = (".c", ".h", "Kbuild", "Makefile")
 REMOTE_DIR = "/opt/vrhp"
@@ -173,7 +173,7 @@ class GuestModule:
                 raise GuestError(f"{guest.node}: vrhp refcount still {count} after "
                                  f"{elapsed:.1f}s, past the unload bound of {bound}; "
                                  "cannot unload")
-            time.sleep(0.2)
+            time.sleep(UNLOAD_POLL_S)
         if count == "0":
             guest.check(f"rmmod {MODULE_NAME}")
 

@@ -36,8 +36,6 @@ WORK_DIR = "/run/hplab-fragment"
 # release, so nothing of one run outlives it as page cache.
 FILES_DIR = "/mnt/hplab-fragment"
 _MOUNTED = f"grep -q ' {FILES_DIR} ' /proc/mounts"  # busybox images have no mountpoint(1)
-RELEASE_S = 10.0  # reference seconds: a release takes well under one on the reference
-KILL_S = 30.0
 ProgressCallback = Callable[[str], None]
 
 
@@ -125,8 +123,8 @@ class GuestFragmenter:
         tool_spec = dataclasses.replace(spec, timeout_s=self.guest.scaled(spec.timeout_s))
         command = tool_spec.command(self.binary, hold=True, pidfile=self.pidfile, verbose=True)
         self.held = spec  # from here on, release() gives back whatever the command left
-        result = self.guest.run(command, timeout=timeout or spec.timeout_s + 60,
-                                on_stderr_line=_progress_lines(progress))
+        bound = timeout or spec.timeout_s + self.guest.timeouts.fragment_slack
+        result = self.guest.run(command, timeout=bound, on_stderr_line=_progress_lines(progress))
         if result.exit_status not in (EXIT_REACHED, EXIT_MISSED):
             self.held = None  # it gave everything back itself, or never took anything
         try:
@@ -136,17 +134,20 @@ class GuestFragmenter:
                              f"{result.stderr.strip()[-500:]}") from None
         return FragmentRun(spec, summary, before, self.snapshot())
 
-    def release(self, bound: float = RELEASE_S) -> ReleaseOutcome | None:
+    def release(self, bound: float | None = None) -> ReleaseOutcome | None:
         """Give the held memory back: the fragmenter releases within `bound` reference
-        seconds, or its holder is killed and what it left is removed. None if nothing was
-        held. Raises GuestError when even that fails: the node then needs a reboot."""
+        seconds (default the guest's fragment_release), or its holder is killed and what
+        it left is removed. None if nothing was held. Raises GuestError when even that
+        fails: the node then needs a reboot."""
         if self.held is None:
             return None
+        timeouts = self.guest.timeouts
+        bound = timeouts.fragment_release if bound is None else bound
         outcome = ReleaseOutcome("released")
         try:
             answer = self.guest.check(shlex.join(release_argv(self.binary, self.pidfile,
                                                               self.guest.scaled(bound))),
-                                      timeout=bound + 10)
+                                      timeout=bound + timeouts.release_slack)
             if '"was_running":false' in answer:
                 outcome = ReleaseOutcome("died", "the holder had exited before its release "
                                                  "(killed, or the OOM killer)")
@@ -155,7 +156,8 @@ class GuestFragmenter:
             self._kill_holder()
         self.held = None
         self.guest.check(f"{shlex.join(cleanup_argv(self.binary, FILES_DIR))} >/dev/null; "
-                         f"! {_MOUNTED} || umount {FILES_DIR}", timeout=KILL_S)
+                         f"! {_MOUNTED} || umount {FILES_DIR}",
+                         timeout=timeouts.fragment_kill)
         return outcome
 
     def _kill_holder(self) -> None:
@@ -163,7 +165,8 @@ class GuestFragmenter:
         self.guest.check(
             f"p=$(cat {self.pidfile} 2>/dev/null) || exit 0; kill -9 $p 2>/dev/null; "
             f"while [ -e /proc/$p ] && ! grep -q '^State:.*Z' /proc/$p/status 2>/dev/null; "
-            f"do sleep 0.1; done; rm -f {self.pidfile}", timeout=KILL_S)
+            f"do sleep 0.1; done; rm -f {self.pidfile}",
+            timeout=self.guest.timeouts.fragment_kill)
 
     def probe(self, spec: ProbeSpec) -> ProbeResult:
         """Attempt spec.count allocations of spec.order now; the probe frees them again."""
