@@ -2,8 +2,9 @@
 
 This module's one job: own the shape of the files a run leaves behind. ``state.json`` is
 a typed :class:`RunState` (its nodes :class:`NodeState`), read strictly with errors that
-name the file and the field; ``results.json`` is a list of :class:`ResultEntry`; the
-owner's ``owner.lock``; and the work files only live VMs need. Every file is written
+name the file and the field; ``results.json`` is a list of :class:`ResultEntry`;
+``suite.json`` the run as a JUnit testsuite, :class:`SuiteRecord`; the owner's
+``owner.lock``; and the work files only live VMs need. Every file is written
 atomically (a temporary file renamed over the old one), so a reader never sees half of
 one.
 """
@@ -23,6 +24,7 @@ from lab.plan import NODE_DISK, NODE_INITRD
 STATE_FILE = "state.json"
 RESULTS_FILE = "results.json"
 EVENTS_FILE = "events.json"
+SUITE_FILE = "suite.json"
 OWNER_LOCK = "owner.lock"
 WORK_FILES = ("id_ed25519", "id_ed25519.pub")
 STATUSES = ("starting", "running", "kept", "stopped", "reaped")
@@ -183,6 +185,81 @@ def write_results(run_dir: Path, entries: Iterable[ResultEntry]) -> None:
 def write_events(run_dir: Path, events: list[dict[str, Any]]) -> None:
     """events.json in `run_dir`, atomically."""
     write_atomic(run_dir / EVENTS_FILE, json.dumps(events, indent=1))
+
+
+# -- suite.json: the run as one JUnit testsuite ---------------------------------------------
+SUITE_PREFIX = "hplab"
+REQUIRED_SUITE_PROPERTIES = ("topology", "kernel", "host")
+OPTIONAL_SUITE_PROPERTIES = ("kernel_release", "run_id", "run_dir", "shard")
+
+
+@dataclass(frozen=True)
+class SuiteRecord:
+    """What names a run among shards and kernels: the testsuite name and properties of
+    its JUnit file, and its suite.json. Several values (nodes of different kernels) are
+    joined by ", "; a value the run never learnt (no lab booted, not sharded) is ""."""
+
+    topology: str  # the topology file as the session was given it
+    kernel: str  # the nodes' kernel specs, e.g. debian:6.1
+    kernel_release: str  # the releases they resolved to, e.g. 6.1.0-57-amd64
+    host: str  # the machine's hostname
+    run_id: str
+    run_dir: str
+    shard: str  # pytest-split's group/splits, e.g. 2/3
+    seconds: float = 0.0  # wall time of the session up to its end (JUnit's testsuite time)
+
+    @property
+    def name(self) -> str:
+        """The testsuite name, the same for every shard of one topology and kernel."""
+        return f"{SUITE_PREFIX} {Path(self.topology).name} {self.kernel}"
+
+    def properties(self) -> list[tuple[str, str]]:
+        """The testsuite properties: the required ones, then those the run has."""
+        values = self.to_json()
+        return [(name, str(values[name])) for name in REQUIRED_SUITE_PROPERTIES] + [
+            (name, str(values[name])) for name in OPTIONAL_SUITE_PROPERTIES if values[name]]
+
+    @classmethod
+    def from_properties(cls, properties: Mapping[str, str], seconds: float,
+                        source: str) -> SuiteRecord:
+        """From a testsuite's properties; FieldError naming `source` without the lab's."""
+        missing = [name for name in REQUIRED_SUITE_PROPERTIES if name not in properties]
+        if missing:
+            raise fields.FieldError(source, missing[0], "is missing: not a testsuite of an "
+                                    "hplab run (its properties: "
+                                    f"{', '.join(properties) or 'none'})")
+        return cls.from_json({**properties, "seconds": seconds}, source)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"topology": self.topology, "kernel": self.kernel,
+                "kernel_release": self.kernel_release, "host": self.host,
+                "run_id": self.run_id, "run_dir": self.run_dir, "shard": self.shard,
+                "seconds": self.seconds}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], source: str) -> SuiteRecord:
+        def optional(name: str) -> str:
+            return fields.string(data, name, source, default="")
+
+        return cls(topology=fields.string(data, "topology", source),
+                   kernel=fields.string(data, "kernel", source),
+                   kernel_release=optional("kernel_release"),
+                   host=fields.string(data, "host", source),
+                   run_id=optional("run_id"), run_dir=optional("run_dir"),
+                   shard=optional("shard"),
+                   seconds=fields.number(data, "seconds", source, default=0.0))
+
+
+def write_suite(run_dir: Path, suite: SuiteRecord) -> None:
+    """suite.json in `run_dir`, atomically."""
+    write_atomic(run_dir / SUITE_FILE, json.dumps(suite.to_json(), indent=1))
+
+
+def read_suite(run_dir: Path) -> SuiteRecord:
+    """The suite.json of `run_dir`; ValueError naming the file (and field)."""
+    path = run_dir / SUITE_FILE
+    return SuiteRecord.from_json(fields.load_object(path.read_text(), str(path), "suite"),
+                                 str(path))
 
 
 # -- the owner's lock and the work files ---------------------------------------------------

@@ -158,11 +158,12 @@ def run_inner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, source
     pytester.makepyfile(test_inner=source)
     lab_dir = pytester.path / "labdir"
     junit = pytester.path / "junit.xml"
+    earlier = set((lab_dir / "runs").glob("*"))  # runs of earlier inner sessions
     result = pytester.runpytest_subprocess(
         "-p", "lab.pytest_plugin.plugin", "-p", "no:cacheprovider", f"--rootdir={pytester.path}",
         f"--topology={ROOT / 'topologies' / 'single.yaml'}", f"--lab-dir={lab_dir}",
         f"--junitxml={junit}", *args)
-    runs = sorted((lab_dir / "runs").glob("*")) if (lab_dir / "runs").exists() else []
+    runs = sorted(set((lab_dir / "runs").glob("*")) - earlier)
     run_dir = runs[0] if runs else pytester.path
     if junit.exists():
         junit.replace(run_dir / "junit.xml")

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from lab.dut.install import ModuleBuilds
 
 DEFAULT_TOPOLOGY = "topologies/single.yaml"
+pytest_plugins = ["lab.pytest_plugin.junit"]  # the run's JUnit testsuite name and properties
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
