@@ -251,6 +251,34 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    """Shards or kernels' runs into one results.json, JUnit file and report.html."""
+    from lab.cli.matrix import counts_text
+    from lab.report.merge import JUNIT_NAME, merge
+
+    merged = merge([Path(p) for p in args.inputs], Path(args.out))
+    for part in merged.parts:
+        print(f"{part.label}: {counts_text(merged.counts(part))}, "
+              f"{part.suite.seconds:.1f} s wall")
+    for name in (JUNIT_NAME, "results.json", "report.html"):
+        print(merged.out_dir / name)
+    return 0
+
+
+def cmd_durations(args: argparse.Namespace) -> int:
+    """pytest-split's durations file from JUnit files or run directories."""
+    from lab.cli import durations
+
+    text = durations.durations_json(durations.durations([Path(p) for p in args.inputs],
+                                                        Path(args.root)))
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text)
+        print(args.output)
+    return 0
+
+
 def cmd_repeat(args: argparse.Namespace) -> int:
     from lab.cli import repeat
     pytest_args = list(args.pytest_args)
@@ -392,6 +420,21 @@ def parser() -> argparse.ArgumentParser:
                    "added, removed, kernel and module versions")
     p.add_argument("-o", "--output", help="the compare page (default: ./compare.html)")
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("merge", help="merge shards (or runs of several kernels) into one "
+                       "report.html, results.json and JUnit file")
+    p.add_argument("inputs", nargs="+", metavar="RUN_DIR|JUNIT",
+                   help="run directories or JUnit files of runs with the lab plugin")
+    p.add_argument("-o", "--out", default="merged",
+                   help="where the merged files go (default: ./merged)")
+    p.set_defaults(func=cmd_merge)
+    p = sub.add_parser("durations", help="pytest-split's durations file (test id -> "
+                       "seconds) from JUnit files or run directories")
+    p.add_argument("inputs", nargs="+", metavar="JUNIT|RUN_DIR")
+    p.add_argument("-o", "--output", help="the durations file (default: standard output), "
+                   "e.g. suites/durations.json")
+    p.add_argument("--root", default=".", help="where pytest runs, to find the modules "
+                   "JUnit classnames name (default: .)")
+    p.set_defaults(func=cmd_durations)
     p = sub.add_parser("repeat", help="run pytest N times; per-test pass rate and durations")
     p.add_argument("times", type=int, help="how many runs")
     p.add_argument("--out", default="repeat-out", help="JUnit files and repeat.json go here")

@@ -9,6 +9,7 @@ import html
 import json
 import math
 import os
+import posixpath
 import re
 from collections import Counter
 from collections.abc import Iterable
@@ -18,10 +19,16 @@ from typing import Any
 from lab.guest.memory import MemorySnapshot, parse_buddyinfo
 from lab.report.compare import Comparison, PhaseTotal, RunSide, Slowdown, Transition
 from lab.report.results import (
+    ARTIFACT_PREFIX,
+    PART,
+    PART_DIR,
+    PARTS_FILE,
+    MergedPart,
     RunFileError,
     TestResult,
     console_tail,
     load_events,
+    load_parts,
     load_results_json,
     phase_bars,
     read_json,
@@ -56,6 +63,7 @@ CLASS_LABELS = {"precondition-unreachable": "skipped"}
 SEVERITY = ("kernel-crash", "hang", "test-failure", "configuration", "infrastructure-boot",
             "infrastructure-ssh", "infrastructure")
 NONE_SHOWN = "(none)"
+COLUMN_PROPERTIES = ("node", "kernel", PART, PART_DIR)  # shown in columns of their own
 CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]|\x1b\[[0-9;?]*[A-Za-z]")
 
 # Kept under its old name for callers of the report.
@@ -264,7 +272,8 @@ def _artifact_links(test: TestResult, has_artifacts: bool) -> list[str]:
     links = [f'<a href="{esc(path)}">{esc(name.replace("_", " "))}</a>'
              for name, path in test.artifacts().items()]
     if has_artifacts:
-        links.append('<a href="artifacts/">all artifacts</a>')
+        links.append(f'<a href="{esc(posixpath.join(test.part_dir, "artifacts/"))}">'
+                     "all artifacts</a>")
     return links
 
 
@@ -273,13 +282,14 @@ def _console_tails(run_dir: Path, test: TestResult) -> list[str]:
     for node in test.nodes():
         if Path(node).name != node:  # a node name never leads out of the run directory
             continue
-        tail = console_tail(run_dir / node / "console.log", CONSOLE_LINES)
+        console = posixpath.join(test.part_dir, node, "console.log")
+        tail = console_tail(run_dir / console, CONSOLE_LINES)
         if tail is None:
             continue
         opened = ' open="open"' if test.outcome_class in ("kernel-crash", "hang") else ""
         parts.append(f'<details class="console"{opened}><summary>console of {esc(node)}, '
                      f"last {CONSOLE_LINES} lines at the end of the run "
-                     f'(<a href="{esc(node)}/console.log">whole log</a>)</summary>'
+                     f'(<a href="{esc(console)}">whole log</a>)</summary>'
                      f"<pre>{esc(_printable(tail))}</pre></details>")
     return parts
 
@@ -297,7 +307,7 @@ def failure_article(run_dir: Path, test: TestResult, index: int) -> str:
     message = (f'<pre class="message">{esc(_printable(test.message))}</pre>' if test.message
                else '<p class="note">No failure text recorded: see the dmesg artifact and '
                     "the JUnit XML.</p>")
-    links = _artifact_links(test, (run_dir / "artifacts").is_dir())
+    links = _artifact_links(test, (run_dir / test.part_dir / "artifacts").is_dir())
     return (f'<article class="failure" id="failure-{index}" data-class="{esc(test.outcome_class)}"'
             f' style="border-color:{BADGE_COLOURS.get(test.outcome_class, OTHER_BADGE)}">'
             f'<h3>{badge(test.outcome_class)}<code class="nodeid">{esc(test.nodeid)}</code></h3>'
@@ -330,10 +340,11 @@ def slowest_section(results: list[TestResult], count: int = SLOWEST) -> str:
             f"{rows}</table></section>")
 
 
-def _property_value(value: object) -> str:
-    """A property as HTML: artifact paths become links."""
-    text = esc(value)
-    return f'<a href="{text}">{text}</a>' if str(value).startswith("artifacts/") else text
+def _property_value(test: TestResult, value: str) -> str:
+    """A property as HTML: artifact paths become links (into the test's part, if any)."""
+    if not value.startswith(ARTIFACT_PREFIX):
+        return esc(value)
+    return f'<a href="{esc(posixpath.join(test.part_dir, value))}">{esc(value)}</a>'
 
 
 def _filter(name: str, values: Iterable[str]) -> str:
@@ -347,18 +358,20 @@ def results_table(results: list[TestResult]) -> str:
     """Every test; sortable by a click on a header, filtered by class, node and kernel."""
     if not results:
         return "<p>No test results recorded.</p>"
+    merged = any(test.part for test in results)  # a run hplab merge made of parts
     rows = []
     for test in results:
-        shown = {k: v for k, v in test.properties.items() if k not in ("node", "kernel")}
-        details = ", ".join(f"{esc(k)}={_property_value(v)}" for k, v in shown.items())
+        shown = {k: v for k, v in test.properties.items() if k not in COLUMN_PROPERTIES}
+        details = ", ".join(f"{esc(k)}={_property_value(test, v)}" for k, v in shown.items())
         if test.reason:
             details = f"{esc(test.reason)}<br/>{details}"
         node, kernel = test.node or NONE_SHOWN, test.kernel or NONE_SHOWN
+        part = (f'<td class="part">{esc(test.part or NONE_SHOWN)}</td>' if merged else "")
         rows.append(
             f'<tr data-class="{esc(test.outcome_class)}" data-node="{esc(node)}" '
-            f'data-kernel="{esc(kernel)}" '
+            f'data-kernel="{esc(kernel)}" data-part="{esc(test.part or NONE_SHOWN)}" '
             f'style="background:{OUTCOME_COLOURS.get(test.outcome_class, "#f9f2f4")}">'
-            f"<td>{esc(test.nodeid)}</td><td>{esc(test.outcome)}</td>"
+            f"<td>{esc(test.nodeid)}</td>{part}<td>{esc(test.outcome)}</td>"
             f'<td class="class">{esc(test.outcome_class)}</td><td class="nowrap">{esc(node)}</td>'
             f'<td class="nowrap">{esc(kernel)}</td>'
             f'<td data-sort="{test.duration}">{test.duration:.2f}</td>'
@@ -366,9 +379,11 @@ def results_table(results: list[TestResult]) -> str:
     filters = (_filter("class", (t.outcome_class for t in results))
                + _filter("node", (t.node or NONE_SHOWN for t in results))
                + _filter("kernel", (t.kernel or NONE_SHOWN for t in results))
+               + (_filter("part", (t.part or NONE_SHOWN for t in results)) if merged else "")
                + f'<span id="shown">{len(results)} of {len(results)} tests shown</span>')
+    part_head = "<th>part</th>" if merged else ""
     return (f'<div class="filters">{filters}</div><table id="all-tests" class="sortable">'
-            "<thead><tr><th>test</th><th>outcome</th><th>class</th><th>node</th>"
+            f"<thead><tr><th>test</th>{part_head}<th>outcome</th><th>class</th><th>node</th>"
             '<th>kernel</th><th data-type="number">seconds</th><th>properties</th></tr>'
             f"</thead><tbody>{''.join(rows)}</tbody></table>")
 
@@ -455,12 +470,41 @@ def fragment_section(path: Path) -> str:
 
 
 
-def _headline(run_id: str, results: list[TestResult]) -> str:
+def _part_row(part: MergedPart, tests: list[TestResult], run_dir: Path) -> str:
+    counts = Counter(t.outcome_class for t in tests if t.part == part.label)
+    tally = " ".join(f'<span class="tally">{badge(c)}{n}</span>'
+                     for c, n in sorted(counts.items(), key=lambda item: _class_rank(item[0])))
+    suite = part.suite
+    report = posixpath.join(part.part_dir, REPORT_NAME)
+    link = (f'<a href="{esc(report)}">its report</a>'
+            if part.part_dir and (run_dir / report).is_file() else esc(part.source))
+    return (f'<tr class="part"><td>{esc(part.label)}</td><td>{esc(suite.host)}</td>'
+            f"<td>{esc(suite.run_id or NONE_SHOWN)}</td><td>{esc(suite.shard or 'all')}</td>"
+            f"<td>{esc(suite.kernel)}<div class=\"meta\">{esc(suite.kernel_release)}</div></td>"
+            f"<td>{esc(suite.topology)}</td><td>{sum(counts.values())}</td><td>{tally}</td>"
+            f'<td data-sort="{suite.seconds}">{suite.seconds:.1f}</td><td>{link}</td></tr>')
+
+
+def parts_section(parts: list[MergedPart], results: list[TestResult], run_dir: Path) -> str:
+    """The parts (shards, kernels) a merged run is made of, one row each."""
+    rows = "".join(_part_row(part, results, run_dir) for part in parts)
+    return ('<section id="parts"><h2>Parts</h2><table id="parts-table" class="sortable">'
+            "<thead><tr><th>part</th><th>host</th><th>run id</th><th>shard</th>"
+            '<th>kernel</th><th>topology</th><th data-type="number">tests</th>'
+            '<th>tests per class</th><th data-type="number">wall s</th><th>from</th></tr>'
+            f"</thead><tbody>{rows}</tbody></table></section>")
+
+
+def _class_rank(outcome_class: str) -> int:
+    return COUNTED.index(outcome_class) if outcome_class in COUNTED else len(COUNTED)
+
+
+def _headline(what: str, results: list[TestResult]) -> str:
     failing = sum(t.failed for t in results)
     kernels = sorted({f"{t.kernel} ({t.node})" for t in results if t.kernel})
     verdict = (f'<span class="bad">{failing} failing</span>' if failing
                else '<span class="good">nothing failing</span>')
-    return (f"<h1>hplab run {esc(run_id)}</h1><p>{len(results)} tests, {verdict}"
+    return (f"<h1>hplab {esc(what)}</h1><p>{len(results)} tests, {verdict}"
             f"{' · kernel ' + esc(', '.join(kernels)) if kernels else ''}</p>"
             '<nav><a href="#failures">failures</a><a href="#slowest">slowest</a>'
             '<a href="#tests">all tests</a><a href="#timings">phase timings</a>'
@@ -477,7 +521,10 @@ def render(run_dir: Path) -> str:
     artifacts = sorted(p.name for p in (run_dir / "artifacts").glob("*")) \
         if (run_dir / "artifacts").is_dir() else []
     run_id = str(state.get("run_id", run_dir.name) if isinstance(state, dict) else run_dir.name)
-    body = [_headline(run_id, results), class_counts(results),
+    parts = load_parts(run_dir / PARTS_FILE)
+    what = f"run {run_id}" if not parts else f"{run_dir.name}: {len(parts)} parts merged"
+    body = [_headline(what, results), class_counts(results),
+            parts_section(parts, results, run_dir) if parts else "",
             failures_section(run_dir, results), slowest_section(results),
             '<section id="tests"><h2>All tests</h2>', results_table(results), "</section>",
             '<section id="timings"><h2>Boot and phase timings</h2>', timeline_svg(events),
@@ -490,7 +537,7 @@ def render(run_dir: Path) -> str:
         body.append('<section id="artifacts"><h2>Artifacts</h2><ul>' + "".join(
             f'<li><a href="artifacts/{esc(n)}">{esc(n)}</a></li>' for n in artifacts)
             + "</ul></section>")
-    return html_page(f"hplab {run_id}", body)
+    return html_page(f"hplab {what}", body)
 
 
 def write_report(run_dir: Path) -> Path:

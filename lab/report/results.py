@@ -4,6 +4,7 @@ JUnit XML into one typed form; every file that cannot be read is named in the er
 from __future__ import annotations
 
 import json
+import posixpath
 import statistics
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from typing import Any
 
 from lab.errors import LabError
 from lab.guest.triage import NO_FAILURE
+from lab.rundir import SuiteRecord
 
 UNCLASSIFIED = "(not classified)"
 MESSAGE_CHARS = 2000
@@ -19,6 +21,8 @@ TAIL_BYTES = 64 * 1024
 ARTIFACT_PREFIX = "artifacts/"
 DMESG_PREFIX = "dmesg_"
 EVENT_KEYS = frozenset({"phase", "subject", "state", "at"})
+PART, PART_DIR = "part", "part_dir"  # properties of a test in a merged run
+PARTS_FILE = "parts.json"
 
 
 class RunFileError(LabError):
@@ -41,6 +45,15 @@ def result_key(nodeid: str) -> str:
     path_and_scope, bracket, params = nodeid.partition("[")
     module, *scope = path_and_scope.split("::")
     return ".".join([module.removesuffix(".py").replace("/", "."), *scope]) + bracket + params
+
+
+def junit_address(nodeid: str) -> tuple[str, str]:
+    """(classname, name) of a test in JUnit XML, as pytest's junitxml writes them:
+    'suites/t.py::TestC::test_a[cn1]' is ('suites.t.TestC', 'test_a[cn1]')."""
+    path_and_scope, bracket, params = nodeid.partition("[")
+    module, *scope = path_and_scope.split("::")
+    names = [module.removesuffix(".py").replace("/", "."), *scope]
+    return ".".join(names[:-1]), names[-1] + bracket + params
 
 
 @dataclass(frozen=True)
@@ -92,9 +105,22 @@ class TestResult:
         return [k.removeprefix(DMESG_PREFIX) for k in self.properties
                 if k.startswith(DMESG_PREFIX)]
 
+    @property
+    def part(self) -> str:
+        """The part of a merged run (hplab merge) the test ran in; "" in a run of its own."""
+        return self.properties.get(PART, "")
+
+    @property
+    def part_dir(self) -> str:
+        """The run directory of the test's part, relative to the merged run; "" when the
+        test's run is the directory it is read from."""
+        return self.properties.get(PART_DIR, "")
+
     def artifacts(self) -> dict[str, str]:
-        """Property name -> path of each artifact the test recorded (relative to its run)."""
-        return {k: v for k, v in self.properties.items() if v.startswith(ARTIFACT_PREFIX)}
+        """Property name -> path of each artifact the test recorded (relative to the run
+        it is read from)."""
+        return {k: posixpath.join(self.part_dir, v) for k, v in self.properties.items()
+                if v.startswith(ARTIFACT_PREFIX)}
 
 
 def read_json(path: Path, default: Any) -> Any:
@@ -174,9 +200,8 @@ class _JUnitCase:
                           (round(self.seconds, 3),), shown, "\n\n".join(failures), reason)
 
 
-def load_junit(path: Path) -> list[TestResult]:
-    """The tests of a JUnit XML file as pytest --junitxml writes it with the lab plugin
-    (each test's class in its `outcome` property)."""
+def parse_junit(path: Path) -> ET.Element:
+    """The root element of a JUnit XML file: <testsuites> or <testsuite>."""
     try:
         root = ET.parse(path).getroot()
     except ET.ParseError as exc:
@@ -186,14 +211,58 @@ def load_junit(path: Path) -> list[TestResult]:
     if root.tag not in ("testsuites", "testsuite"):
         raise RunFileError(f"{path}: not JUnit XML (root element <{root.tag}>, expected "
                            "<testsuites> or <testsuite>)")
+    return root
+
+
+def load_junit(path: Path) -> list[TestResult]:
+    """The tests of a JUnit XML file as pytest --junitxml writes it with the lab plugin
+    (each test's class in its `outcome` property)."""
+    return junit_tests(parse_junit(path), path)
+
+
+def junit_tests(element: ET.Element, path: Path) -> list[TestResult]:
+    """The tests below `element` (a whole file, or one of its testsuites) of `path`."""
     cases: dict[str, _JUnitCase] = {}
-    for case in root.iter("testcase"):
+    for case in element.iter("testcase"):
         classname, name = case.get("classname", ""), case.get("name", "")
         if not name:
             raise RunFileError(f"{path}: a testcase without a name (classname {classname!r})")
         nodeid = f"{classname}::{name}" if classname else name
         cases.setdefault(nodeid, _JUnitCase(nodeid)).add(case, f"{path}: testcase {nodeid}")
     return [case.result() for case in cases.values()]
+
+
+@dataclass(frozen=True)
+class MergedPart:
+    """One part (a shard, a kernel's run) of a merged run, as its parts.json keeps it."""
+
+    label: str  # what each of its tests names as its `part`
+    source: str  # the run directory or JUnit file merged
+    part_dir: str  # its run directory relative to the merged run; "" for a JUnit file
+    suite: SuiteRecord
+
+    def to_json(self) -> dict[str, Any]:
+        return {"label": self.label, "source": self.source, "part_dir": self.part_dir,
+                "suite": self.suite.to_json()}
+
+
+def load_parts(path: Path) -> list[MergedPart]:
+    """The parts of a merged run's parts.json; [] when there is none (a run of its own)."""
+    entries = read_json(path, [])
+    if not isinstance(entries, list):
+        raise RunFileError(f"{path}: expected a list of parts")
+    parts = []
+    for i, entry in enumerate(entries):
+        where = f"{path}: part {i + 1}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("suite"), dict):
+            raise RunFileError(f"{where}: not an object with a suite")
+        try:
+            parts.append(MergedPart(str(entry.get("label", "")), str(entry.get("source", "")),
+                                    str(entry.get("part_dir", "")),
+                                    SuiteRecord.from_json(entry["suite"], f"{where}.suite")))
+        except ValueError as exc:
+            raise RunFileError(str(exc)) from exc
+    return parts
 
 
 def phase_bars(events: list[dict[str, Any]]) -> list[tuple[str, str, float, float, bool]]:
