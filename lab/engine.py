@@ -30,7 +30,7 @@ from lab.errors import LabError
 from lab.events import EventBus
 from lab.guest.ssh import Guest
 from lab.guest.triage import read_from
-from lab.host import hugepages
+from lab.host import hugepages, liveruns
 from lab.paths import cache_dir, runs_dir
 from lab.plan import NODE_CONSOLE, NODE_DISK, NODE_INITRD, NodePlan, Plan
 from lab.rundir import (
@@ -269,6 +269,7 @@ class Lab:
         self.nodes: dict[str, NodeRuntime] = {}
         self._conns: dict[str, Any] = {}
         self._owner_lock: lockfile.Held | None = None
+        self._registration: lockfile.Held | None = None  # live on the host (lab.host.liveruns)
         self._host_resources = ExitStack()
         self.host_pages = 0  # host 1 GiB pages this run holds in the pool
         self.started_at = 0.0
@@ -293,6 +294,7 @@ class Lab:
         self.run_dir.mkdir(parents=True)
         self.run_dir.chmod(0o755)
         self._owner_lock = hold_owner_lock(self.run_dir, self.run_id)
+        self._registration = liveruns.register(self.run_id, self.run_dir, self.base_dir)
         key = self.run_dir / "id_ed25519"
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"hplab-{self.run_id}",
              "-f", key])
@@ -512,6 +514,10 @@ class Lab:
         for uri, conn in self._conns.items():
             attempt(f"close {uri}", conn.close)
         self._conns.clear()
+        if self._registration is not None:
+            attempt("end the run's registration",
+                    functools.partial(self._registration.release, remove=True))
+            self._registration = None
         if self._owner_lock is not None:
             attempt("release the run lock", self._owner_lock.release)
             self._owner_lock = None

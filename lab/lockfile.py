@@ -2,14 +2,14 @@
 that says whom it waits for.
 
 This module's one job: every lock the lab takes across processes (a cache entry's
-builder, the host's 1 GiB pool, the host-wide session lock, a run's owner lock). The
-holder writes a JSON record of itself into the file it locked: pid, since when, its
-command, run id and directories. A process that finds the lock taken says who holds it,
-since when and how long it will wait, at once and then every LOCK_REPORT_EVERY_S, and
-after its bound raises a LabError naming the holder. A flock lives as long as its
-holder's descriptor, which Python opens close-on-exec: a killed holder frees the lock and
-leaves a stale record, which no one trusts without checking that its pid still holds the
-lock (/proc/locks).
+builder, the host's 1 GiB pool, the host-wide session lock, a run's owner lock and its
+host-wide registration). The holder writes a JSON record of itself into the file it
+locked: pid, since when, its command, run id and directories. A process that finds the
+lock taken says who holds it, since when and how long it will wait, at once and then
+every LOCK_REPORT_EVERY_S, and after its bound raises a LabError naming the holder. A
+flock lives as long as its holder's descriptor, which Python opens close-on-exec: a killed
+holder frees the lock and leaves a stale record, which no one trusts without checking
+that its pid still holds the lock (/proc/locks).
 """
 
 from __future__ import annotations

@@ -308,6 +308,6 @@ def test_reap_counts_only_qemu_no_live_run_owns() -> None:
     from lab.reap import stray_qemu
     lines = ["101 qemu-system-x86_64 -name guest=hplab-aaaa-cn1,debug-threads=on -S",
              "102 qemu-system-x86_64 -name guest=hplab-bbbb-cn1,debug-threads=on -S"]
-    assert stray_qemu(lines, {"hplab-aaaa-cn1"}) == [lines[1]]
-    assert stray_qemu(lines, {"hplab-aaaa-cn1", "hplab-bbbb-cn1"}) == []
-    assert stray_qemu(lines, {"hplab-aaaa-cn"}) == lines
+    assert stray_qemu(lines, {"aaaa"}) == [lines[1]]
+    assert stray_qemu(lines, {"aaaa", "bbbb"}) == []
+    assert stray_qemu(lines, {"aaa"}) == lines  # a run id, not a prefix of one

@@ -13,10 +13,10 @@ from lab.engine import Lab
 from lab.errors import LabError
 from lab.events import EventBus, ProgressPrinter
 from lab.fragment.spec import PROFILES
-from lab.host import inspect, sessionlock
+from lab.host import inspect, liveruns, sessionlock
 from lab.host import prepare as hostprep
 from lab.paths import cache_dir, lab_dir
-from lab.reap import RunRecord, owned_domains, reap, runs, stray_qemu
+from lab.reap import RunRecord, owned_runs, reap, run_of, runs, stray_qemu
 from lab.rundir import NodeState, remove_work_files
 from lab.timeouts import SESSION_WAIT_S
 from lab.vm import domain, libvirt_calls
@@ -142,18 +142,26 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"{record.run_id}  {record.state.status:8}  {up}/{len(nodes)} domains up  "
               f"{owner}  {record.state.topology}")
     stray = live - {domain for r in runs(base) for domain in r.state.domains()}
+    elsewhere = liveruns.live_runs()
     for name in sorted(stray):
-        print(f"stray domain {name} (no run directory; 'hplab reap' removes it)")
+        run_id = run_of(name)
+        if run_id in elsewhere:
+            print(f"domain {name}: {liveruns.describe(run_id, elsewhere[run_id])}")
+        else:
+            print(f"stray domain {name} (no run directory; 'hplab reap' removes it)")
     print(sessionlock.status())
     return 0
 
 
 def cmd_reap(args: argparse.Namespace) -> int:
-    removed = reap(lab_dir(args.lab_dir), include_kept=args.all)
+    base = lab_dir(args.lab_dir)
+    reaped = reap(base, include_kept=args.all)
+    removed = reaped.removed
     for name in removed:
         print(f"reaped {name}")
-    base = lab_dir(args.lab_dir)
-    leftovers = stray_qemu(inspect.qemu_processes(), owned_domains(base))
+    for name, why in reaped.left.items():
+        print(f"left {name} alone: {why}")
+    leftovers = stray_qemu(inspect.qemu_processes(), owned_runs(base))
     for line in leftovers:
         print(f"warning: QEMU process still running: {line}", file=sys.stderr)
     if not removed:
