@@ -14,7 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from lab.errors import BuildError
-from lab.shell import LOCK_WAIT_S, locked
+from lab.lockfile import locked
+from lab.timeouts import CACHE_LOCK_WAIT_S
 
 STAGE = "entry"  # the name of the entry inside its temporary build directory
 
@@ -38,7 +39,7 @@ class CacheEntry:
     marker, a single file. The lock is <root>/<kind>/<lock>, `.<name>.lock` unless given."""
 
     def __init__(self, root: Path, kind: str, name: str, *, marker: str | None = None,
-                 lock: str | None = None, wait_s: float = LOCK_WAIT_S) -> None:
+                 lock: str | None = None, wait_s: float = CACHE_LOCK_WAIT_S) -> None:
         self.parent = root / kind
         self.name = name
         self.path = self.parent / name

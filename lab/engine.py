@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lab import lockfile
 from lab import plan as plans
 from lab.build.image import nodefiles
 from lab.build.image.guestimage import BOOTED_MARK, READY_MARK, Image
@@ -29,7 +30,7 @@ from lab.errors import LabError
 from lab.events import EventBus
 from lab.guest.ssh import Guest
 from lab.guest.triage import read_from
-from lab.host import hugepages
+from lab.host import hugepages, liveruns
 from lab.paths import cache_dir, runs_dir
 from lab.plan import NODE_CONSOLE, NODE_DISK, NODE_INITRD, NodePlan, Plan
 from lab.rundir import (
@@ -40,7 +41,7 @@ from lab.rundir import (
     remove_work_files,
     write_events,
 )
-from lab.shell import locked, run
+from lab.shell import run
 from lab.timeouts import Speed, Timeouts
 from lab.topology import Node, Topology
 from lab.vm import accel, domain, libvirt_calls, readiness
@@ -267,7 +268,8 @@ class Lab:
         self.run_dir = runs_dir(base_dir) / self.run_id
         self.nodes: dict[str, NodeRuntime] = {}
         self._conns: dict[str, Any] = {}
-        self._lock_handle: Any = None
+        self._owner_lock: lockfile.Held | None = None
+        self._registration: lockfile.Held | None = None  # live on the host (lab.host.liveruns)
         self._host_resources = ExitStack()
         self.host_pages = 0  # host 1 GiB pages this run holds in the pool
         self.started_at = 0.0
@@ -291,7 +293,8 @@ class Lab:
     def _claim_run_dir(self) -> None:
         self.run_dir.mkdir(parents=True)
         self.run_dir.chmod(0o755)
-        self._lock_handle = hold_owner_lock(self.run_dir)
+        self._owner_lock = hold_owner_lock(self.run_dir, self.run_id)
+        self._registration = liveruns.register(self.run_id, self.run_dir, self.base_dir)
         key = self.run_dir / "id_ed25519"
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"hplab-{self.run_id}",
              "-f", key])
@@ -316,8 +319,9 @@ class Lab:
         pages = sum(host_pages_needed(n) for n in backed)
         if pages:
             with self.bus.phase("host-pages", ",".join(n.name for n in backed),
-                                f"{pages} x 1G"):
-                self._host_resources.enter_context(hugepages.hugepage_pool(pages))
+                                f"{pages} x 1G") as t:
+                self._host_resources.enter_context(
+                    hugepages.hugepage_pool(pages, run_id=self.run_id, report=t.info))
             self.host_pages = pages
             self._write_state("starting")  # reap gives the pages back if this process dies
 
@@ -416,10 +420,12 @@ class Lab:
     def _boot_again(self, rt: NodeRuntime, phase: str) -> float:
         name = rt.node.name
         backed = rt.node.backing == "hugepages-1G"
-        with self.bus.phase(phase, name, f"boot {rt.boots + 1}"):
+        with self.bus.phase(phase, name, f"boot {rt.boots + 1}") as timer:
             try:
                 # the pages the old domain frees stay in the pool until the new one has them
-                with locked(hugepages.POOL_LOCK) if backed else nullcontext():
+                pool = (hugepages.pool_locked(run_id=self.run_id, report=timer.info) if backed
+                        else nullcontext())
+                with pool:
                     libvirt_calls.destroy(self._conn(rt.node.uri), rt.domain)
                     if rt.guest is not None:
                         rt.guest.retire(f"rebooted into boot {rt.boots + 1}")
@@ -508,9 +514,13 @@ class Lab:
         for uri, conn in self._conns.items():
             attempt(f"close {uri}", conn.close)
         self._conns.clear()
-        if self._lock_handle is not None:
-            attempt("release the run lock", self._lock_handle.close)
-            self._lock_handle = None
+        if self._registration is not None:
+            attempt("end the run's registration",
+                    functools.partial(self._registration.release, remove=True))
+            self._registration = None
+        if self._owner_lock is not None:
+            attempt("release the run lock", self._owner_lock.release)
+            self._owner_lock = None
         attempt("stop watching QEMU exits", self.exits.close)
         if errors:
             raise LabError("teardown: " + "; ".join(errors) + " ('hplab reap' retries)")

@@ -1,4 +1,4 @@
-"""Where the lab keeps its cache and run directories."""
+"""Where the lab keeps its cache, run directories and host-wide locks."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ from pathlib import Path
 # Under /var/tmp, not a home directory: QEMU runs as an unprivileged user and must be
 # able to traverse to kernels, initramfs files and console logs.
 DEFAULT_LAB_DIR = Path("/var/tmp/hplab")
+# Host-wide locks (the session lock, the 1 GiB pool, live runs): on a tmpfs, so that none
+# outlives a reboot.
+DEFAULT_HOST_LOCK_DIR = Path("/run/lock/hplab")
 
 
 def lab_dir(explicit: Path | str | None = None) -> Path:
@@ -15,6 +18,12 @@ def lab_dir(explicit: Path | str | None = None) -> Path:
         return Path(explicit).resolve()
     env = os.environ.get("HPLAB_DIR")
     return Path(env).resolve() if env else DEFAULT_LAB_DIR
+
+
+def host_lock_dir() -> Path:
+    """$HPLAB_LOCK_DIR or /run/lock/hplab: every lab process on the host must agree on it."""
+    env = os.environ.get("HPLAB_LOCK_DIR")
+    return Path(env).resolve() if env else DEFAULT_HOST_LOCK_DIR
 
 
 def cache_dir(base: Path) -> Path:

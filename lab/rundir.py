@@ -11,14 +11,13 @@ one.
 
 from __future__ import annotations
 
-import fcntl
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from lab import fields
+from lab import fields, lockfile
 from lab.plan import NODE_DISK, NODE_INITRD
 
 STATE_FILE = "state.json"
@@ -263,26 +262,17 @@ def read_suite(run_dir: Path) -> SuiteRecord:
 
 
 # -- the owner's lock and the work files ---------------------------------------------------
-def hold_owner_lock(run_dir: Path) -> IO[str]:
-    """Take the run's owner lock; held until the returned file is closed."""
-    handle = (run_dir / OWNER_LOCK).open("w")
-    fcntl.flock(handle, fcntl.LOCK_EX)
-    return handle
+def hold_owner_lock(run_dir: Path, run_id: str) -> lockfile.Held:
+    """Take the run's owner lock (the run directory is new: no one else takes it); held
+    until the returned lock is released."""
+    return lockfile.acquire(run_dir / OWNER_LOCK,
+                            lockfile.Holder.this_process(run_id=run_id, run_dir=run_dir),
+                            wait_s=0, who=f"another owner of {run_dir}")
 
 
 def owner_holds_lock(run_dir: Path) -> bool:
-    """Whether a live process holds `run_dir`'s owner lock. Checks by taking the flock
-    without waiting and releasing it at once."""
-    lock = run_dir / OWNER_LOCK
-    if not lock.exists():
-        return False
-    with lock.open("a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        return False
+    """Whether a live process holds `run_dir`'s owner lock."""
+    return lockfile.is_held(run_dir / OWNER_LOCK)
 
 
 def remove_work_files(run_dir: Path) -> None:

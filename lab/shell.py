@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import subprocess
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
-from lab.errors import BuildError, LabError
+from lab.errors import BuildError
 
 
 def run(argv: Sequence[str | Path], *, cwd: Path | None = None, timeout: float = 600,
@@ -43,27 +40,3 @@ def digest(*parts: str | bytes) -> str:
 
 def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-LOCK_WAIT_S = 1800.0  # longer than any build or download a lock guards
-
-
-@contextmanager
-def locked(path: Path, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
-    """Serialise builders of one cache entry across processes; LabError after `wait_s`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise LabError(f"{path}: still locked by another process after "
-                                   f"{wait_s:.0f}s (fuser -v {path} names it)") from None
-                time.sleep(0.2)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -47,6 +47,17 @@ SPEED_WORKLOAD = (
 DEATH_POLL_S = 0.1
 UNLOAD_POLL_S = 0.2
 
+# Cross-process locks (lab.lockfile): host seconds, not scaled, for no guest's speed decides
+# how long another process holds a lock. A waiter looks every LOCK_POLL_S and says whom it
+# waits for at once and then every LOCK_REPORT_EVERY_S.
+LOCK_POLL_S = 0.2
+LOCK_REPORT_EVERY_S = 30.0
+CACHE_LOCK_WAIT_S = 1800.0  # longer than any build or download a cache entry's lock guards
+POOL_LOCK_WAIT_S = 600.0  # the host's 1 GiB pool: held for a resize or a domain's re-creation
+# Another lab session on the host: its whole run (--session-wait, $HPLAB_SESSION_WAIT; 0
+# refuses at once).
+SESSION_WAIT_S = 3600.0
+
 
 @dataclass(frozen=True)
 class SpeedReference:

@@ -153,6 +153,7 @@ def run_inner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, source
     """`source` as the test module of an inner pytest session in a subprocess, with the
     lab plugin (its Lab a FakeLab unless `fake` is false) on the default topology."""
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
+    monkeypatch.setenv("HPLAB_LOCK_DIR", str(pytester.path / "locks"))  # not the host's
     if fake:
         pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_inner=source)

@@ -68,6 +68,7 @@ def test_two_nodes(node):
 def suite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """pytest arguments of a small suite run by the lab plugin on FakeLabs."""
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
+    monkeypatch.setenv("HPLAB_LOCK_DIR", str(tmp_path / "locks"))  # not the host's
     inner = tmp_path / "inner"
     inner.mkdir()
     (inner / "conftest.py").write_text(INNER_CONFTEST)
@@ -167,6 +168,8 @@ Main = Callable[[Plan], int]
 
 @pytest.fixture
 def hplab_matrix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Main:
+    monkeypatch.setenv("HPLAB_LOCK_DIR", str(tmp_path / "locks"))  # not the host's
+
     def main(plan: Plan) -> int:
         fake_runs(monkeypatch, plan)
         return cli.main(["--lab-dir", str(tmp_path / "lab"), "matrix", "--kernels",

@@ -85,6 +85,7 @@ def test_cli_passes_what_follows_the_dashes_to_pytest(monkeypatch: pytest.Monkey
         return [mutants.Verdict(m, "killed", 1, "x") for m in chosen]
 
     monkeypatch.setattr(mutants, "run", fake_run)
+    monkeypatch.setenv("HPLAB_LOCK_DIR", str(tmp_path / "locks"))  # not the host's
     code = cli.main(["mutants", "--only", "SHORT_TABLE", "--out", str(tmp_path), "--",
                      "--kernel", "debian:6.12"])
     assert code == 0 and seen == [["--kernel", "debian:6.12"]]

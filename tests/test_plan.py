@@ -96,6 +96,7 @@ def test_the_engine_boots_the_plan_it_is_given(tmp_path: Path,
     monkeypatch.setattr(plans, "make", make)
     monkeypatch.setattr(engine.Lab, "_prepare_node", prepare)
     monkeypatch.setattr(engine.Lab, "stop", lambda self: None)  # nothing was booted
+    monkeypatch.setenv("HPLAB_LOCK_DIR", str(tmp_path / "locks"))  # not the host's
     with pytest.raises(Stop):
         engine.Lab(plan.topology, tmp_path, plan=plan).start()
     assert prepared == list(plan.nodes)

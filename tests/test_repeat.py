@@ -61,7 +61,9 @@ def test_count_and_junit_arguments_are_refused(tmp_path: Path) -> None:
         repeat.run(2, ["--junitxml=x.xml"], tmp_path)
 
 
-def test_cli_repeats_a_real_pytest_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_repeats_a_real_pytest_run(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HPLAB_LOCK_DIR", str(tmp_path / "locks"))  # not the host's
     # A test that fails on every second run, keyed by a counter file.
     counter = tmp_path / "count"
     test_file = tmp_path / "test_flaky.py"

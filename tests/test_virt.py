@@ -16,7 +16,7 @@ from lab.errors import BootError, HostError, LabError
 from lab.host import hugepages, inspect
 from lab.plan import NodePlan, kernel_cmdline
 from lab.reap import leaked_host_pages
-from lab.rundir import OWNER_LOCK, STATE_FILE, RunState
+from lab.rundir import STATE_FILE, RunState, hold_owner_lock
 from lab.timeouts import Speed, Timeouts, parse_speed
 from lab.topology import parse
 from lab.vm import accel, domain, libvirt_calls, readiness
@@ -200,7 +200,7 @@ class FakePool:
         nr = tmp_path / "nr_hugepages"
         nr.write_text("0\n")
         monkeypatch.setattr(hugepages, "NR_1G", nr)
-        monkeypatch.setattr(hugepages, "POOL_LOCK", tmp_path / "pool.lock")
+        monkeypatch.setenv("HPLAB_LOCK_DIR", str(tmp_path / "locks"))
         monkeypatch.setattr(hugepages, "_read_pool", lambda: self.nr)
         monkeypatch.setattr(hugepages, "_write_pool", self.write)
         monkeypatch.setattr(hugepages, "_compact", self.compact)
@@ -411,8 +411,10 @@ def test_the_host_pool_is_given_back_and_a_mount_made_for_it_undone(
         monkeypatch: pytest.MonkeyPatch, mounted_here: bool, unmounts: int) -> None:
     calls: list[str] = []
     monkeypatch.setattr(hugepages, "ensure_hugetlbfs", lambda: mounted_here)
-    monkeypatch.setattr(hugepages, "reserve_host_pages", lambda n: calls.append(f"reserve {n}"))
-    monkeypatch.setattr(hugepages, "release_host_pages", lambda n: calls.append(f"release {n}"))
+    monkeypatch.setattr(hugepages, "reserve_host_pages",
+                        lambda n, **_: calls.append(f"reserve {n}"))
+    monkeypatch.setattr(hugepages, "release_host_pages",
+                        lambda n, **_: calls.append(f"release {n}"))
     monkeypatch.setattr(hugepages, "unmount_unless_busy", lambda: calls.append("umount"))
     with pytest.raises(RuntimeError), hugepages.hugepage_pool(3):
         raise RuntimeError("boot failed")
@@ -422,7 +424,7 @@ def test_the_host_pool_is_given_back_and_a_mount_made_for_it_undone(
 def test_a_refused_reservation_still_undoes_the_mount(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
 
-    def refuse(count: int) -> None:
+    def refuse(count: int, **_: object) -> None:
         raise HostError("no pages")
 
     monkeypatch.setattr(hugepages, "ensure_hugetlbfs", lambda: True)
@@ -449,13 +451,13 @@ def test_stop_runs_every_step_when_some_fail_and_names_them(
     monkeypatch.setattr(engine, "remove_work_files", disk_busy)
     released: list[str] = []
     lab._host_resources.callback(lambda: released.append("pool"))
-    lab._lock_handle = (lab.run_dir / OWNER_LOCK).open("w")
+    lab._owner_lock = hold_owner_lock(lab.run_dir, lab.run_id)
     with pytest.raises(LabError) as raised:
         lab.stop()
     message = str(raised.value)
     assert "destroy hplab-x-cn1: libvirt: cannot destroy hplab-x-cn1" in message
     assert "remove work files: [Errno 16] Device or resource busy" in message
-    assert released == ["pool"] and lab._lock_handle is None and not lab._conns
+    assert released == ["pool"] and lab._owner_lock is None and not lab._conns
     assert json.loads((lab.run_dir / STATE_FILE).read_text())["status"] == "stopped"
 
 

@@ -13,11 +13,12 @@ from lab.engine import Lab
 from lab.errors import LabError
 from lab.events import EventBus, ProgressPrinter
 from lab.fragment.spec import PROFILES
-from lab.host import inspect
+from lab.host import inspect, liveruns, sessionlock
 from lab.host import prepare as hostprep
 from lab.paths import cache_dir, lab_dir
-from lab.reap import RunRecord, owned_domains, reap, runs, stray_qemu
+from lab.reap import RunRecord, owned_runs, reap, run_of, runs, stray_qemu
 from lab.rundir import NodeState, remove_work_files
+from lab.timeouts import SESSION_WAIT_S
 from lab.vm import domain, libvirt_calls
 
 
@@ -47,9 +48,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     base = lab_dir(args.lab_dir)
     if args.dry_run:
         return _dry_run(topology, base)
-    lab = Lab(topology, base, _bus(), keep=True)
-    lab.start()
-    lab.stop()  # closes connections; keep=True leaves the domains running
+    bus = _bus()
+    lab = Lab(topology, base, bus, keep=True)
+    with sessionlock.hold(run_id=lab.run_id, lab_dir=base, wait_s=args.session_wait, bus=bus):
+        lab.start()
+        lab.stop()  # closes connections; keep=True leaves the domains running
     print(f"lab {lab.run_id} is up ({len(lab.nodes)} nodes): hplab ssh NODE, hplab down")
     for name, rt in lab.nodes.items():
         print(f"  {name}: {rt.kernel.release}, {rt.accel}, ssh on 127.0.0.1:{rt.port}, "
@@ -139,17 +142,26 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"{record.run_id}  {record.state.status:8}  {up}/{len(nodes)} domains up  "
               f"{owner}  {record.state.topology}")
     stray = live - {domain for r in runs(base) for domain in r.state.domains()}
+    elsewhere = liveruns.live_runs()
     for name in sorted(stray):
-        print(f"stray domain {name} (no run directory; 'hplab reap' removes it)")
+        run_id = run_of(name)
+        if run_id in elsewhere:
+            print(f"domain {name}: {liveruns.describe(run_id, elsewhere[run_id])}")
+        else:
+            print(f"stray domain {name} (no run directory; 'hplab reap' removes it)")
+    print(sessionlock.status())
     return 0
 
 
 def cmd_reap(args: argparse.Namespace) -> int:
-    removed = reap(lab_dir(args.lab_dir), include_kept=args.all)
+    base = lab_dir(args.lab_dir)
+    reaped = reap(base, include_kept=args.all)
+    removed = reaped.removed
     for name in removed:
         print(f"reaped {name}")
-    base = lab_dir(args.lab_dir)
-    leftovers = stray_qemu(inspect.qemu_processes(), owned_domains(base))
+    for name, why in reaped.left.items():
+        print(f"left {name} alone: {why}")
+    leftovers = stray_qemu(inspect.qemu_processes(), owned_runs(base))
     for line in leftovers:
         print(f"warning: QEMU process still running: {line}", file=sys.stderr)
     if not removed:
@@ -283,7 +295,8 @@ def cmd_repeat(args: argparse.Namespace) -> int:
     from lab.cli import repeat
     pytest_args = list(args.pytest_args)
     out = Path(args.out)
-    records, codes = repeat.run(args.times, pytest_args, out)
+    with sessionlock.hold(lab_dir=lab_dir(args.lab_dir), wait_s=args.session_wait):
+        records, codes = repeat.run(args.times, pytest_args, out)
     print(repeat.table(records))
     repeat.write_json(records, codes, out / "repeat.json")
     print(f"{out / 'repeat.json'}")
@@ -294,7 +307,9 @@ def cmd_repeat(args: argparse.Namespace) -> int:
 def cmd_mutants(args: argparse.Namespace) -> int:
     from lab.cli import mutants
     out = Path(args.out)
-    verdicts = mutants.run(mutants.select(args.only), out, list(args.pytest_args))
+    selected = mutants.select(args.only)
+    with sessionlock.hold(lab_dir=lab_dir(args.lab_dir), wait_s=args.session_wait):
+        verdicts = mutants.run(selected, out, list(args.pytest_args))
     print(mutants.table(verdicts))
     mutants.write_json(verdicts, out / "mutants.json")
     print(out / "mutants.json")
@@ -310,13 +325,22 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     matrix.check_pytest_args(list(args.pytest_args))
     base = lab_dir(args.lab_dir)
     out = Path(args.out) if args.out else matrix.default_out(base)
-    result = matrix.run(specs, topology, list(args.pytest_args), out, cache_dir(base))
+    with sessionlock.hold(lab_dir=base, wait_s=args.session_wait):
+        result = matrix.run(specs, topology, list(args.pytest_args), out, cache_dir(base))
     print(matrix.table(result))
     print(write_matrix(result, out / matrix.MATRIX_HTML))
     print(matrix.write_json(result, out / matrix.MATRIX_JSON))
     if result.interrupted:
         return 130
     return 0 if result.ok else 1
+
+
+def _session_wait_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--session-wait", type=sessionlock.wait_option, default=None,
+                   metavar="SECONDS",
+                   help="how long to wait while another lab session holds the host "
+                        f"(default: ${sessionlock.WAIT_ENV} or "
+                        f"{SESSION_WAIT_S:.0f}; 0: refuse at once)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -332,6 +356,7 @@ def parser() -> argparse.ArgumentParser:
                         "local:DIR, debug:6.1)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan and each node's domain XML, boot nothing")
+    _session_wait_option(p)
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("down", help="destroy the lab started by 'hplab up'")
@@ -439,6 +464,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("times", type=int, help="how many runs")
     p.add_argument("--out", default="repeat-out", help="JUnit files and repeat.json go here")
     p.add_argument("pytest_args", nargs="*", help="pytest arguments, after --")
+    _session_wait_option(p)
     p.set_defaults(func=cmd_repeat)
     p = sub.add_parser("mutants", help="plant each known defect in vrhp; the suite named for "
                                        "it must fail with the expected message")
@@ -446,6 +472,7 @@ def parser() -> argparse.ArgumentParser:
                    help="this defect only (repeatable)")
     p.add_argument("--out", default="mutants-out", help="JUnit files and mutants.json go here")
     p.add_argument("pytest_args", nargs="*", help="more pytest arguments, after --")
+    _session_wait_option(p)
     p.set_defaults(func=cmd_mutants)
     p = sub.add_parser("matrix", help="run suites on each of several kernels, one session "
                        "after another; a table of test x kernel")
@@ -455,6 +482,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", help="a lab directory per kernel, matrix.html and "
                    "matrix.json go here (default: <lab dir>/matrix/<time>; QEMU must reach it)")
     p.add_argument("pytest_args", nargs="*", help="suites and pytest arguments, after --")
+    _session_wait_option(p)
     p.set_defaults(func=cmd_matrix)
     return top
 

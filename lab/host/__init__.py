@@ -1,3 +1,3 @@
-"""The host the lab runs on: preparing it (the Debian packages and daemons it needs, with the
-standard library only: `python -m lab.host prepare`), its 1 GiB huge-page pool, and a look
-into the QEMU processes on it. Imports nothing, so that `prepare` needs no dependency."""
+"""The host the lab runs on: preparing it (`python -m lab.host prepare`, standard library
+only), its 1 GiB huge-page pool, its session lock and live runs, its QEMU processes.
+Imports nothing, so that `prepare` needs no dependency."""

@@ -17,11 +17,12 @@ from lab.errors import LabError
 from lab.fragment.driver import FragmentRun, GuestFragmenter, ReleaseOutcome
 from lab.fragment.spec import FragmentSpec, Target
 from lab.guest.ssh import Guest
+from lab.host import sessionlock
 from lab.pytest_plugin import outcomes
 from lab.pytest_plugin.needs import hugepage_shortfall
 from lab.pytest_plugin.outcomes import set_property
 from lab.pytest_plugin.session import SESSION, LabSession
-from lab.timeouts import Timeouts
+from lab.timeouts import SESSION_WAIT_S, Timeouts
 
 if TYPE_CHECKING:
     from lab.dut.install import ModuleBuilds
@@ -50,6 +51,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--kmod-defect", default=None,
                     help="build vrhp with one planted defect of the mutation checks "
                          f"({', '.join(mutants.DEFECTS)}; see hplab mutants)")
+    group.addoption("--session-wait", type=sessionlock.wait_option, default=None,
+                    metavar="SECONDS",
+                    help="how long the lab waits while another lab session holds the host "
+                         f"(default: ${sessionlock.WAIT_ENV} or {SESSION_WAIT_S:.0f}; 0: "
+                         "refuse at once)")
     group.addoption("--baseline", default=None,
                     help="a run to compare this one with at the end (run directory, "
                     "results.json or JUnit XML): compare.html in the run directory and a "

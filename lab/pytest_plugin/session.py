@@ -17,6 +17,7 @@ from lab.errors import GuestError, LabError, NodeDied
 from lab.events import EventBus
 from lab.guest import triage
 from lab.guest.ssh import Guest
+from lab.host import sessionlock
 from lab.paths import lab_dir
 from lab.pytest_plugin.reporting import (
     TerminalProgress,
@@ -82,6 +83,9 @@ class LabSession:
         if self._lab is None:
             lab = Lab(self.topology, self.base_dir, self.bus, keep=self.keep)
             try:
+                held = sessionlock.hold(run_id=lab.run_id, lab_dir=self.base_dir, bus=self.bus,
+                                        wait_s=self.config.getoption("session_wait"))
+                self.config.add_cleanup(held.release)  # after pytest_unconfigure's teardown
                 lab.start()
             except BaseException as exc:
                 self._failure = exc
