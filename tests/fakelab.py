@@ -159,7 +159,7 @@ def run_inner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, source
     lab_dir = pytester.path / "labdir"
     junit = pytester.path / "junit.xml"
     result = pytester.runpytest_subprocess(
-        "-p", "lab.pytest_plugin.plugin", "-p", "no:cacheprovider", f"--rootdir={pytester.path}",
+        "-p", "no:cacheprovider", f"--rootdir={pytester.path}",
         f"--topology={ROOT / 'topologies' / 'single.yaml'}", f"--lab-dir={lab_dir}",
         f"--junitxml={junit}", *args)
     runs = sorted((lab_dir / "runs").glob("*")) if (lab_dir / "runs").exists() else []

@@ -1,5 +1,5 @@
-"""What the lab plugin says outside pytest's own report: progress lines on the terminal
-as they happen, a failed phase's message for results.json, and the comparison of the run
+"""What the lab plugin says outside pytest's own report: lines on the terminal as they
+happen, a failed phase's message for results.json, and the comparison of the run
 with a baseline run."""
 
 from __future__ import annotations
@@ -11,21 +11,9 @@ from pathlib import Path
 import pytest
 
 from lab.errors import LabError
-from lab.events import Event, progress_line
 from lab.report.compare import compare_paths
 from lab.report.html import COMPARE_NAME, write_compare
 from lab.report.results import bounded
-
-
-class TerminalProgress:
-    """Progress lines through pytest's terminal reporter as they happen, with capturing
-    suspended, so a passing test's phases show too; stderr where no reporter runs."""
-
-    def __init__(self, config: pytest.Config) -> None:
-        self.config = config
-
-    def __call__(self, event: Event) -> None:
-        terminal_line(self.config, progress_line(event))
 
 
 def terminal_line(config: pytest.Config, line: str) -> None:

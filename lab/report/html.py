@@ -260,32 +260,44 @@ def class_counts(results: list[TestResult]) -> str:
     return f'<ul class="counts" id="counts">{"".join(chips)}</ul>'
 
 
-def _artifact_links(test: TestResult, has_artifacts: bool) -> list[str]:
-    links = [f'<a href="{esc(path)}">{esc(name.replace("_", " "))}</a>'
+def worker_prefix(run_dir: Path, test: TestResult) -> str:
+    """Where a test's own files are, relative to `run_dir`: "" in a run of one process;
+    under xdist the worker's run directory, which the controller's links as gw0, ..."""
+    worker = test.worker
+    if worker and Path(worker).name == worker and (run_dir / worker).is_dir():
+        return f"{worker}/"
+    return ""
+
+
+def _artifact_links(test: TestResult, has_artifacts: bool, prefix: str = "") -> list[str]:
+    links = [f'<a href="{esc(prefix + path)}">{esc(name.replace("_", " "))}</a>'
              for name, path in test.artifacts().items()]
     if has_artifacts:
-        links.append('<a href="artifacts/">all artifacts</a>')
+        links.append(f'<a href="{esc(prefix)}artifacts/">all artifacts</a>')
     return links
 
 
 def _console_tails(run_dir: Path, test: TestResult) -> list[str]:
     parts = []
+    prefix = worker_prefix(run_dir, test)
     for node in test.nodes():
         if Path(node).name != node:  # a node name never leads out of the run directory
             continue
-        tail = console_tail(run_dir / node / "console.log", CONSOLE_LINES)
+        tail = console_tail(run_dir / prefix / node / "console.log", CONSOLE_LINES)
         if tail is None:
             continue
         opened = ' open="open"' if test.outcome_class in ("kernel-crash", "hang") else ""
         parts.append(f'<details class="console"{opened}><summary>console of {esc(node)}, '
                      f"last {CONSOLE_LINES} lines at the end of the run "
-                     f'(<a href="{esc(node)}/console.log">whole log</a>)</summary>'
+                     f'(<a href="{esc(prefix + node)}/console.log">whole log</a>)</summary>'
                      f"<pre>{esc(_printable(tail))}</pre></details>")
     return parts
 
 
 def _where(test: TestResult) -> str:
     parts = [f"pytest: {test.outcome}", f"{test.duration:.2f} s"]
+    if test.worker:
+        parts.append(f"worker {test.worker}")
     if test.node:
         parts.append(f"node {test.node}")
     if test.kernel:
@@ -297,7 +309,8 @@ def failure_article(run_dir: Path, test: TestResult, index: int) -> str:
     message = (f'<pre class="message">{esc(_printable(test.message))}</pre>' if test.message
                else '<p class="note">No failure text recorded: see the dmesg artifact and '
                     "the JUnit XML.</p>")
-    links = _artifact_links(test, (run_dir / "artifacts").is_dir())
+    prefix = worker_prefix(run_dir, test)
+    links = _artifact_links(test, (run_dir / prefix / "artifacts").is_dir(), prefix)
     return (f'<article class="failure" id="failure-{index}" data-class="{esc(test.outcome_class)}"'
             f' style="border-color:{BADGE_COLOURS.get(test.outcome_class, OTHER_BADGE)}">'
             f'<h3>{badge(test.outcome_class)}<code class="nodeid">{esc(test.nodeid)}</code></h3>'
@@ -330,10 +343,11 @@ def slowest_section(results: list[TestResult], count: int = SLOWEST) -> str:
             f"{rows}</table></section>")
 
 
-def _property_value(value: object) -> str:
-    """A property as HTML: artifact paths become links."""
+def _property_value(value: object, prefix: str = "") -> str:
+    """A property as HTML: artifact paths become links (under `prefix`)."""
     text = esc(value)
-    return f'<a href="{text}">{text}</a>' if str(value).startswith("artifacts/") else text
+    return (f'<a href="{esc(prefix)}{text}">{text}</a>' if str(value).startswith("artifacts/")
+            else text)
 
 
 def _filter(name: str, values: Iterable[str]) -> str:
@@ -343,20 +357,22 @@ def _filter(name: str, values: Iterable[str]) -> str:
             f"{options}</select></label>")
 
 
-def results_table(results: list[TestResult]) -> str:
-    """Every test; sortable by a click on a header, filtered by class, node and kernel."""
+def results_table(results: list[TestResult], run_dir: Path | None = None) -> str:
+    """Every test; sortable by a click on a header, filtered by class, node and kernel
+    (and worker, under xdist)."""
     if not results:
         return "<p>No test results recorded.</p>"
     rows = []
     for test in results:
         shown = {k: v for k, v in test.properties.items() if k not in ("node", "kernel")}
-        details = ", ".join(f"{esc(k)}={_property_value(v)}" for k, v in shown.items())
+        prefix = worker_prefix(run_dir, test) if run_dir is not None else ""
+        details = ", ".join(f"{esc(k)}={_property_value(v, prefix)}" for k, v in shown.items())
         if test.reason:
             details = f"{esc(test.reason)}<br/>{details}"
         node, kernel = test.node or NONE_SHOWN, test.kernel or NONE_SHOWN
         rows.append(
             f'<tr data-class="{esc(test.outcome_class)}" data-node="{esc(node)}" '
-            f'data-kernel="{esc(kernel)}" '
+            f'data-kernel="{esc(kernel)}" data-worker="{esc(test.worker or NONE_SHOWN)}" '
             f'style="background:{OUTCOME_COLOURS.get(test.outcome_class, "#f9f2f4")}">'
             f"<td>{esc(test.nodeid)}</td><td>{esc(test.outcome)}</td>"
             f'<td class="class">{esc(test.outcome_class)}</td><td class="nowrap">{esc(node)}</td>'
@@ -366,6 +382,8 @@ def results_table(results: list[TestResult]) -> str:
     filters = (_filter("class", (t.outcome_class for t in results))
                + _filter("node", (t.node or NONE_SHOWN for t in results))
                + _filter("kernel", (t.kernel or NONE_SHOWN for t in results))
+               + (_filter("worker", (t.worker or NONE_SHOWN for t in results))
+                  if any(t.worker for t in results) else "")
                + f'<span id="shown">{len(results)} of {len(results)} tests shown</span>')
     return (f'<div class="filters">{filters}</div><table id="all-tests" class="sortable">'
             "<thead><tr><th>test</th><th>outcome</th><th>class</th><th>node</th>"
@@ -455,13 +473,24 @@ def fragment_section(path: Path) -> str:
 
 
 
-def _headline(run_id: str, results: list[TestResult]) -> str:
+def _workers_line(run_dir: Path, results: list[TestResult]) -> str:
+    """Under xdist: each worker's own run and report."""
+    workers = sorted({t.worker for t in results if t.worker})
+    if not workers:
+        return ""
+    links = [f'{esc(w)} (<a href="{esc(w)}/{REPORT_NAME}">its report</a>)'
+             if (run_dir / w / REPORT_NAME).exists() else esc(w) for w in workers]
+    return f'<p class="meta">run by xdist workers {", ".join(links)}</p>'
+
+
+def _headline(run_id: str, results: list[TestResult], run_dir: Path) -> str:
     failing = sum(t.failed for t in results)
     kernels = sorted({f"{t.kernel} ({t.node})" for t in results if t.kernel})
     verdict = (f'<span class="bad">{failing} failing</span>' if failing
                else '<span class="good">nothing failing</span>')
     return (f"<h1>hplab run {esc(run_id)}</h1><p>{len(results)} tests, {verdict}"
             f"{' · kernel ' + esc(', '.join(kernels)) if kernels else ''}</p>"
+            f"{_workers_line(run_dir, results)}"
             '<nav><a href="#failures">failures</a><a href="#slowest">slowest</a>'
             '<a href="#tests">all tests</a><a href="#timings">phase timings</a>'
             '<a href="#fragmentation">fragmentation</a><a href="#artifacts">artifacts</a></nav>')
@@ -477,9 +506,10 @@ def render(run_dir: Path) -> str:
     artifacts = sorted(p.name for p in (run_dir / "artifacts").glob("*")) \
         if (run_dir / "artifacts").is_dir() else []
     run_id = str(state.get("run_id", run_dir.name) if isinstance(state, dict) else run_dir.name)
-    body = [_headline(run_id, results), class_counts(results),
+    body = [_headline(run_id, results, run_dir), class_counts(results),
             failures_section(run_dir, results), slowest_section(results),
-            '<section id="tests"><h2>All tests</h2>', results_table(results), "</section>",
+            '<section id="tests"><h2>All tests</h2>', results_table(results, run_dir),
+            "</section>",
             '<section id="timings"><h2>Boot and phase timings</h2>', timeline_svg(events),
             timings_table(events), "</section>"]
     if fragments:
