@@ -78,7 +78,7 @@ class SerialLock:
                             told = True
                         if time.monotonic() >= deadline:
                             raise SerialLockTimeout(
-                                f"{self.path}: not free after {wait_s:.0f}s; held by "
+                                f"{self.path}: not free after {wait_s:.1f}s; held by "
                                 f"{'; '.join(self.holders()) or 'no live holder left a note'}")
                         time.sleep(POLL_S)
                 # leaving the turnstile lets the next taker in

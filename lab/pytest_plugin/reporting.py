@@ -55,7 +55,10 @@ def compare_with_baseline(baseline: Path, run_dir: Path) -> str:
 
 def failure_message(report: pytest.TestReport) -> str:
     """What a failed phase says, bounded; a setup or teardown failure names its phase."""
-    text = bounded(report.longreprtext.strip())
+    text = report.longreprtext
+    if hasattr(report, "node"):  # on the xdist controller: "[gw0] linux -- Python ..." first
+        text = text.partition("\n")[2]
+    text = bounded(text.strip())
     return text if report.when == "call" else f"[{report.when}] {text}"
 
 
