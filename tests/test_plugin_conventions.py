@@ -111,6 +111,16 @@ class TestInstalled:
 
 def test_unrelated():
     pass
+
+
+@pytest.fixture(scope="class", params=[{"entries": 1}, {"entries": 2}])
+def sized(request, installed):
+    return request.param
+
+
+class TestSized:
+    def test_s(self, sized):
+        pass
 '''
 
 
@@ -121,6 +131,10 @@ def test_only_fixtures_holding_a_guest_keep_tests_together(pytester: pytest.Pyte
     items, _ = pytester.inline_genitems(f"--topology={ROOT / 'topologies' / 'single.yaml'}")
     by_name = {item.name: item for item in items}
     assert guest_sharing_scope(by_name["test_configuration_only"]) is None
-    assert guest_sharing_scope(by_name["test_a[cn1]"]) == "test_sharing.py::TestInstalled"
+    assert guest_sharing_scope(by_name["test_a[cn1]"]) == \
+        "test_sharing.py::TestInstalled[node_name=cn1]"  # one group per node
     assert guest_sharing_scope(by_name["test_unrelated"]) is None
-    assert [uses_lab(item) for item in items] == [True, True, False]
+    # each value of a class-wide parameter has a class fixture of its own: a group each
+    assert [guest_sharing_scope(by_name[f"test_s[sized{n}-cn1]"]) for n in (0, 1)] == [
+        f"test_sharing.py::TestSized[node_name=cn1,sized=#{n}]" for n in (0, 1)]
+    assert {name for name, item in by_name.items() if not uses_lab(item)} == {"test_unrelated"}

@@ -41,10 +41,30 @@ def _holds_guest(name: str, defs: Mapping[str, Sequence[Any]], seen: set[str]) -
     return any(_holds_guest(arg, defs, seen) for arg in defs[name][-1].argnames)
 
 
+def _shared_params(item: pytest.Item, defs: Mapping[str, Sequence[Any]]) -> str:
+    """The parameters of `item` that fixtures wider than a test take ("" for none): each
+    of their values has instances of its own, which the tests with other values do not
+    share."""
+    callspec = getattr(item, "callspec", None)
+    if callspec is None:
+        return ""
+    shared = [f"{name}={_param(callspec, name)}" for name in sorted(callspec.params)
+              if defs.get(name) and defs[name][-1].scope != "function"]
+    return f"[{','.join(shared)}]" if shared else ""
+
+
+def _param(callspec: Any, name: str) -> str:
+    """A plain value as it is (a node name); another by its index in its parameters."""
+    value = callspec.params[name]
+    plain = isinstance(value, str | int | float | bool) or value is None
+    return str(value) if plain else f"#{callspec.indices[name]}"
+
+
 def guest_sharing_scope(item: pytest.Item) -> str | None:
-    """The node id of the widest class, module or package whose tests share, with
-    `item`, a fixture of that scope holding a guest (the suites' class_module, the upgrade
-    suite's upgrade_times); None when `item` shares none."""
+    """The group of tests that share, with `item`, a class-, module- or package-scoped
+    fixture holding a guest (the suites' class_module, the upgrade suite's upgrade_times):
+    the node id of the widest such scope, with the parameters of wider fixtures
+    (`suites/test_sizing.py::TestSizing[node_name=0,sized=2]`); None when it shares none."""
     defs = _fixturedefs(item)
     scopes = {defs[name][-1].scope for name in getattr(item, "fixturenames", ())
               if name not in GUEST_FIXTURES and defs.get(name)
@@ -54,5 +74,5 @@ def guest_sharing_scope(item: pytest.Item) -> str | None:
             # a class-scoped fixture of a test outside any class lives as long as its module
             parent = item.getparent(collector) or item.getparent(pytest.Module)
             if parent is not None:
-                return parent.nodeid
+                return parent.nodeid + _shared_params(item, defs)
     return None
