@@ -59,11 +59,16 @@ class LabSession:
         self.kmod_source = Path(config.rootpath) / config.getoption("kmod_source")
         self.kmod_defect = _kmod_defect(config.getoption("kmod_defect"))
         self.worker = worker_id(config)
+        workerinput: dict[str, Any] = getattr(config, "workerinput", {})
+        # where this worker talks to the controller (lab.pytest_plugin.relay); None
+        # outside xdist workers
+        self.exchange = (Exchange(Path(str(workerinput[EXCHANGE_KEY])))
+                         if self.worker is not None and EXCHANGE_KEY in workerinput else None)
         self.relay: RelayWriter | None = None
         say: Callable[[str], None] = partial(terminal_line, config)
-        if self.worker is not None:  # a worker's terminal is nobody's: to the controller
-            self.relay = RelayWriter(self._exchange(), self.worker)
-            say = self.relay.line
+        if self.exchange is not None and self.worker is not None:
+            self.relay = RelayWriter(self.exchange, self.worker)  # a worker's terminal is
+            say = self.relay.line  # nobody's: its lines go to the controller's
         self.say = say
         # a worker's part of a run is compared by the controller, with the whole run
         self.baseline = baseline_path(config) if self.worker is None else None
@@ -83,15 +88,6 @@ class LabSession:
         self.revivals: dict[str, int] = {}
         self.retired_for: list[str] = []  # why the Guests of dead nodes refuse commands
         self.stale = False  # cached fixtures may hold the Guest of a dead node
-
-    def _exchange(self) -> Exchange:
-        workerinput: dict[str, Any] = getattr(self.config, "workerinput", {})
-        return Exchange(Path(str(workerinput[EXCHANGE_KEY])))
-
-    @property
-    def exchange(self) -> Exchange | None:
-        """Where this worker talks to the controller; None outside xdist workers."""
-        return self._exchange() if self.worker is not None else None
 
     def _progress(self, event: Event) -> None:
         self.say(progress_line(event))
