@@ -33,8 +33,13 @@ def cache_dir(base: Path) -> Path:
     return path
 
 
+def runs_path(base: Path) -> Path:
+    """Where the run directories are, without making it."""
+    return base / "runs"
+
+
 def runs_dir(base: Path) -> Path:
-    path = base / "runs"
+    path = runs_path(base)
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -161,7 +161,7 @@ def run_inner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, source
     junit = pytester.path / "junit.xml"
     earlier = set((lab_dir / "runs").glob("*"))  # runs of earlier inner sessions
     result = pytester.runpytest_subprocess(
-        "-p", "lab.pytest_plugin.plugin", "-p", "no:cacheprovider", f"--rootdir={pytester.path}",
+        "-p", "no:cacheprovider", f"--rootdir={pytester.path}",
         f"--topology={ROOT / 'topologies' / 'single.yaml'}", f"--lab-dir={lab_dir}",
         f"--junitxml={junit}", *args)
     runs = sorted(set((lab_dir / "runs").glob("*")) - earlier)

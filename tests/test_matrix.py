@@ -73,7 +73,7 @@ def suite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     inner.mkdir()
     (inner / "conftest.py").write_text(INNER_CONFTEST)
     (inner / "test_inner.py").write_text(INNER_TESTS)
-    return ["-p", "lab.pytest_plugin.plugin", "-p", "no:cacheprovider", "-q", f"--rootdir={inner}",
+    return ["-p", "no:cacheprovider", "-q", f"--rootdir={inner}",
             str(inner / "test_inner.py")]
 
 

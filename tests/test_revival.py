@@ -284,7 +284,7 @@ def test_revive_boots_a_vanished_domain_again(tmp_path: Path,
 
 
 def test_a_session_without_a_lab_notices_nothing(pytester: pytest.Pytester) -> None:
-    config = pytester.parseconfig("-p", "lab.pytest_plugin.plugin")
+    config = pytester.parseconfig()
     session = lab_session.LabSession(config)
     item = pytester.getitem("def test_func(): pass")
     assert session.notice_deaths(item, "during x", settle=True) == []

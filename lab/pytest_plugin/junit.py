@@ -8,6 +8,7 @@ gets neither."""
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import time
 from pathlib import Path
@@ -15,8 +16,10 @@ from pathlib import Path
 import pytest
 from _pytest.junitxml import xml_key
 
+from lab.errors import LabError
+from lab.pytest_plugin.controller import CONTROLLER, ParallelRun
 from lab.pytest_plugin.session import SESSION, LabSession
-from lab.rundir import SuiteRecord, write_suite
+from lab.rundir import SuiteRecord, read_suite, write_suite
 
 STARTED = pytest.StashKey[float]()
 
@@ -63,17 +66,41 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     session.config.stash[STARTED] = time.monotonic()
 
 
+def controller_record(session: LabSession, parallel: ParallelRun,
+                      seconds: float) -> SuiteRecord:
+    """The record of an xdist run: the controller's run id and directory, and the kernel
+    releases its workers' runs recorded."""
+    releases = []
+    for run in parallel.reader.runs.values():
+        try:
+            releases.append(read_suite(run.run_dir).kernel_release)
+        except (LabError, ValueError, OSError):  # a worker whose lab did not start has none
+            continue
+    record = suite_record(session, seconds)
+    return dataclasses.replace(record, kernel_release=_joined([r for r in releases if r]),
+                               run_id=parallel.run_id, run_dir=str(parallel.run_dir))
+
+
 @pytest.hookimpl(tryfirst=True)  # before junitxml writes the file
 def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
     lab_session = config.stash.get(SESSION, None)
-    if lab_session is None or not _uses_lab(session, lab_session):
+    parallel = config.pluginmanager.get_plugin(CONTROLLER)
+    seconds = time.monotonic() - config.stash[STARTED]
+    if lab_session is None:
         return
-    record = suite_record(lab_session, time.monotonic() - config.stash[STARTED])
+    run_dir: Path | None
+    if isinstance(parallel, ParallelRun) and parallel.in_use:
+        record, run_dir = controller_record(lab_session, parallel, seconds), parallel.run_dir
+    elif _uses_lab(session, lab_session):
+        record = suite_record(lab_session, seconds)
+        run_dir = lab_session.running.run_dir if lab_session.running is not None else None
+    else:
+        return
     xml = config.stash.get(xml_key, None)
     if xml is not None:
         xml.suite_name = record.name
         for name, value in record.properties():
             xml.add_global_property(name, value)
-    if lab_session.running is not None:
-        write_suite(lab_session.running.run_dir, record)
+    if run_dir is not None:
+        write_suite(run_dir, record)

@@ -12,6 +12,7 @@ import pytest
 from lab.engine import Lab
 from lab.errors import CanaryLost, GuestError, LabError
 from lab.guest import triage
+from lab.pytest_plugin.recording import CLASS_PROPERTY, WORKER_PROPERTY
 from lab.pytest_plugin.session import CANARIES, SESSION, LabSession
 
 TAINT_BEFORE = pytest.StashKey[dict[str, int]]()  # at the end of the test's setup
@@ -183,8 +184,11 @@ def set_property(properties: list[tuple[str, object]], name: str, value: object)
 
 def judge(item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestReport) -> None:
     """Fail `report` when the test's nodes logged a kernel failure or gained taint;
-    record the class the test has after this phase, and the phase in the results."""
+    record the class the test has after this phase (and, under xdist, its worker) in the
+    report's properties, which results.json and JUnit take from the report."""
     session = item.config.stash[SESSION]
+    if not session.in_use:
+        return
     findings: list[tuple[str, triage.Finding]] = []
     tainted = False
     if session.running is not None:
@@ -199,9 +203,8 @@ def judge(item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestRep
             # setup after the canary, the call and the teardown (rmmod, resets)
             for node, text in dmesg_sections(session, item.stash.get(CANARIES, {})):
                 report.sections.append((f"dmesg {node}", text))
-                saved = (f"dmesg_{node}", save_dmesg(session.running, item.nodeid, node, text))
-                item.user_properties.append(saved)
-                report.user_properties.append(saved)
+                item.user_properties.append(
+                    (f"dmesg_{node}", save_dmesg(session.running, item.nodeid, node, text)))
         elif report.when == "call":
             after = session.taints()
             tainted = fail_on_new_taint(report, item, after)
@@ -219,7 +222,8 @@ def judge(item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestRep
                            report.skipped, when=report.when,
                            earlier=item.stash.get(OUTCOME_CLASS, None), tainted=tainted)
     item.stash[OUTCOME_CLASS] = kind
-    set_property(item.user_properties, "outcome", kind)
-    set_property(report.user_properties, "outcome", kind)
-    session.record(report, list(item.user_properties))
+    set_property(item.user_properties, CLASS_PROPERTY, kind)
+    if session.worker is not None:
+        set_property(item.user_properties, WORKER_PROPERTY, session.worker)
+    report.user_properties = list(item.user_properties)
 

@@ -5,7 +5,6 @@ hand each phase to them."""
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -18,10 +17,19 @@ from lab.fragment.driver import FragmentRun, GuestFragmenter, ReleaseOutcome
 from lab.fragment.spec import FragmentSpec, Target
 from lab.guest.ssh import Guest
 from lab.host import sessionlock
-from lab.pytest_plugin import outcomes
+from lab.pytest_plugin import outcomes, serial
+from lab.pytest_plugin.controller import (
+    CONTROLLER,
+    ParallelRun,
+    is_controller,
+    note_users_choice,
+)
+from lab.pytest_plugin.distribution import SERIAL_MARKER, groups_of, serial_last
 from lab.pytest_plugin.needs import hugepage_shortfall
 from lab.pytest_plugin.outcomes import set_property
+from lab.pytest_plugin.reporting import terminal_line
 from lab.pytest_plugin.session import SESSION, LabSession
+from lab.pytest_plugin.usage import uses_lab
 from lab.timeouts import SESSION_WAIT_S, Timeouts
 
 if TYPE_CHECKING:
@@ -29,46 +37,93 @@ if TYPE_CHECKING:
 
 DEFAULT_TOPOLOGY = "topologies/single.yaml"
 pytest_plugins = ["lab.pytest_plugin.junit"]  # the run's JUnit testsuite name and properties
+# Each lab option's default: a run that sets one uses the lab (see LabSession.in_use).
+DEFAULTS: dict[str, Any] = {"topology": DEFAULT_TOPOLOGY, "kernel": None, "keep_vms": False,
+                            "lab_dir": None, "kmod_source": "kmod",
+                            "lab_test_timeout": Timeouts.test_safety_net,
+                            "kmod_defect": None, "session_wait": None,
+                            "baseline": None}
+MARKERS = (
+    "lab: the test boots real VMs",
+    "fresh_guest: the test starts in a node no earlier test has used (rebooted if needed)",
+    "hugepages(size, count) or hugepages(count={size: count, ...}): the test needs a node "
+    "with this many huge pages of this size (of any one size listed)",
+    "fuzz_deep: a deep fuzzer run (test_fuzz_deep.py; --fuzz-calls sets its length)",
+    SERIAL_MARKER,
+)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("hplab", "hplab lab options")
-    group.addoption("--topology", default=DEFAULT_TOPOLOGY,
+    group.addoption("--topology", default=DEFAULTS["topology"],
                     help=f"topology file of the lab (default: {DEFAULT_TOPOLOGY})")
-    group.addoption("--kernel", default=None,
+    group.addoption("--kernel", default=DEFAULTS["kernel"],
                     help="kernel for every node, overriding the topology (e.g. debian:6.12, "
                          "debian:6.12-rt, local:DIR, debug:6.1)")
-    group.addoption("--keep-vms", action="store_true",
+    group.addoption("--keep-vms", action="store_true", default=DEFAULTS["keep_vms"],
                     help="leave the guests running after the session (remove: hplab down)")
-    group.addoption("--lab-dir", default=None,
+    group.addoption("--lab-dir", default=DEFAULTS["lab_dir"],
                     help="cache and run directory (default: $HPLAB_DIR or /var/tmp/hplab)")
-    group.addoption("--kmod-source", default="kmod",
+    group.addoption("--kmod-source", default=DEFAULTS["kmod_source"],
                     help="vrhp module and agent sources, relative to the rootdir (default: kmod)")
-    group.addoption("--lab-test-timeout", type=float, default=Timeouts.test_safety_net,
+    group.addoption("--lab-test-timeout", type=float, default=DEFAULTS["lab_test_timeout"],
                     help="last-resort bound of a whole lab test, in reference seconds scaled "
                          "by the slowest node's measured speed (0: none; default: "
                          f"{Timeouts.test_safety_net:.0f})")
-    group.addoption("--kmod-defect", default=None,
+    group.addoption("--kmod-defect", default=DEFAULTS["kmod_defect"],
                     help="build vrhp with one planted defect of the mutation checks "
                          f"({', '.join(mutants.DEFECTS)}; see hplab mutants)")
-    group.addoption("--session-wait", type=sessionlock.wait_option, default=None,
-                    metavar="SECONDS",
+    group.addoption("--session-wait", type=sessionlock.wait_option,
+                    default=DEFAULTS["session_wait"], metavar="SECONDS",
                     help="how long the lab waits while another lab session holds the host "
                          f"(default: ${sessionlock.WAIT_ENV} or {SESSION_WAIT_S:.0f}; 0: "
                          "refuse at once)")
-    group.addoption("--baseline", default=None,
+    group.addoption("--baseline", default=DEFAULTS["baseline"],
                     help="a run to compare this one with at the end (run directory, "
                     "results.json or JUnit XML): compare.html in the run directory and a "
                     "one-line summary")
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+def lab_options_given(config: pytest.Config) -> bool:
+    return any(config.getoption(name) != default for name, default in DEFAULTS.items())
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_cmdline_main(config: pytest.Config) -> Generator[None, object, object]:
+    note_users_choice(config)  # before pytest-xdist turns -n N into --dist load
+    return (yield)
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.stash[SESSION] = LabSession(config)
-    signal.signal(signal.SIGTERM, _terminate)
+    """Markers and an idle lab session: nothing happens until the lab is used."""
+    for marker in MARKERS:
+        config.addinivalue_line("markers", marker)
+    session = LabSession(config)
+    config.stash[SESSION] = session
+    config.pluginmanager.register(session, "hplab-session")  # hears every test report
+    if is_controller(config):
+        config.pluginmanager.register(ParallelRun(config), CONTROLLER)
+
+
+@pytest.hookimpl(trylast=True)  # after deselection: these are the tests that run
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Whether the run uses the lab; on an xdist worker, the serial tests last and the
+    groups handed to the controller (lab.pytest_plugin.distribution)."""
+    session = config.stash[SESSION]
+    session.in_use = (session.in_use or lab_options_given(config)
+                      or any(uses_lab(item) for item in items))
+    if session.in_use and session.worker is not None and session.exchange is not None:
+        serial_last(items)
+        session.exchange.write_groups(session.worker, groups_of(items))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    session.config.stash[SESSION].close()
+
+
+def pytest_terminal_summary(config: pytest.Config) -> None:
+    for line in config.stash[SESSION].summary:
+        terminal_line(config, line)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -80,19 +135,29 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, None, None]:
     """Give a lab test pytest-timeout's signal-method bound, scaled as the lab's own bounds
-    are, before pytest-timeout reads it; a test's own timeout marker wins."""
+    are, before pytest-timeout reads it; a test's own timeout marker wins. Under xdist,
+    hold the serial lock for the whole protocol (lab.pytest_plugin.serial)."""
+    session = item.config.stash[SESSION]
+    if not session.in_use:
+        yield
+        return
     reference = float(item.config.getoption("lab_test_timeout"))
     if reference > 0 and item.get_closest_marker("lab") and not item.get_closest_marker(
             "timeout"):
-        seconds = item.config.stash[SESSION].safety_net(reference)
+        seconds = session.safety_net(reference)
         item.add_marker(pytest.mark.timeout(round(seconds, 1), method="signal"))
-    yield
+    if not uses_lab(item):
+        yield
+        return
+    with serial.phase(item, session):
+        yield
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
-    """Before the test's fixtures (class-scoped ones too): boot the test's nodes that died
-    again, mark every node's kernel log."""
+    """Before the test's fixtures (class-scoped ones too): fail if the serial lock could
+    not be taken, boot the test's nodes that died again, mark every node's kernel log."""
+    serial.check(item)
     outcomes.prepare_phase(item)
     yield from outcomes.watch_nodes(item, "setup")
 

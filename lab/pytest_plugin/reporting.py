@@ -1,5 +1,5 @@
-"""What the lab plugin says outside pytest's own report: progress lines on the terminal
-as they happen, a failed phase's message for results.json, and the comparison of the run
+"""What the lab plugin says outside pytest's own report: lines on the terminal as they
+happen, a failed phase's message for results.json, and the comparison of the run
 with a baseline run."""
 
 from __future__ import annotations
@@ -11,21 +11,9 @@ from pathlib import Path
 import pytest
 
 from lab.errors import LabError
-from lab.events import Event, progress_line
 from lab.report.compare import compare_paths
 from lab.report.html import COMPARE_NAME, write_compare
 from lab.report.results import bounded
-
-
-class TerminalProgress:
-    """Progress lines through pytest's terminal reporter as they happen, with capturing
-    suspended, so a passing test's phases show too; stderr where no reporter runs."""
-
-    def __init__(self, config: pytest.Config) -> None:
-        self.config = config
-
-    def __call__(self, event: Event) -> None:
-        terminal_line(self.config, progress_line(event))
 
 
 def terminal_line(config: pytest.Config, line: str) -> None:
@@ -67,7 +55,10 @@ def compare_with_baseline(baseline: Path, run_dir: Path) -> str:
 
 def failure_message(report: pytest.TestReport) -> str:
     """What a failed phase says, bounded; a setup or teardown failure names its phase."""
-    text = bounded(report.longreprtext.strip())
+    text = report.longreprtext
+    if hasattr(report, "node"):  # on the xdist controller: "[gw0] linux -- Python ..." first
+        text = text.partition("\n")[2]
+    text = bounded(text.strip())
     return text if report.when == "call" else f"[{report.when}] {text}"
 
 

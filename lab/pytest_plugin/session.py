@@ -4,9 +4,14 @@ kernel taint and console findings read, the results written at exit."""
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,21 +19,17 @@ from lab import topology as topologies
 from lab.cli import mutants
 from lab.engine import Lab
 from lab.errors import GuestError, LabError, NodeDied
-from lab.events import EventBus
+from lab.events import Event, EventBus, progress_line
 from lab.guest import triage
 from lab.guest.ssh import Guest
 from lab.host import sessionlock
 from lab.paths import lab_dir
-from lab.pytest_plugin.reporting import (
-    TerminalProgress,
-    baseline_path,
-    compare_with_baseline,
-    failure_message,
-    joined,
-    terminal_line,
-)
-from lab.report.html import write_report
-from lab.rundir import ResultEntry, write_results
+from lab.pytest_plugin.distribution import worker_id
+from lab.pytest_plugin.recording import Recorder
+from lab.pytest_plugin.relay import EXCHANGE_KEY, Exchange, RelayWriter
+from lab.pytest_plugin.reporting import baseline_path, compare_with_baseline, terminal_line
+from lab.report.html import REPORT_NAME, write_report
+from lab.rundir import write_results
 from lab.timeouts import DEATH_POLL_S, Timeouts
 from lab.topology import Topology
 
@@ -44,8 +45,14 @@ def _kmod_defect(name: str | None) -> str | None:
         raise pytest.UsageError(str(exc)) from None
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 class LabSession:
-    """The one lab of a pytest session: booted on first use, torn down at exit."""
+    """The one lab of a pytest session (of an xdist worker under `-n N`): booted on first
+    use, torn down at the end of the session. Until a test or an option uses the lab
+    (`in_use`), the plugin's hooks leave the run alone."""
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
@@ -53,19 +60,39 @@ class LabSession:
         self.keep = bool(config.getoption("keep_vms"))
         self.kmod_source = Path(config.rootpath) / config.getoption("kmod_source")
         self.kmod_defect = _kmod_defect(config.getoption("kmod_defect"))
-        self.baseline = baseline_path(config)
+        self.worker = worker_id(config)
+        workerinput: dict[str, Any] = getattr(config, "workerinput", {})
+        # where this worker talks to the controller (lab.pytest_plugin.relay); None
+        # outside xdist workers
+        self.exchange = (Exchange(Path(str(workerinput[EXCHANGE_KEY])))
+                         if self.worker is not None and EXCHANGE_KEY in workerinput else None)
+        self.relay: RelayWriter | None = None
+        say: Callable[[str], None] = partial(terminal_line, config)
+        if self.exchange is not None and self.worker is not None:
+            self.relay = RelayWriter(self.exchange, self.worker)  # a worker's terminal is
+            say = self.relay.line  # nobody's: its lines go to the controller's
+        self.say = say
+        # a worker's part of a run is compared by the controller, with the whole run
+        self.baseline = baseline_path(config) if self.worker is None else None
+        self.in_use = False
         self.bus = EventBus()
-        self.bus.subscribe(TerminalProgress(config))
+        self.bus.subscribe(self._progress)
         self._topology: Topology | None = None
         self._lab: Lab | None = None
         self._failure: BaseException | None = None
+        self._sigterm: Any = None
+        self._closed = False
+        self.summary: list[str] = []
         self.watches: dict[str, triage.ConsoleWatch] = {}
         self.untouched: set[str] = set()  # nodes booted since the last test ended
-        self.results: dict[str, ResultEntry] = {}
+        self.recorder = Recorder()
         self.deaths: dict[str, list[NodeDied]] = {}
         self.revivals: dict[str, int] = {}
         self.retired_for: list[str] = []  # why the Guests of dead nodes refuse commands
         self.stale = False  # cached fixtures may hold the Guest of a dead node
+
+    def _progress(self, event: Event) -> None:
+        self.say(progress_line(event))
 
     @property
     def topology(self) -> Topology:
@@ -81,8 +108,12 @@ class LabSession:
         if self._failure is not None:
             raise LabError(f"the lab did not start earlier in this session: {self._failure}")
         if self._lab is None:
+            self.in_use = True
+            if self._sigterm is None:  # a SIGTERM tears the lab down as Ctrl-C does
+                self._sigterm = signal.signal(signal.SIGTERM, _terminate)
             lab = Lab(self.topology, self.base_dir, self.bus, keep=self.keep)
             try:
+                self._join_controllers_session()
                 held = sessionlock.hold(run_id=lab.run_id, lab_dir=self.base_dir, bus=self.bus,
                                         wait_s=self.config.getoption("session_wait"))
                 self.config.add_cleanup(held.release)  # after pytest_unconfigure's teardown
@@ -90,11 +121,25 @@ class LabSession:
             except BaseException as exc:
                 self._failure = exc
                 raise
+            finally:
+                if self.relay is not None:  # the controller links the worker's run
+                    self.relay.run(lab.run_dir, lab.started_at)
             self._lab = lab
             self.untouched = set(lab.nodes)
             self.watches = {name: triage.ConsoleWatch(rt.console)
                             for name, rt in lab.nodes.items()}
         return self._lab
+
+    def _join_controllers_session(self) -> None:
+        """On an xdist worker: the session lock the controller took for the run."""
+        handed = self.exchange.handed_session() if self.exchange is not None else None
+        if handed is None:
+            return
+        claim, error = handed
+        if error is not None:
+            raise LabError(f"the xdist controller did not get the host: {error}")
+        if claim is not None:
+            os.environ[sessionlock.ENV] = claim
 
     def reboot(self, name: str, item: pytest.Item) -> Guest:
         """Reboot node `name` for test `item`, whose kernel log of the node then starts
@@ -248,36 +293,37 @@ class LabSession:
                 continue
         return result
 
-    def record(self, report: pytest.TestReport, properties: list[tuple[str, object]]) -> None:
-        entry = self.results.setdefault(report.nodeid, ResultEntry(report.nodeid))
-        entry.duration = round(entry.duration + report.duration, 3)
-        if report.failed:
-            entry.outcome = "failed" if report.when == "call" else "error"
-            entry.message = joined(entry.message or "", failure_message(report))
-        elif report.skipped and entry.outcome == "passed":
-            entry.outcome = "skipped"
-            entry.reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) \
-                else str(report.longrepr)
-        entry.properties = {str(k): str(v) for k, v in properties}
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Each phase of each test this process ran, into results.json."""
+        if self.in_use:
+            self.recorder.record(report)
 
     def close(self) -> None:
+        """Tear the lab down and write the run; once, at the end of the session (on an
+        xdist worker before it tells the controller it has finished)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._sigterm is not None:
+            signal.signal(signal.SIGTERM, self._sigterm)
         if self._lab is None:
             if self.baseline is not None:
-                terminal_line(self.config, f"hplab: no comparison with {self.baseline}: no "
-                              "lab ran in this session, so it wrote no results.json")
+                self.summary.append(f"hplab: no comparison with {self.baseline}: no lab "
+                                    "ran in this session, so it wrote no results.json")
             return
         run_dir = self._lab.run_dir
         try:
             self._lab.stop()
         finally:
             self._lab = None
-            write_results(run_dir, self.results.values())
+            write_results(run_dir, self.recorder.entries.values())
             try:
                 write_report(run_dir)
             except (LabError, OSError) as exc:  # the report never hides the run's own outcome
                 print(f"hplab: no report for {run_dir}: {exc}", file=sys.stderr)
+            self.summary.append(f"hplab: run {run_dir} ({REPORT_NAME} there)")
             if self.baseline is not None:
-                terminal_line(self.config, compare_with_baseline(self.baseline, run_dir))
+                self.summary.append(compare_with_baseline(self.baseline, run_dir))
 
 
 SESSION = pytest.StashKey[LabSession]()

@@ -268,21 +268,31 @@ def class_counts(results: list[TestResult]) -> str:
     return f'<ul class="counts" id="counts">{"".join(chips)}</ul>'
 
 
-def _artifact_links(test: TestResult, has_artifacts: bool) -> list[str]:
-    links = [f'<a href="{esc(path)}">{esc(name.replace("_", " "))}</a>'
+def worker_prefix(run_dir: Path, test: TestResult) -> str:
+    """Where a test's own files are, relative to `run_dir`: "" in a run of one process;
+    under xdist the worker's run directory, which the controller's links as gw0, ..."""
+    worker = test.worker
+    if worker and Path(worker).name == worker and (run_dir / worker).is_dir():
+        return f"{worker}/"
+    return ""
+
+
+def _artifact_links(test: TestResult, has_artifacts: bool, prefix: str = "") -> list[str]:
+    links = [f'<a href="{esc(prefix + path)}">{esc(name.replace("_", " "))}</a>'
              for name, path in test.artifacts().items()]
     if has_artifacts:
-        links.append(f'<a href="{esc(posixpath.join(test.part_dir, "artifacts/"))}">'
+        links.append(f'<a href="{esc(posixpath.join(prefix + test.part_dir, "artifacts/"))}">'
                      "all artifacts</a>")
     return links
 
 
 def _console_tails(run_dir: Path, test: TestResult) -> list[str]:
     parts = []
+    prefix = worker_prefix(run_dir, test)
     for node in test.nodes():
         if Path(node).name != node:  # a node name never leads out of the run directory
             continue
-        console = posixpath.join(test.part_dir, node, "console.log")
+        console = posixpath.join(prefix + test.part_dir, node, "console.log")
         tail = console_tail(run_dir / console, CONSOLE_LINES)
         if tail is None:
             continue
@@ -296,6 +306,8 @@ def _console_tails(run_dir: Path, test: TestResult) -> list[str]:
 
 def _where(test: TestResult) -> str:
     parts = [f"pytest: {test.outcome}", f"{test.duration:.2f} s"]
+    if test.worker:
+        parts.append(f"worker {test.worker}")
     if test.node:
         parts.append(f"node {test.node}")
     if test.kernel:
@@ -307,7 +319,9 @@ def failure_article(run_dir: Path, test: TestResult, index: int) -> str:
     message = (f'<pre class="message">{esc(_printable(test.message))}</pre>' if test.message
                else '<p class="note">No failure text recorded: see the dmesg artifact and '
                     "the JUnit XML.</p>")
-    links = _artifact_links(test, (run_dir / test.part_dir / "artifacts").is_dir())
+    prefix = worker_prefix(run_dir, test)
+    links = _artifact_links(test, (run_dir / (prefix + test.part_dir) / "artifacts").is_dir(),
+                            prefix)
     return (f'<article class="failure" id="failure-{index}" data-class="{esc(test.outcome_class)}"'
             f' style="border-color:{BADGE_COLOURS.get(test.outcome_class, OTHER_BADGE)}">'
             f'<h3>{badge(test.outcome_class)}<code class="nodeid">{esc(test.nodeid)}</code></h3>'
@@ -340,11 +354,11 @@ def slowest_section(results: list[TestResult], count: int = SLOWEST) -> str:
             f"{rows}</table></section>")
 
 
-def _property_value(test: TestResult, value: str) -> str:
-    """A property as HTML: artifact paths become links (into the test's part, if any)."""
+def _property_value(test: TestResult, value: str, prefix: str = "") -> str:
+    """A property as HTML: artifact paths become links (into the test's worker or part)."""
     if not value.startswith(ARTIFACT_PREFIX):
         return esc(value)
-    return f'<a href="{esc(posixpath.join(test.part_dir, value))}">{esc(value)}</a>'
+    return f'<a href="{esc(posixpath.join(prefix + test.part_dir, value))}">{esc(value)}</a>'
 
 
 def _filter(name: str, values: Iterable[str]) -> str:
@@ -354,15 +368,18 @@ def _filter(name: str, values: Iterable[str]) -> str:
             f"{options}</select></label>")
 
 
-def results_table(results: list[TestResult]) -> str:
-    """Every test; sortable by a click on a header, filtered by class, node and kernel."""
+def results_table(results: list[TestResult], run_dir: Path | None = None) -> str:
+    """Every test; sortable by a click on a header, filtered by class, node and kernel
+    (and worker, under xdist)."""
     if not results:
         return "<p>No test results recorded.</p>"
     merged = any(test.part for test in results)  # a run hplab merge made of parts
     rows = []
     for test in results:
         shown = {k: v for k, v in test.properties.items() if k not in COLUMN_PROPERTIES}
-        details = ", ".join(f"{esc(k)}={_property_value(test, v)}" for k, v in shown.items())
+        prefix = worker_prefix(run_dir, test) if run_dir is not None else ""
+        details = ", ".join(f"{esc(k)}={_property_value(test, v, prefix)}"
+                            for k, v in shown.items())
         if test.reason:
             details = f"{esc(test.reason)}<br/>{details}"
         node, kernel = test.node or NONE_SHOWN, test.kernel or NONE_SHOWN
@@ -370,6 +387,7 @@ def results_table(results: list[TestResult]) -> str:
         rows.append(
             f'<tr data-class="{esc(test.outcome_class)}" data-node="{esc(node)}" '
             f'data-kernel="{esc(kernel)}" data-part="{esc(test.part or NONE_SHOWN)}" '
+            f'data-worker="{esc(test.worker or NONE_SHOWN)}" '
             f'style="background:{OUTCOME_COLOURS.get(test.outcome_class, "#f9f2f4")}">'
             f"<td>{esc(test.nodeid)}</td>{part}<td>{esc(test.outcome)}</td>"
             f'<td class="class">{esc(test.outcome_class)}</td><td class="nowrap">{esc(node)}</td>'
@@ -380,6 +398,8 @@ def results_table(results: list[TestResult]) -> str:
                + _filter("node", (t.node or NONE_SHOWN for t in results))
                + _filter("kernel", (t.kernel or NONE_SHOWN for t in results))
                + (_filter("part", (t.part or NONE_SHOWN for t in results)) if merged else "")
+               + (_filter("worker", (t.worker or NONE_SHOWN for t in results))
+                  if any(t.worker for t in results) else "")
                + f'<span id="shown">{len(results)} of {len(results)} tests shown</span>')
     part_head = "<th>part</th>" if merged else ""
     return (f'<div class="filters">{filters}</div><table id="all-tests" class="sortable">'
@@ -499,13 +519,24 @@ def _class_rank(outcome_class: str) -> int:
     return COUNTED.index(outcome_class) if outcome_class in COUNTED else len(COUNTED)
 
 
-def _headline(what: str, results: list[TestResult]) -> str:
+def _workers_line(run_dir: Path, results: list[TestResult]) -> str:
+    """Under xdist: each worker's own run and report."""
+    workers = sorted({t.worker for t in results if t.worker})
+    if not workers:
+        return ""
+    links = [f'{esc(w)} (<a href="{esc(w)}/{REPORT_NAME}">its report</a>)'
+             if (run_dir / w / REPORT_NAME).exists() else esc(w) for w in workers]
+    return f'<p class="meta">run by xdist workers {", ".join(links)}</p>'
+
+
+def _headline(what: str, results: list[TestResult], run_dir: Path) -> str:
     failing = sum(t.failed for t in results)
     kernels = sorted({f"{t.kernel} ({t.node})" for t in results if t.kernel})
     verdict = (f'<span class="bad">{failing} failing</span>' if failing
                else '<span class="good">nothing failing</span>')
     return (f"<h1>hplab {esc(what)}</h1><p>{len(results)} tests, {verdict}"
             f"{' · kernel ' + esc(', '.join(kernels)) if kernels else ''}</p>"
+            f"{_workers_line(run_dir, results)}"
             '<nav><a href="#failures">failures</a><a href="#slowest">slowest</a>'
             '<a href="#tests">all tests</a><a href="#timings">phase timings</a>'
             '<a href="#fragmentation">fragmentation</a><a href="#artifacts">artifacts</a></nav>')
@@ -523,10 +554,11 @@ def render(run_dir: Path) -> str:
     run_id = str(state.get("run_id", run_dir.name) if isinstance(state, dict) else run_dir.name)
     parts = load_parts(run_dir / PARTS_FILE)
     what = f"run {run_id}" if not parts else f"{run_dir.name}: {len(parts)} parts merged"
-    body = [_headline(what, results), class_counts(results),
+    body = [_headline(what, results, run_dir), class_counts(results),
             parts_section(parts, results, run_dir) if parts else "",
             failures_section(run_dir, results), slowest_section(results),
-            '<section id="tests"><h2>All tests</h2>', results_table(results), "</section>",
+            '<section id="tests"><h2>All tests</h2>', results_table(results, run_dir),
+            "</section>",
             '<section id="timings"><h2>Boot and phase timings</h2>', timeline_svg(events),
             timings_table(events), "</section>"]
     if fragments:

@@ -98,6 +98,11 @@ class TestResult:
     def kernel(self) -> str:
         return self.properties.get("kernel", "")
 
+    @property
+    def worker(self) -> str:
+        """The xdist worker that ran the test; "" in a serial run."""
+        return self.properties.get("worker", "")
+
     def nodes(self) -> list[str]:
         """The nodes the test ran on: its `node`, else those whose kernel log it saved."""
         if self.node:
