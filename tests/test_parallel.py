@@ -138,7 +138,9 @@ def run_tests(base: Path, name: str, *args: str, tests: dict[str, str] | None = 
     for filename, source in (tests or TESTS).items():
         (inner / filename).write_text(source)
     lab_dir, junit = inner / "labdir", inner / "junit.xml"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
+           "HPLAB_LOCK_DIR": str(inner / "locks")}  # not the host's session lock
+    env.pop("HPLAB_SESSION", None)
     started = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", f"--rootdir={inner}",
@@ -325,3 +327,24 @@ def test_the_relay_prints_whole_lines_prefixed_and_notes_the_workers_run(
         handle.write(' a line"}\n')
     reader.stop()
     assert said[1:] == ["[gw1] half a line"]
+
+
+SPREAD_ONLY = HEAD + '''
+
+@pytest.mark.parametrize("n", range(4))
+def test_spread(guest, n):
+    ran(f"spread-{n}", 0.5)
+'''
+
+
+def test_the_workers_join_the_session_lock_the_controller_took(tmp_path: Path) -> None:
+    """Both workers boot a lab under the one session lock of the controller: with no
+    wait allowed, a worker that took the lock itself would refuse the other."""
+    run = run_tests(tmp_path, "locked", "-n", "2", "--session-wait", "0",
+                    tests={"test_spread.py": SPREAD_ONLY})
+    run.result.assert_outcomes(passed=4)
+    assert set(run.workers().values()) == {"gw0", "gw1"}
+    handed = Exchange(run.run_dir() / "workers").handed_session()
+    assert handed is not None
+    claim, error = handed
+    assert error is None and claim is not None
