@@ -26,6 +26,8 @@ from lab.errors import CanaryLost
 from lab.guest import hugetlbfs
 from lab.guest.ssh import Guest
 
+pytestmark = pytest.mark.lab
+
 MOUNT = "/mnt/hplab-hostile"
 POOL_2M = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
 PAGES_2M = 96        # the default flow table (77 pages) and bridge table (10) on 2 MiB pages
