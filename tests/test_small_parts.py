@@ -10,7 +10,7 @@ import pytest
 from lab import shell
 from lab.build import guesttools
 from lab.build.image import initramfs
-from lab.errors import BuildError, GuestError
+from lab.errors import BuildError, GuestError, HostError
 from lab.events import EventBus
 from lab.guest.ssh import Guest
 from lab.host import prepare as host
@@ -45,6 +45,20 @@ def test_run_names_failed_command() -> None:
 def test_install_command_lists_packages() -> None:
     assert host.install_command(["cpio", "kmod"]).endswith(
         "apt-get install -y --no-install-recommends cpio kmod")
+
+
+def test_a_daemon_command_is_bounded_and_a_hung_one_names_itself(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    bounds: list[object] = []
+
+    def hangs(argv: list[str], **kwargs: object) -> None:
+        bounds.append(kwargs.get("timeout"))
+        raise subprocess.TimeoutExpired(argv, host.READY_TIMEOUT)
+
+    monkeypatch.setattr(subprocess, "run", hangs)
+    with pytest.raises(HostError, match=r"systemctl start libvirtd\.service did not finish"):
+        host._daemon_command(["systemctl", "start", "libvirtd.service"], check=False)
+    assert bounds == [host.READY_TIMEOUT], f"daemon command bound: {bounds}"
 
 
 def test_module_order_puts_dependencies_first(tmp_path: Path) -> None:

@@ -406,6 +406,28 @@ def test_a_reboot_that_never_answers_leaves_no_domain_and_says_the_node_is_down(
         lab.guest("cn1")
 
 
+def test_a_half_booted_domain_that_will_not_go_is_named_on_the_boot_error(
+        rebootable: tuple[engine.Lab, engine.NodeRuntime, list[str]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    lab, _, calls = rebootable
+
+    def no_banner(*args: object, **kwargs: object) -> None:
+        raise BootError("cn1: no SSH banner after 90.0s", node="cn1", phase="ssh-banner")
+
+    def refuse_once_created(conn: object, name: str) -> None:
+        if calls and calls[-1] == f"create {name}":
+            raise LabError(f"libvirt: cannot destroy {name}")
+        calls.append(f"destroy {name}")
+
+    monkeypatch.setattr(readiness, "wait_ssh_banner", no_banner)
+    monkeypatch.setattr(libvirt_calls, "destroy", refuse_once_created)
+    with pytest.raises(BootError, match="no SSH banner") as raised:
+        lab.reboot("cn1")
+    notes = getattr(raised.value, "__notes__", [])
+    assert any("destroying the half-booted hplab-x-cn1 failed too: libvirt: cannot destroy"
+               in note for note in notes), f"the destroy failure is not on the error: {notes}"
+
+
 @pytest.mark.parametrize(("mounted_here", "unmounts"), [(True, 1), (False, 0)])
 def test_the_host_pool_is_given_back_and_a_mount_made_for_it_undone(
         monkeypatch: pytest.MonkeyPatch, mounted_here: bool, unmounts: int) -> None:
