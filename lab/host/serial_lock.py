@@ -19,7 +19,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import IO
 
-POLL_S = 0.2  # host seconds between two tries of a held lock (not a bound)
+from lab.timeouts import LOCK_POLL_S
 
 
 class SerialLockTimeout(Exception):
@@ -80,7 +80,7 @@ class SerialLock:
                             raise SerialLockTimeout(
                                 f"{self.path}: not free after {wait_s:.1f}s; held by "
                                 f"{'; '.join(self.holders()) or 'no live holder left a note'}")
-                        time.sleep(POLL_S)
+                        time.sleep(LOCK_POLL_S)
                 # leaving the turnstile lets the next taker in
             note = self.notes / str(os.getpid())
             note.write_text(f"{who} (pid {os.getpid()}, "
